@@ -1,0 +1,251 @@
+#include "models/config.h"
+
+#include "core/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <set>
+
+namespace qtrain {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void config_error(const std::string& source, const std::string& field,
+                               const std::string& message) {
+  throw_error(ErrorKind::kConfig, message, {.file = source, .field = field});
+}
+
+bool present(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+
+int64_t get_int(const json& j, const char* key, const std::string& source,
+                std::optional<int64_t> fallback = std::nullopt) {
+  if (!present(j, key)) {
+    if (fallback) return *fallback;
+    config_error(source, key, "required integer is missing");
+  }
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) config_error(source, key, "expected an integer, got " + v.dump());
+  return v.get<int64_t>();
+}
+
+double get_number(const json& j, const char* key, const std::string& source, double fallback) {
+  if (!present(j, key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_number()) config_error(source, key, "expected a number, got " + v.dump());
+  return v.get<double>();
+}
+
+bool get_bool(const json& j, const char* key, const std::string& source, bool fallback) {
+  if (!present(j, key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_boolean()) config_error(source, key, "expected true or false, got " + v.dump());
+  return v.get<bool>();
+}
+
+RopeScaling parse_rope_scaling(const json& block, const std::string& source,
+                               const std::string& field) {
+  RopeScaling scaling;
+  if (!block.is_object()) config_error(source, field, "expected an object, got " + block.dump());
+  std::string type = "default";
+  if (present(block, "rope_type")) {
+    type = block.at("rope_type").get<std::string>();
+  } else if (present(block, "type")) {
+    type = block.at("type").get<std::string>();
+  }
+  if (type == "default") return scaling;
+  if (type == "linear") {
+    scaling.type = RopeType::kLinear;
+    scaling.factor = get_number(block, "factor", source, 0.0);
+  } else if (type == "llama3") {
+    scaling.type = RopeType::kLlama3;
+    scaling.factor = get_number(block, "factor", source, 0.0);
+    scaling.low_freq_factor = get_number(block, "low_freq_factor", source, 1.0);
+    scaling.high_freq_factor = get_number(block, "high_freq_factor", source, 4.0);
+    scaling.original_max_position_embeddings =
+        get_int(block, "original_max_position_embeddings", source, 8192);
+    if (scaling.high_freq_factor <= scaling.low_freq_factor) {
+      config_error(source, field + ".high_freq_factor", "must be greater than low_freq_factor");
+    }
+  } else {
+    throw_error(ErrorKind::kUnsupported,
+                "rope type '" + type + "' is not supported (default, linear, llama3 are)",
+                {.file = source, .field = field});
+  }
+  if (!(scaling.factor > 0)) config_error(source, field + ".factor", "must be positive");
+  return scaling;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) throw_error(ErrorKind::kConfig, "expected a JSON object", {.file = source});
+  ModelConfig c;
+  if (!present(j, "model_type")) config_error(source, "model_type", "required string is missing");
+  c.model_type = j.at("model_type").get<std::string>();
+  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2", "qwen3"};
+  if (!kTypes.count(c.model_type)) {
+    throw_error(ErrorKind::kUnsupported,
+                "model_type '" + c.model_type + "' is not supported (llama, mistral, qwen2, qwen3)",
+                {.file = source, .field = "model_type"});
+  }
+  c.vocab_size = get_int(j, "vocab_size", source);
+  c.hidden_size = get_int(j, "hidden_size", source);
+  c.intermediate_size = get_int(j, "intermediate_size", source);
+  c.num_hidden_layers = get_int(j, "num_hidden_layers", source);
+  c.num_attention_heads = get_int(j, "num_attention_heads", source);
+  c.num_key_value_heads = get_int(j, "num_key_value_heads", source, c.num_attention_heads);
+  const bool is_qwen3 = c.model_type == "qwen3";
+  if (c.num_attention_heads <= 0) config_error(source, "num_attention_heads", "must be positive");
+  c.head_dim = get_int(j, "head_dim", source,
+                       is_qwen3 ? 128 : c.hidden_size / c.num_attention_heads);
+  c.rms_norm_eps = get_number(j, "rms_norm_eps", source, 1e-6);
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", source, 2048);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, false);
+  c.attention_bias = get_bool(j, "attention_bias", source, false);
+  c.mlp_bias = get_bool(j, "mlp_bias", source, false);
+  c.qk_norm = is_qwen3;
+
+  // transformers 5 nests rope settings in rope_parameters; 4.x uses rope_theta + rope_scaling.
+  if (present(j, "rope_parameters")) {
+    const json& rp = j.at("rope_parameters");
+    c.rope_theta = get_number(rp, "rope_theta", source, get_number(j, "rope_theta", source, 1e4));
+    c.rope_scaling = parse_rope_scaling(rp, source, "rope_parameters");
+  } else {
+    c.rope_theta = get_number(j, "rope_theta", source, 10000.0);
+    if (present(j, "rope_scaling")) {
+      c.rope_scaling = parse_rope_scaling(j.at("rope_scaling"), source, "rope_scaling");
+    }
+  }
+  if (present(j, "partial_rotary_factor") &&
+      get_number(j, "partial_rotary_factor", source, 1.0) != 1.0) {
+    throw_error(ErrorKind::kUnsupported, "partial rotary embeddings are not supported",
+                {.file = source, .field = "partial_rotary_factor"});
+  }
+  if (present(j, "hidden_act") && j.at("hidden_act") != "silu") {
+    throw_error(ErrorKind::kUnsupported, "only hidden_act \"silu\" is supported",
+                {.file = source, .field = "hidden_act"});
+  }
+  if (c.model_type == "mistral" && present(j, "sliding_window")) {
+    c.sliding_window = get_int(j, "sliding_window", source);
+  }
+  if ((c.model_type == "qwen2" || is_qwen3) && get_bool(j, "use_sliding_window", source, false)) {
+    throw_error(ErrorKind::kUnsupported, "Qwen sliding-window layers are not supported",
+                {.file = source, .field = "use_sliding_window"});
+  }
+  if (present(j, "torch_dtype")) c.torch_dtype = j.at("torch_dtype").get<std::string>();
+  if (present(j, "dtype")) c.torch_dtype = j.at("dtype").get<std::string>();
+  if (present(j, "bos_token_id")) c.bos_token_id = get_int(j, "bos_token_id", source);
+  if (present(j, "pad_token_id")) c.pad_token_id = get_int(j, "pad_token_id", source);
+  if (present(j, "eos_token_id")) {
+    const json& eos = j.at("eos_token_id");
+    if (eos.is_array()) {
+      for (const auto& id : eos) {
+        if (!id.is_number_integer()) config_error(source, "eos_token_id", "expected integers");
+        c.eos_token_ids.push_back(id.get<int64_t>());
+      }
+    } else {
+      c.eos_token_ids.push_back(get_int(j, "eos_token_id", source));
+    }
+  }
+  c.validate(source);
+  return c;
+}
+
+ModelConfig ModelConfig::from_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw_error(ErrorKind::kIo, "cannot open model config", {.file = path});
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
+  }
+  try {
+    return from_json(j, path);
+  } catch (const json::exception& e) {
+    throw_error(ErrorKind::kConfig, std::string("ill-typed value: ") + e.what(), {.file = path});
+  }
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](int64_t value, const char* field) {
+    if (value <= 0) config_error(source, field, "must be positive, got " + std::to_string(value));
+  };
+  positive(vocab_size, "vocab_size");
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(max_position_embeddings, "max_position_embeddings");
+  if (num_attention_heads % num_key_value_heads != 0) {
+    config_error(source, "num_key_value_heads",
+                 "must divide num_attention_heads (" + std::to_string(num_attention_heads) + ")");
+  }
+  if (head_dim % 2 != 0) config_error(source, "head_dim", "must be even for rotary embeddings");
+  if (!(rms_norm_eps > 0)) config_error(source, "rms_norm_eps", "must be positive");
+  if (!(rope_theta > 0)) config_error(source, "rope_theta", "must be positive");
+  if (sliding_window && *sliding_window <= 0) {
+    config_error(source, "sliding_window", "must be positive");
+  }
+}
+
+json ModelConfig::to_json() const {
+  static const std::map<std::string, std::string> kArchitecture = {
+      {"llama", "LlamaForCausalLM"},
+      {"mistral", "MistralForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"}};
+  json j;
+  j["architectures"] = {kArchitecture.at(model_type)};
+  j["model_type"] = model_type;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["hidden_act"] = "silu";
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  switch (rope_scaling.type) {
+    case RopeType::kDefault: j["rope_scaling"] = nullptr; break;
+    case RopeType::kLinear:
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
+      break;
+    case RopeType::kLlama3:
+      j["rope_scaling"] = {
+          {"rope_type", "llama3"},
+          {"factor", rope_scaling.factor},
+          {"low_freq_factor", rope_scaling.low_freq_factor},
+          {"high_freq_factor", rope_scaling.high_freq_factor},
+          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
+      break;
+  }
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  if (model_type == "llama") j["mlp_bias"] = mlp_bias;
+  j["attention_dropout"] = 0.0;
+  if (model_type == "mistral") {
+    j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
+  }
+  if (model_type == "qwen2" || model_type == "qwen3") {
+    j["use_sliding_window"] = false;
+    j["max_window_layers"] = num_hidden_layers;
+  }
+  j["torch_dtype"] = torch_dtype;
+  if (bos_token_id) j["bos_token_id"] = *bos_token_id;
+  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
+  if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
+  if (pad_token_id) j["pad_token_id"] = *pad_token_id;
+  j["use_cache"] = true;
+  return j;
+}
+
+}  // namespace qtrain

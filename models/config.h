@@ -1,0 +1,62 @@
+// ModelConfig: everything the decoder needs, read from a Hugging Face config.json for the
+// llama, mistral, qwen2 and qwen3 model types (reference/formats.md §5).
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qtrain {
+
+enum class RopeType { kDefault, kLinear, kLlama3 };
+
+struct RopeScaling {
+  RopeType type = RopeType::kDefault;
+  double factor = 1.0;
+  // llama3 only
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  std::string model_type = "llama";  // llama | mistral | qwen2 | qwen3
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  int64_t max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v/o bias (llama); qwen2 always has q/k/v bias, no o bias
+  bool mlp_bias = false;
+  bool qk_norm = false;          // qwen3: RMSNorm over head_dim on q and k before RoPE
+  std::optional<int64_t> sliding_window;  // attend only to the last `sliding_window` keys
+  std::string torch_dtype = "float32";
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;
+  std::optional<int64_t> pad_token_id;
+
+  bool has_qkv_bias() const { return attention_bias || model_type == "qwen2"; }
+  bool has_o_bias() const { return attention_bias && model_type != "qwen2"; }
+
+  // Throws Error(kConfig) naming the field for a missing/ill-typed/out-of-range value or an
+  // unsupported model_type / rope type. `source` names the file in error messages.
+  static ModelConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
+  static ModelConfig from_file(const std::string& path);
+  // HF-style config.json for this config (both rope spellings for transformers 4.x and 5.x).
+  nlohmann::json to_json() const;
+
+  // Checks internal consistency (heads divide, head_dim even, ...). Throws Error(kConfig).
+  void validate(const std::string& source = "config") const;
+};
+
+}  // namespace qtrain

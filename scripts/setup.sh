@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what qtrain needs on a fresh Debian 12 machine. Idempotent: a second run only checks.
+#   - Debian packages: compilers, CMake/Ninja, ccache, yaml-cpp, sentencepiece, nlohmann-json,
+#     CLI11, GoogleTest, Google Benchmark.
+#   - A virtual environment (outside the source tree) with PyPI's torch 2.11.0 wheel, whose
+#     LibTorch qtrain links, plus the pinned reference packages the interop tests compare with.
+# QTRAIN_VENV overrides the venv location (default ~/.cache/qtrain/venv).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${QTRAIN_VENV:-$HOME/.cache/qtrain/venv}"
+packages=(build-essential cmake ninja-build ccache pkg-config python3-venv
+  libyaml-cpp-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python="${QTRAIN_BOOTSTRAP_PYTHON:-python3}"
+stamp="$venv/.qtrain-requirements"
+if [[ ! -x "$venv/bin/python3" ]]; then
+  echo "setup: creating $venv"
+  mkdir -p "$(dirname "$venv")"
+  "$python" -m venv "$venv"
+fi
+if ! cmp -s "$here/requirements-test.txt" "$stamp"; then
+  echo "setup: installing pinned Python packages into $venv (torch wheel with its CUDA libraries)"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r "$here/requirements-test.txt"
+  cp "$here/requirements-test.txt" "$stamp"
+fi
+echo "setup: ok (venv $venv)"

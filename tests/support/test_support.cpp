@@ -1,0 +1,85 @@
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <sys/wait.h>
+
+namespace qtrain::testing {
+namespace fs = std::filesystem;
+
+ScratchDir::ScratchDir(const std::string& tag) {
+  std::random_device device;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    fs::path candidate = fs::temp_directory_path() / (tag + "-" + std::to_string(device()));
+    if (fs::create_directory(candidate)) {
+      path_ = candidate.string();
+      return;
+    }
+  }
+  throw std::runtime_error("cannot create a scratch directory");
+}
+
+ScratchDir::~ScratchDir() {
+  std::error_code ignored;
+  if (std::getenv("QTRAIN_KEEP_SCRATCH") == nullptr) fs::remove_all(path_, ignored);
+}
+
+std::string source_dir() { return QTRAIN_SOURCE_DIR; }
+std::string binary_dir() { return QTRAIN_BINARY_DIR; }
+
+std::string reference_python() {
+  std::string python = QTRAIN_TEST_PYTHON;
+  if (const char* venv = std::getenv("QTRAIN_VENV")) python = std::string(venv) + "/bin/python3";
+  return fs::exists(python) ? python : "";
+}
+
+int run_command(const std::string& command_line, std::string* output) {
+  std::string full = command_line + " 2>&1";
+  FILE* pipe = popen(full.c_str(), "r");
+  if (pipe == nullptr) return -1;
+  std::array<char, 4096> buffer;
+  std::string captured;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) captured.append(buffer.data(), n);
+  int status = pclose(pipe);
+  if (output) *output = captured;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int run_reference_script(const std::string& script, const std::vector<std::string>& args,
+                         std::string* output) {
+  std::ostringstream cmd;
+  cmd << "'" << reference_python() << "' '" << source_dir() << "/tests/reference/" << script << "'";
+  for (const auto& a : args) cmd << " '" << a << "'";
+  return run_command(cmd.str(), output);
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) throw std::runtime_error("max_abs_diff: shapes differ");
+  if (a.numel() == 0) return 0.0;
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_file(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+}  // namespace qtrain::testing
