@@ -1,0 +1,101 @@
+#include "models/hf_loader.h"
+
+#include "core/error.h"
+#include "core/log.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+namespace qtrain {
+namespace {
+
+// Tensors some checkpoints carry that hold nothing the model needs.
+bool ignorable(const std::string& name) {
+  return name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0;
+}
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+std::string list_names(const std::vector<std::string>& names) {
+  std::string out;
+  const size_t shown = std::min<size_t>(names.size(), 8);
+  for (size_t i = 0; i < shown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > shown) out += " (+" + std::to_string(names.size() - shown) + " more)";
+  return out;
+}
+
+}  // namespace
+
+void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source) {
+  const bool tied = model.config().tie_word_embeddings;
+  std::vector<std::pair<std::string, at::Tensor>> wanted;
+  std::set<std::string> wanted_names;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (tied && item.key() == "lm_head.weight") continue;  // shares model.embed_tokens.weight
+    wanted.emplace_back(item.key(), item.value());
+    wanted_names.insert(item.key());
+  }
+  std::vector<std::string> missing, unexpected;
+  for (const auto& [name, param] : wanted) {
+    if (!checkpoint.contains(name)) missing.push_back(name);
+  }
+  for (const auto& name : checkpoint.names()) {
+    if (wanted_names.count(name) || ignorable(name)) continue;
+    if (tied && name == "lm_head.weight") continue;
+    unexpected.push_back(name);
+  }
+  if (!missing.empty()) {
+    throw_error(ErrorKind::kShape,
+                std::to_string(missing.size()) + " tensor(s) missing from the checkpoint: " +
+                    list_names(missing),
+                {.file = source, .tensor = missing.front()});
+  }
+  if (!unexpected.empty()) {
+    throw_error(ErrorKind::kShape,
+                std::to_string(unexpected.size()) + " tensor(s) the " + model.config().model_type +
+                    " model does not have: " + list_names(unexpected),
+                {.file = source, .tensor = unexpected.front()});
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, param] : wanted) {
+    const TensorInfo& info = checkpoint.info(name);
+    if (at::IntArrayRef(info.shape) != param.sizes()) {
+      throw_error(ErrorKind::kShape,
+                  "checkpoint has shape " + shape_string(info.shape) + ", the model expects " +
+                      shape_string(param.sizes()),
+                  {.file = checkpoint.file_of(name), .tensor = name});
+    }
+    if (!at::isFloatingType(info.scalar_type)) {
+      throw_error(ErrorKind::kShape, "expected a floating-point tensor, found " + info.dtype,
+                  {.file = checkpoint.file_of(name), .tensor = name});
+    }
+    param.copy_(checkpoint.tensor(name));
+  }
+}
+
+std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptions& options) {
+  const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
+  if (!std::filesystem::exists(config_path)) {
+    throw_error(ErrorKind::kIo, "not a model directory: config.json is missing", {.file = dir});
+  }
+  ModelConfig config = ModelConfig::from_file(config_path);
+  auto model = std::make_shared<CausalLM>(
+      config, at::TensorOptions().dtype(options.dtype).device(options.device));
+  CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
+  load_hf_weights(*model, checkpoint, dir);
+  log::debug("loaded ", config.model_type, " model from ", dir);
+  return model;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,225 @@
+#include "models/llama.h"
+
+#include "core/error.h"
+#include "models/attention_mask.h"
+#include "models/rope.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace qtrain {
+
+Attention::Attention(const ModelConfig& c, const at::TensorOptions& options)
+    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+  const int64_t hidden = c.hidden_size;
+  q_proj = register_module(
+      "q_proj", std::make_shared<DenseLinear>(hidden, heads_ * head_dim_, c.has_qkv_bias(), options));
+  k_proj = register_module("k_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
+                                                                   c.has_qkv_bias(), options));
+  v_proj = register_module("v_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
+                                                                   c.has_qkv_bias(), options));
+  o_proj = register_module(
+      "o_proj", std::make_shared<DenseLinear>(heads_ * head_dim_, hidden, c.has_o_bias(), options));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
+    k_norm = register_module("k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
+  }
+}
+
+at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                              const at::Tensor& mask, at::Tensor* keys, at::Tensor* values) {
+  const int64_t batch = x.size(0), length = x.size(1);
+  // [B, T, n*hd] -> [B, T, n, hd]; Qwen3 normalises each head before the transpose and RoPE.
+  at::Tensor q = q_proj->forward(x).view({batch, length, heads_, head_dim_});
+  at::Tensor k = k_proj->forward(x).view({batch, length, kv_heads_, head_dim_});
+  at::Tensor v = v_proj->forward(x).view({batch, length, kv_heads_, head_dim_});
+  if (q_norm) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  q = apply_rope(q.transpose(1, 2), cos, sin);  // [B, heads, T, hd]
+  k = apply_rope(k.transpose(1, 2), cos, sin);  // [B, kv, T, hd]
+  v = v.transpose(1, 2);
+  if (keys != nullptr && keys->defined()) {
+    k = at::cat({*keys, k}, 2);
+    v = at::cat({*values, v}, 2);
+  }
+  if (keys != nullptr) {
+    *keys = k;
+    *values = v;
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  at::Tensor out = at::scaled_dot_product_attention(
+      q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
+      /*dropout_p=*/0.0, /*is_causal=*/!mask.defined() && length > 1, scale,
+      /*enable_gqa=*/heads_ != kv_heads_);
+  out = out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_});
+  return o_proj->forward(out);
+}
+
+Mlp::Mlp(const ModelConfig& c, const at::TensorOptions& options) {
+  gate_proj = register_module("gate_proj", std::make_shared<DenseLinear>(
+                                               c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  up_proj = register_module("up_proj", std::make_shared<DenseLinear>(
+                                           c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  down_proj = register_module("down_proj", std::make_shared<DenseLinear>(
+                                               c.intermediate_size, c.hidden_size, c.mlp_bias, options));
+}
+
+at::Tensor Mlp::forward(const at::Tensor& x) {
+  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+}
+
+DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& options) {
+  self_attn = register_module("self_attn", std::make_shared<Attention>(c, options));
+  mlp = register_module("mlp", std::make_shared<Mlp>(c, options));
+  input_layernorm = register_module("input_layernorm",
+                                    std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  post_attention_layernorm = register_module(
+      "post_attention_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+}
+
+at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                 const at::Tensor& mask, at::Tensor* keys, at::Tensor* values) {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, keys, values);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& options) {
+  // A plain Module holding the embedding matrix, so its parameter is named embed_tokens.weight.
+  auto embedding = register_module("embed_tokens", std::make_shared<torch::nn::Module>());
+  embed_tokens = embedding->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
+  auto list = register_module("layers", std::make_shared<torch::nn::Module>());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    layers.push_back(list->register_module(std::to_string(i), std::make_shared<DecoderLayer>(c, options)));
+  }
+  norm = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+}
+
+CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options)
+    : config_(config), options_(options) {
+  config_.validate();
+  model = register_module("model", std::make_shared<DecoderStack>(config_, options));
+  if (config_.tie_word_embeddings) {
+    lm_head = register_module("lm_head", std::make_shared<DenseLinear>(model->embed_tokens));
+  } else {
+    lm_head = register_module(
+        "lm_head", std::make_shared<DenseLinear>(config_.hidden_size, config_.vocab_size, false, options));
+  }
+  inv_freq_ = rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling);
+}
+
+at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
+  if (!in.input_ids.defined() || in.input_ids.dim() != 2) {
+    throw_error(ErrorKind::kShape, "input_ids must be [batch, length]", {.tensor = "input_ids"});
+  }
+  const int64_t batch = in.input_ids.size(0), length = in.input_ids.size(1);
+  const auto device = model->embed_tokens.device();
+  KvCache* cache = in.cache;
+  const int64_t past = cache ? cache->length() : 0;
+  if (cache && cache->keys.empty()) {
+    cache->keys.resize(config_.num_hidden_layers);
+    cache->values.resize(config_.num_hidden_layers);
+  }
+  at::Tensor ids = in.input_ids.to(device);
+  at::Tensor positions = in.position_ids.defined()
+                             ? in.position_ids.to(device)
+                             : at::arange(past, past + length, ids.options()).expand({batch, length});
+  if (positions.sizes() != ids.sizes()) {
+    throw_error(ErrorKind::kShape, "position_ids must have the shape of input_ids",
+                {.tensor = "position_ids"});
+  }
+  if (in.segment_ids.defined() && in.segment_ids.sizes() != ids.sizes()) {
+    throw_error(ErrorKind::kShape, "segment_ids must have the shape of input_ids",
+                {.tensor = "segment_ids"});
+  }
+  at::Tensor x = at::embedding(model->embed_tokens, ids);
+  auto [cos, sin] = rope_cos_sin(inv_freq_, positions, x.scalar_type());
+  at::Tensor mask =
+      build_attention_mask(batch, length, past, in.segment_ids, config_.sliding_window, device);
+  for (size_t i = 0; i < model->layers.size(); ++i) {
+    at::Tensor* keys = cache ? &cache->keys[i] : nullptr;
+    at::Tensor* values = cache ? &cache->values[i] : nullptr;
+    x = model->layers[i]->forward(x, cos, sin, mask, keys, values);
+  }
+  return model->norm->forward(x);
+}
+
+at::Tensor CausalLM::forward(const ForwardInputs& in) {
+  at::Tensor h = hidden_states(in);
+  if (in.last_token_only) h = h.narrow(1, h.size(1) - 1, 1);
+  return lm_head->forward(h);
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> CausalLM::named_linears() const {
+  std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> out;
+  for (size_t i = 0; i < model->layers.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const auto& layer = model->layers[i];
+    out.emplace_back(p + "self_attn.q_proj", layer->self_attn->q_proj);
+    out.emplace_back(p + "self_attn.k_proj", layer->self_attn->k_proj);
+    out.emplace_back(p + "self_attn.v_proj", layer->self_attn->v_proj);
+    out.emplace_back(p + "self_attn.o_proj", layer->self_attn->o_proj);
+    out.emplace_back(p + "mlp.gate_proj", layer->mlp->gate_proj);
+    out.emplace_back(p + "mlp.up_proj", layer->mlp->up_proj);
+    out.emplace_back(p + "mlp.down_proj", layer->mlp->down_proj);
+  }
+  out.emplace_back("lm_head", lm_head);
+  return out;
+}
+
+void CausalLM::replace_linear(const std::string& name, std::shared_ptr<LinearSlot> slot) {
+  std::shared_ptr<LinearSlot>* target = nullptr;
+  torch::nn::Module* parent = nullptr;
+  std::string child;
+  if (name == "lm_head") {
+    target = &lm_head;
+    parent = this;
+    child = "lm_head";
+  } else {
+    const std::string prefix = "model.layers.";
+    size_t dot = name.find('.', prefix.size());
+    if (name.rfind(prefix, 0) != 0 || dot == std::string::npos) {
+      throw_error(ErrorKind::kShape, "no linear slot with this name", {.tensor = name});
+    }
+    const size_t index = std::stoul(name.substr(prefix.size(), dot - prefix.size()));
+    if (index >= model->layers.size()) {
+      throw_error(ErrorKind::kShape, "no linear slot with this name", {.tensor = name});
+    }
+    const std::string rest = name.substr(dot + 1);
+    auto& layer = model->layers[index];
+    const std::pair<const char*, std::pair<torch::nn::Module*, std::shared_ptr<LinearSlot>*>> slots[] = {
+        {"self_attn.q_proj", {layer->self_attn.get(), &layer->self_attn->q_proj}},
+        {"self_attn.k_proj", {layer->self_attn.get(), &layer->self_attn->k_proj}},
+        {"self_attn.v_proj", {layer->self_attn.get(), &layer->self_attn->v_proj}},
+        {"self_attn.o_proj", {layer->self_attn.get(), &layer->self_attn->o_proj}},
+        {"mlp.gate_proj", {layer->mlp.get(), &layer->mlp->gate_proj}},
+        {"mlp.up_proj", {layer->mlp.get(), &layer->mlp->up_proj}},
+        {"mlp.down_proj", {layer->mlp.get(), &layer->mlp->down_proj}},
+    };
+    for (const auto& [slot_name, where] : slots) {
+      if (rest == slot_name) {
+        parent = where.first;
+        target = where.second;
+        child = rest.substr(rest.find('.') + 1);
+      }
+    }
+    if (target == nullptr) {
+      throw_error(ErrorKind::kShape, "no linear slot with this name", {.tensor = name});
+    }
+  }
+  if (slot->in_features() != (*target)->in_features() ||
+      slot->out_features() != (*target)->out_features()) {
+    throw_error(ErrorKind::kShape,
+                "replacement is [" + std::to_string(slot->out_features()) + ", " +
+                    std::to_string(slot->in_features()) + "], slot is [" +
+                    std::to_string((*target)->out_features()) + ", " +
+                    std::to_string((*target)->in_features()) + "]",
+                {.tensor = name});
+  }
+  parent->replace_module(child, slot);
+  *target = std::move(slot);
+}
+
+}  // namespace qtrain

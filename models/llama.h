@@ -1,0 +1,110 @@
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) built from a ModelConfig, with
+// module names that equal transformers' state-dict names (model.layers.0.self_attn.q_proj ...).
+//
+// Every projection is a LinearSlot: dense here, quantized or adapter-wrapped by later layers
+// through replace_linear().
+#pragma once
+
+#include "models/config.h"
+#include "models/linear.h"
+#include "models/rms_norm.h"
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace qtrain {
+
+// Keys and values of the tokens seen so far, per layer: [B, n_kv_heads, S, head_dim].
+struct KvCache {
+  std::vector<at::Tensor> keys;
+  std::vector<at::Tensor> values;
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+};
+
+struct ForwardInputs {
+  at::Tensor input_ids;     // [B, T] int64
+  at::Tensor position_ids;  // [B, T] int64; default: past + arange(T) on every row
+  at::Tensor segment_ids;   // [B, T] int64, optional: packed samples attend only within a segment
+  KvCache* cache = nullptr;  // optional: read past keys/values and append the new ones
+  bool last_token_only = false;  // logits for the last position only ([B, 1, V])
+};
+
+class Attention : public torch::nn::Module {
+ public:
+  Attention(const ModelConfig& config, const at::TensorOptions& options);
+  // x [B, T, H], cos/sin [B, T, head_dim], mask [B, 1, T, S] bool or undefined (causal)
+  // -> [B, T, H]. With past_keys/values defined ([B, kv, P, hd]) they are prepended, and the
+  // concatenated keys/values are returned through the out-parameters.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, at::Tensor* keys, at::Tensor* values);
+
+  std::shared_ptr<LinearSlot> q_proj, k_proj, v_proj, o_proj;
+  std::shared_ptr<RMSNorm> q_norm, k_norm;  // qwen3 only
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+
+class Mlp : public torch::nn::Module {
+ public:
+  Mlp(const ModelConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // [..., H] -> [..., H]
+
+  std::shared_ptr<LinearSlot> gate_proj, up_proj, down_proj;
+};
+
+class DecoderLayer : public torch::nn::Module {
+ public:
+  DecoderLayer(const ModelConfig& config, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& mask, at::Tensor* keys, at::Tensor* values);
+
+  std::shared_ptr<Attention> self_attn;
+  std::shared_ptr<Mlp> mlp;
+  std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+};
+
+// "model": embeddings, decoder layers and the final norm.
+class DecoderStack : public torch::nn::Module {
+ public:
+  DecoderStack(const ModelConfig& config, const at::TensorOptions& options);
+
+  at::Tensor embed_tokens;  // [V, H], registered as embed_tokens.weight
+  std::vector<std::shared_ptr<DecoderLayer>> layers;
+  std::shared_ptr<RMSNorm> norm;
+};
+
+class CausalLM : public torch::nn::Module {
+ public:
+  // Parameters are allocated uninitialised with `options` (dtype, device); load them with
+  // load_hf_weights() or initialise them yourself.
+  CausalLM(const ModelConfig& config, const at::TensorOptions& options);
+
+  // Returns logits [B, T, V] (or [B, 1, V] with last_token_only) in the model's dtype.
+  at::Tensor forward(const ForwardInputs& inputs);
+  // Hidden states after the final norm: [B, T, H].
+  at::Tensor hidden_states(const ForwardInputs& inputs);
+
+  const ModelConfig& config() const { return config_; }
+  const at::TensorOptions& options() const { return options_; }
+
+  // Every projection slot with its HF module name ("model.layers.3.mlp.up_proj", "lm_head").
+  std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> named_linears() const;
+  // Replaces the slot named `name` (see named_linears) with `slot`; the shapes must agree.
+  void replace_linear(const std::string& name, std::shared_ptr<LinearSlot> slot);
+
+  std::shared_ptr<DecoderStack> model;
+  std::shared_ptr<LinearSlot> lm_head;  // shares model.embed_tokens when embeddings are tied
+
+ private:
+  ModelConfig config_;
+  at::TensorOptions options_;
+  at::Tensor inv_freq_;  // [head_dim/2] float32
+};
+
+}  // namespace qtrain
