@@ -16,7 +16,9 @@ namespace {
 
 // Tensors some checkpoints carry that hold nothing the model needs.
 bool ignorable(const std::string& name) {
-  return name.size() >= 21 && name.compare(name.size() - 21, 21, "rotary_emb.inv_freq") == 0;
+  static const std::string kSuffix = "rotary_emb.inv_freq";
+  return name.size() >= kSuffix.size() &&
+         name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
 }
 
 std::string shape_string(at::IntArrayRef shape) {
