@@ -77,8 +77,10 @@ class CheckpointReader {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
+  static CheckpointReader open_index(const std::string& dir, const std::string& index_path);
   const SafetensorsFile& shard(const std::string& name) const;
 
+  std::string location_;  // the directory or file opened, for error messages
   std::map<std::string, std::shared_ptr<SafetensorsFile>> shards_;  // by path
   std::map<std::string, std::string> shard_of_;                     // tensor name -> shard path
   std::map<std::string, std::string> metadata_;                     // from the first shard
@@ -100,7 +102,8 @@ struct ShardOptions {
 
 // Writes `tensors` into `dir` like transformers' save_pretrained: one `<base>.safetensors` when
 // everything fits in one shard, else `<base>-0000i-of-0000N.safetensors` filled greedily in order
-// plus `<base>.safetensors.index.json`. Returns the files written.
+// plus `<base>.safetensors.index.json`. A tensor larger than max_shard_bytes gets a shard of its
+// own. Returns the paths of the files written (index last). Files already in `dir` are left alone.
 std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTensors& tensors,
                                           const ShardOptions& options = {});
 
