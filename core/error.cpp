@@ -23,20 +23,29 @@ std::string Error::render(const std::string& message, const ErrorContext& contex
     where = context.file;
     if (context.line >= 0) where += ":" + std::to_string(context.line);
   }
-  if (!context.tensor.empty()) where += (where.empty() ? "" : ": ") + ("tensor '" + context.tensor + "'");
-  if (!context.field.empty()) where += (where.empty() ? "" : ": ") + ("field '" + context.field + "'");
+  if (!context.tensor.empty())
+    where += (where.empty() ? "" : ": ") + ("tensor '" + context.tensor + "'");
+  if (!context.field.empty())
+    where += (where.empty() ? "" : ": ") + ("field '" + context.field + "'");
   return where.empty() ? message : where + ": " + message;
 }
 
 const char* error_kind_name(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::kUsage: return "usage error";
-    case ErrorKind::kConfig: return "config error";
-    case ErrorKind::kIo: return "I/O error";
-    case ErrorKind::kFormat: return "format error";
-    case ErrorKind::kShape: return "shape error";
-    case ErrorKind::kUnsupported: return "unsupported";
-    case ErrorKind::kInternal: return "internal error";
+    case ErrorKind::kUsage:
+      return "usage error";
+    case ErrorKind::kConfig:
+      return "config error";
+    case ErrorKind::kIo:
+      return "I/O error";
+    case ErrorKind::kFormat:
+      return "format error";
+    case ErrorKind::kShape:
+      return "shape error";
+    case ErrorKind::kUnsupported:
+      return "unsupported";
+    case ErrorKind::kInternal:
+      return "internal error";
   }
   return "error";
 }

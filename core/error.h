@@ -48,6 +48,7 @@ class Error : public std::runtime_error {
 const char* error_kind_name(ErrorKind kind);
 
 // Shorthands: throw_error(ErrorKind::kFormat, "bad header", {.file = path}).
-[[noreturn]] void throw_error(ErrorKind kind, const std::string& message, ErrorContext context = {});
+[[noreturn]] void throw_error(ErrorKind kind, const std::string& message,
+                              ErrorContext context = {});
 
 }  // namespace qtrain

@@ -27,18 +27,26 @@ std::atomic<int>& current_level() {
 
 const char* tag(Level level) {
   switch (level) {
-    case Level::kDebug: return "debug";
-    case Level::kInfo: return "info";
-    case Level::kWarn: return "warn";
-    case Level::kError: return "error";
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
   }
   return "?";
 }
 
 }  // namespace
 
-Level level() { return static_cast<Level>(current_level().load()); }
-void set_level(Level level) { current_level().store(static_cast<int>(level)); }
+Level level() {
+  return static_cast<Level>(current_level().load());
+}
+void set_level(Level level) {
+  current_level().store(static_cast<int>(level));
+}
 
 void write(Level level, const std::string& message) {
   static std::mutex mutex;

@@ -18,7 +18,9 @@ using nlohmann::json;
   throw_error(ErrorKind::kConfig, message, {.file = source, .field = field});
 }
 
-bool present(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+bool present(const json& j, const char* key) {
+  return j.contains(key) && !j.at(key).is_null();
+}
 
 int64_t get_int(const json& j, const char* key, const std::string& source,
                 std::optional<int64_t> fallback = std::nullopt) {
@@ -99,8 +101,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.num_key_value_heads = get_int(j, "num_key_value_heads", source, c.num_attention_heads);
   const bool is_qwen3 = c.model_type == "qwen3";
   if (c.num_attention_heads <= 0) config_error(source, "num_attention_heads", "must be positive");
-  c.head_dim = get_int(j, "head_dim", source,
-                       is_qwen3 ? 128 : c.hidden_size / c.num_attention_heads);
+  c.head_dim =
+      get_int(j, "head_dim", source, is_qwen3 ? 128 : c.hidden_size / c.num_attention_heads);
   c.rms_norm_eps = get_number(j, "rms_norm_eps", source, 1e-6);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", source, 2048);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, false);
@@ -214,7 +216,9 @@ json ModelConfig::to_json() const {
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
   switch (rope_scaling.type) {
-    case RopeType::kDefault: j["rope_scaling"] = nullptr; break;
+    case RopeType::kDefault:
+      j["rope_scaling"] = nullptr;
+      break;
     case RopeType::kLinear:
       j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
       break;

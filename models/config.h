@@ -38,7 +38,7 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v/o bias (llama); qwen2 always has q/k/v bias, no o bias
   bool mlp_bias = false;
-  bool qk_norm = false;          // qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm = false;                   // qwen3: RMSNorm over head_dim on q and k before RoPE
   std::optional<int64_t> sliding_window;  // attend only to the last `sliding_window` keys
   std::string torch_dtype = "float32";
   std::optional<int64_t> bos_token_id;
@@ -50,7 +50,8 @@ struct ModelConfig {
 
   // Throws Error(kConfig) naming the field for a missing/ill-typed/out-of-range value or an
   // unsupported model_type / rope type. `source` names the file in error messages.
-  static ModelConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
+  static ModelConfig from_json(const nlohmann::json& json,
+                               const std::string& source = "config.json");
   static ModelConfig from_file(const std::string& path);
   // HF-style config.json for this config (both rope spellings for transformers 4.x and 5.x).
   nlohmann::json to_json() const;

@@ -42,11 +42,13 @@ std::vector<int64_t> generate(CausalLM& model, const std::vector<int64_t>& promp
   std::vector<int64_t> produced;
   at::Tensor input = at::tensor(prompt, at::kLong).view({1, -1});
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    at::Tensor logits = model.forward({.input_ids = input, .cache = &cache, .last_token_only = true});
+    at::Tensor logits =
+        model.forward({.input_ids = input, .cache = &cache, .last_token_only = true});
     const int64_t next = sample_next_token(logits[0][0], options, generator);
     produced.push_back(next);
     if (on_token) on_token(next);
-    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end()) break;
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end())
+      break;
     input = at::tensor({next}, at::kLong).view({1, 1});
   }
   return produced;

@@ -39,7 +39,8 @@ std::string list_names(const std::vector<std::string>& names) {
 
 }  // namespace
 
-void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source) {
+void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
+                     const std::string& source) {
   const bool tied = model.config().tie_word_embeddings;
   std::vector<std::pair<std::string, at::Tensor>> wanted;
   std::set<std::string> wanted_names;
@@ -59,8 +60,8 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const 
   }
   if (!missing.empty()) {
     throw_error(ErrorKind::kShape,
-                std::to_string(missing.size()) + " tensor(s) missing from the checkpoint: " +
-                    list_names(missing),
+                std::to_string(missing.size()) +
+                    " tensor(s) missing from the checkpoint: " + list_names(missing),
                 {.file = source, .tensor = missing.front()});
   }
   if (!unexpected.empty()) {

@@ -22,7 +22,8 @@ struct LoadOptions {
 // A tensor the model needs but the checkpoint lacks, one the checkpoint has but the model does
 // not know, or one whose shape differs is an Error(kShape) that names it (all of them, listed).
 // `source` names the directory in messages.
-void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source);
+void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
+                     const std::string& source);
 
 // config.json -> CausalLM with weights from the directory's safetensors.
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptions& options = {});

@@ -2,7 +2,9 @@
 
 namespace qtrain {
 
-std::string hf_layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+std::string hf_layer_prefix(int64_t layer) {
+  return "model.layers." + std::to_string(layer) + ".";
+}
 
 std::vector<TensorSpec> hf_tensor_specs(const ModelConfig& c) {
   const int64_t hidden = c.hidden_size;

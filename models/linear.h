@@ -22,7 +22,8 @@ class LinearSlot : public torch::nn::Module {
 // y = x W^T + b with W [out, in] and optional b [out], registered as "weight" and "bias".
 class DenseLinear : public LinearSlot {
  public:
-  DenseLinear(int64_t in_features, int64_t out_features, bool bias, const at::TensorOptions& options);
+  DenseLinear(int64_t in_features, int64_t out_features, bool bias,
+              const at::TensorOptions& options);
   // Shares an existing weight (tied embeddings): W [out, in].
   explicit DenseLinear(const at::Tensor& shared_weight);
 

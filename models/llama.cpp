@@ -13,8 +13,8 @@ namespace qtrain {
 Attention::Attention(const ModelConfig& c, const at::TensorOptions& options)
     : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
   const int64_t hidden = c.hidden_size;
-  q_proj = register_module(
-      "q_proj", std::make_shared<DenseLinear>(hidden, heads_ * head_dim_, c.has_qkv_bias(), options));
+  q_proj = register_module("q_proj", std::make_shared<DenseLinear>(hidden, heads_ * head_dim_,
+                                                                   c.has_qkv_bias(), options));
   k_proj = register_module("k_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
                                                                    c.has_qkv_bias(), options));
   v_proj = register_module("v_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
@@ -22,8 +22,10 @@ Attention::Attention(const ModelConfig& c, const at::TensorOptions& options)
   o_proj = register_module(
       "o_proj", std::make_shared<DenseLinear>(heads_ * head_dim_, hidden, c.has_o_bias(), options));
   if (c.qk_norm) {
-    q_norm = register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
-    k_norm = register_module("k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
+    q_norm =
+        register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
+    k_norm =
+        register_module("k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
   }
 }
 
@@ -59,12 +61,15 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
 }
 
 Mlp::Mlp(const ModelConfig& c, const at::TensorOptions& options) {
-  gate_proj = register_module("gate_proj", std::make_shared<DenseLinear>(
-                                               c.hidden_size, c.intermediate_size, c.mlp_bias, options));
-  up_proj = register_module("up_proj", std::make_shared<DenseLinear>(
-                                           c.hidden_size, c.intermediate_size, c.mlp_bias, options));
-  down_proj = register_module("down_proj", std::make_shared<DenseLinear>(
-                                               c.intermediate_size, c.hidden_size, c.mlp_bias, options));
+  gate_proj = register_module(
+      "gate_proj",
+      std::make_shared<DenseLinear>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  up_proj = register_module(
+      "up_proj",
+      std::make_shared<DenseLinear>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  down_proj = register_module(
+      "down_proj",
+      std::make_shared<DenseLinear>(c.intermediate_size, c.hidden_size, c.mlp_bias, options));
 }
 
 at::Tensor Mlp::forward(const at::Tensor& x) {
@@ -74,10 +79,11 @@ at::Tensor Mlp::forward(const at::Tensor& x) {
 DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& options) {
   self_attn = register_module("self_attn", std::make_shared<Attention>(c, options));
   mlp = register_module("mlp", std::make_shared<Mlp>(c, options));
-  input_layernorm = register_module("input_layernorm",
-                                    std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
-  post_attention_layernorm = register_module(
-      "post_attention_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  input_layernorm = register_module(
+      "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm",
+                      std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
 }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
@@ -89,10 +95,12 @@ at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, con
 DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& options) {
   // A plain Module holding the embedding matrix, so its parameter is named embed_tokens.weight.
   auto embedding = register_module("embed_tokens", std::make_shared<torch::nn::Module>());
-  embed_tokens = embedding->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
+  embed_tokens =
+      embedding->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
   auto list = register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    layers.push_back(list->register_module(std::to_string(i), std::make_shared<DecoderLayer>(c, options)));
+    layers.push_back(
+        list->register_module(std::to_string(i), std::make_shared<DecoderLayer>(c, options)));
   }
   norm = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
 }
@@ -105,7 +113,8 @@ CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options)
     lm_head = register_module("lm_head", std::make_shared<DenseLinear>(model->embed_tokens));
   } else {
     lm_head = register_module(
-        "lm_head", std::make_shared<DenseLinear>(config_.hidden_size, config_.vocab_size, false, options));
+        "lm_head",
+        std::make_shared<DenseLinear>(config_.hidden_size, config_.vocab_size, false, options));
   }
   inv_freq_ = rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling);
 }
@@ -123,9 +132,10 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     cache->values.resize(config_.num_hidden_layers);
   }
   at::Tensor ids = in.input_ids.to(device);
-  at::Tensor positions = in.position_ids.defined()
-                             ? in.position_ids.to(device)
-                             : at::arange(past, past + length, ids.options()).expand({batch, length});
+  at::Tensor positions =
+      in.position_ids.defined()
+          ? in.position_ids.to(device)
+          : at::arange(past, past + length, ids.options()).expand({batch, length});
   if (positions.sizes() != ids.sizes()) {
     throw_error(ErrorKind::kShape, "position_ids must have the shape of input_ids",
                 {.tensor = "position_ids"});
@@ -189,15 +199,16 @@ void CausalLM::replace_linear(const std::string& name, std::shared_ptr<LinearSlo
     }
     const std::string rest = name.substr(dot + 1);
     auto& layer = model->layers[index];
-    const std::pair<const char*, std::pair<torch::nn::Module*, std::shared_ptr<LinearSlot>*>> slots[] = {
-        {"self_attn.q_proj", {layer->self_attn.get(), &layer->self_attn->q_proj}},
-        {"self_attn.k_proj", {layer->self_attn.get(), &layer->self_attn->k_proj}},
-        {"self_attn.v_proj", {layer->self_attn.get(), &layer->self_attn->v_proj}},
-        {"self_attn.o_proj", {layer->self_attn.get(), &layer->self_attn->o_proj}},
-        {"mlp.gate_proj", {layer->mlp.get(), &layer->mlp->gate_proj}},
-        {"mlp.up_proj", {layer->mlp.get(), &layer->mlp->up_proj}},
-        {"mlp.down_proj", {layer->mlp.get(), &layer->mlp->down_proj}},
-    };
+    const std::pair<const char*, std::pair<torch::nn::Module*, std::shared_ptr<LinearSlot>*>>
+        slots[] = {
+            {"self_attn.q_proj", {layer->self_attn.get(), &layer->self_attn->q_proj}},
+            {"self_attn.k_proj", {layer->self_attn.get(), &layer->self_attn->k_proj}},
+            {"self_attn.v_proj", {layer->self_attn.get(), &layer->self_attn->v_proj}},
+            {"self_attn.o_proj", {layer->self_attn.get(), &layer->self_attn->o_proj}},
+            {"mlp.gate_proj", {layer->mlp.get(), &layer->mlp->gate_proj}},
+            {"mlp.up_proj", {layer->mlp.get(), &layer->mlp->up_proj}},
+            {"mlp.down_proj", {layer->mlp.get(), &layer->mlp->down_proj}},
+        };
     for (const auto& [slot_name, where] : slots) {
       if (rest == slot_name) {
         parent = where.first;

@@ -27,9 +27,9 @@ struct KvCache {
 };
 
 struct ForwardInputs {
-  at::Tensor input_ids;     // [B, T] int64
-  at::Tensor position_ids;  // [B, T] int64; default: past + arange(T) on every row
-  at::Tensor segment_ids;   // [B, T] int64, optional: packed samples attend only within a segment
+  at::Tensor input_ids;      // [B, T] int64
+  at::Tensor position_ids;   // [B, T] int64; default: past + arange(T) on every row
+  at::Tensor segment_ids;    // [B, T] int64, optional: packed samples attend only within a segment
   KvCache* cache = nullptr;  // optional: read past keys/values and append the new ones
   bool last_token_only = false;  // logits for the last position only ([B, 1, V])
 };

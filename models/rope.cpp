@@ -10,9 +10,12 @@ at::Tensor rope_inverse_frequencies(int64_t head_dim, double theta, const RopeSc
   at::Tensor exponent = at::arange(0, head_dim, 2, at::kLong).to(at::kFloat) / head_dim;
   at::Tensor inv_freq = 1.0 / at::pow(theta, exponent);
   switch (scaling.type) {
-    case RopeType::kDefault: return inv_freq;
-    case RopeType::kLinear: return inv_freq / scaling.factor;
-    case RopeType::kLlama3: break;
+    case RopeType::kDefault:
+      return inv_freq;
+    case RopeType::kLinear:
+      return inv_freq / scaling.factor;
+    case RopeType::kLlama3:
+      break;
   }
   // Llama 3: long wavelengths are divided by `factor`, short ones kept, the band between
   // interpolated smoothly.

@@ -9,9 +9,9 @@
 #include "models/generate.h"
 #include "models/hf_loader.h"
 
-#include <CLI/CLI.hpp>
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -53,14 +53,15 @@ int run(const std::string& dir, const std::string& prompt, qtrain::GenerateOptio
   if (tokenizer.vocab_size() > model->config().vocab_size) {
     throw qtrain::Error(qtrain::ErrorKind::kShape,
                         "tokenizer has " + std::to_string(tokenizer.vocab_size()) +
-                            " pieces, the model only " +
-                            std::to_string(model->config().vocab_size),
+                            " pieces, the model only " + std::to_string(model->config().vocab_size),
                         {.file = tokenizer_path});
   }
   std::vector<int64_t> ids = tokenizer.encode(prompt, adds_bos(dir));
-  if (ids.empty()) throw qtrain::Error(qtrain::ErrorKind::kUsage, "the prompt encodes to no tokens");
+  if (ids.empty())
+    throw qtrain::Error(qtrain::ErrorKind::kUsage, "the prompt encodes to no tokens");
   for (int64_t eos : model->config().eos_token_ids) options.stop_ids.push_back(eos);
-  if (options.stop_ids.empty() && tokenizer.eos_id() >= 0) options.stop_ids.push_back(tokenizer.eos_id());
+  if (options.stop_ids.empty() && tokenizer.eos_id() >= 0)
+    options.stop_ids.push_back(tokenizer.eos_id());
 
   std::cout << prompt << std::flush;
   std::vector<int64_t> produced;
@@ -88,9 +89,11 @@ int main(int argc, char** argv) {
   app.add_option("model", dir, "model directory (config.json, safetensors, tokenizer.model)")
       ->required();
   app.add_option("--prompt,-p", prompt, "text to continue")->required();
-  app.add_option("--max-new-tokens,-n", options.max_new_tokens)->capture_default_str()
+  app.add_option("--max-new-tokens,-n", options.max_new_tokens)
+      ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--temperature,-t", options.temperature, "0 = greedy")->capture_default_str()
+  app.add_option("--temperature,-t", options.temperature, "0 = greedy")
+      ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", options.top_p)->capture_default_str()->check(CLI::Range(1e-9, 1.0));
   app.add_option("--seed", options.seed)->capture_default_str();

@@ -13,8 +13,8 @@ namespace {
 using nlohmann::json;
 
 json base(const std::string& type) {
-  return {{"model_type", type},         {"vocab_size", 100},        {"hidden_size", 64},
-          {"intermediate_size", 128},   {"num_hidden_layers", 2},   {"num_attention_heads", 4}};
+  return {{"model_type", type},       {"vocab_size", 100},      {"hidden_size", 64},
+          {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}};
 }
 
 ErrorKind kind_of(const json& j, std::string* message = nullptr) {
@@ -59,12 +59,15 @@ TEST(ModelConfigTest, FamilySpecifics) {
 TEST(ModelConfigTest, Llama3RopeInBothSpellings) {
   json legacy = base("llama");
   legacy["rope_theta"] = 500000.0;
-  legacy["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  legacy["rope_scaling"] = {{"type", "llama3"},
+                            {"factor", 8.0},
+                            {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 8192}};
   json v5 = base("llama");
-  v5["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
-                           {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                           {"original_max_position_embeddings", 8192}};
+  v5["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 500000.0},
+                           {"factor", 8.0},           {"low_freq_factor", 1.0},
+                           {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
   for (const json& j : {legacy, v5}) {
     ModelConfig c = ModelConfig::from_json(j);
     EXPECT_EQ(c.rope_scaling.type, RopeType::kLlama3);

@@ -18,7 +18,9 @@ using testing::max_abs_diff;
 using testing::random_model;
 using testing::small_config;
 
-at::Tensor ids(std::vector<int64_t> values) { return at::tensor(values, at::kLong).view({1, -1}); }
+at::Tensor ids(std::vector<int64_t> values) {
+  return at::tensor(values, at::kLong).view({1, -1});
+}
 
 at::Tensor logits(CausalLM& model, const at::Tensor& input_ids) {
   torch::NoGradGuard no_grad;
@@ -60,9 +62,8 @@ TEST(DecoderTest, PackedSamplesMatchTheSamplesRunAlone) {
     for (size_t i = 0; i < a.size(); ++i) positions.push_back(i), segments.push_back(0);
     for (size_t i = 0; i < b.size(); ++i) positions.push_back(i), segments.push_back(1);
     torch::NoGradGuard no_grad;
-    at::Tensor together = model->forward({.input_ids = ids(packed),
-                                          .position_ids = ids(positions),
-                                          .segment_ids = ids(segments)});
+    at::Tensor together = model->forward(
+        {.input_ids = ids(packed), .position_ids = ids(positions), .segment_ids = ids(segments)});
     at::Tensor alone_a = logits(*model, ids(a));
     at::Tensor alone_b = logits(*model, ids(b));
     EXPECT_LT(max_abs_diff(together.narrow(1, 0, a.size()), alone_a), 1e-5) << type;
@@ -96,11 +97,8 @@ TEST(DecoderTest, KvCacheGivesTheLogitsOfTheFullForward) {
 TEST(DecoderTest, AttentionMaskCombinesCausalSegmentsAndWindow) {
   at::Tensor segments = at::tensor({0, 0, 0, 1, 1}, at::kLong).view({1, 5});
   at::Tensor mask = build_attention_mask(1, 5, 0, segments, /*window=*/2, at::kCPU);
-  const bool expected[5][5] = {{1, 0, 0, 0, 0},
-                               {1, 1, 0, 0, 0},
-                               {0, 1, 1, 0, 0},
-                               {0, 0, 0, 1, 0},
-                               {0, 0, 0, 1, 1}};
+  const bool expected[5][5] = {
+      {1, 0, 0, 0, 0}, {1, 1, 0, 0, 0}, {0, 1, 1, 0, 0}, {0, 0, 0, 1, 0}, {0, 0, 0, 1, 1}};
   for (int q = 0; q < 5; ++q) {
     for (int k = 0; k < 5; ++k) EXPECT_EQ(mask[0][0][q][k].item<bool>(), expected[q][k]) << q << k;
   }
@@ -146,7 +144,8 @@ TEST(DecoderTest, ReplacedLinearSlotsAreUsedAndChecked) {
   EXPECT_EQ(names.size(), static_cast<size_t>(7 * config.num_hidden_layers + 1));
   at::Tensor input = ids({1, 2, 3});
   at::Tensor before = logits(*model, input);
-  model->replace_linear("lm_head", std::make_shared<ZeroLinear>(config.hidden_size, config.vocab_size));
+  model->replace_linear("lm_head",
+                        std::make_shared<ZeroLinear>(config.hidden_size, config.vocab_size));
   EXPECT_EQ(logits(*model, input).abs().max().item<double>(), 0.0);
   // The module tree sees the new slot: lm_head no longer has a weight parameter.
   EXPECT_EQ(model->named_parameters(true).find("lm_head.weight"), nullptr);

@@ -9,8 +9,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <iostream>
@@ -36,8 +36,11 @@ std::vector<Variant> variants() {
   {
     Variant v{"llama3_scaled_biased", t::small_config("llama")};
     v.config.rope_theta = 500000.0;
-    v.config.rope_scaling = {.type = RopeType::kLlama3, .factor = 8.0, .low_freq_factor = 1.0,
-                             .high_freq_factor = 4.0, .original_max_position_embeddings = 64};
+    v.config.rope_scaling = {.type = RopeType::kLlama3,
+                             .factor = 8.0,
+                             .low_freq_factor = 1.0,
+                             .high_freq_factor = 4.0,
+                             .original_max_position_embeddings = 64};
     v.config.attention_bias = true;
     v.config.mlp_bias = true;
     v.config.head_dim = 16;  // head_dim != hidden / heads
@@ -84,14 +87,14 @@ void write_model_dir(const CausalLM& model, const std::string& dir, uint64_t max
 TEST(HfParityTest, LogitsAndGreedyTokensMatchTransformers) {
   QTRAIN_REQUIRE_REFERENCE_PYTHON();
   const std::vector<std::vector<int64_t>> input_ids = {
-      {1, 5, 17, 3, 88, 42, 7, 7, 60, 2, 95, 31},
-      {1, 90, 12, 12, 44, 0, 63, 8, 21, 77, 50, 9}};
+      {1, 5, 17, 3, 88, 42, 7, 7, 60, 2, 95, 31}, {1, 90, 12, 12, 44, 0, 63, 8, 21, 77, 50, 9}};
   const std::vector<int64_t> prompt = {1, 33, 14, 15};
   const int64_t new_tokens = 8;
   t::ScratchDir scratch("qtrain-parity");
-  t::write_file(scratch.file("inputs.json"),
-                json{{"input_ids", input_ids}, {"generate_prompt", prompt},
-                     {"max_new_tokens", new_tokens}}.dump());
+  t::write_file(
+      scratch.file("inputs.json"),
+      json{{"input_ids", input_ids}, {"generate_prompt", prompt}, {"max_new_tokens", new_tokens}}
+          .dump());
   std::vector<std::string> dirs;
   for (const Variant& v : variants()) {
     auto model = t::random_model(v.config, 1234);

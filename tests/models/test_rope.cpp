@@ -33,8 +33,11 @@ TEST(RopeTest, LinearScalingDividesEveryFrequency) {
 }
 
 TEST(RopeTest, Llama3ScalingKeepsHighDividesLowAndBlendsTheBand) {
-  RopeScaling s{.type = RopeType::kLlama3, .factor = 8.0, .low_freq_factor = 1.0,
-                .high_freq_factor = 4.0, .original_max_position_embeddings = 8192};
+  RopeScaling s{.type = RopeType::kLlama3,
+                .factor = 8.0,
+                .low_freq_factor = 1.0,
+                .high_freq_factor = 4.0,
+                .original_max_position_embeddings = 8192};
   const int64_t d = 128;
   at::Tensor plain = rope_inverse_frequencies(d, 500000.0, {});
   at::Tensor scaled = rope_inverse_frequencies(d, 500000.0, s);

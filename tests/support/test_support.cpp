@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <ftw.h>
+#include <sys/wait.h>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -10,7 +12,6 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
-#include <sys/wait.h>
 
 namespace qtrain::testing {
 namespace fs = std::filesystem;
@@ -27,13 +28,23 @@ ScratchDir::ScratchDir(const std::string& tag) {
   throw std::runtime_error("cannot create a scratch directory");
 }
 
+// Not std::filesystem::remove_all: libtorch.so exports its own copy, which calls
+// recursive_directory_iterator::__erase, a weak symbol newer than the system libstdc++ (GCC 12)
+// and so null: it crashes on any non-empty directory.
 ScratchDir::~ScratchDir() {
-  std::error_code ignored;
-  if (std::getenv("QTRAIN_KEEP_SCRATCH") == nullptr) fs::remove_all(path_, ignored);
+  if (std::getenv("QTRAIN_KEEP_SCRATCH") != nullptr) return;
+  ::nftw(
+      path_.c_str(),
+      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
-std::string source_dir() { return QTRAIN_SOURCE_DIR; }
-std::string binary_dir() { return QTRAIN_BINARY_DIR; }
+std::string source_dir() {
+  return QTRAIN_SOURCE_DIR;
+}
+std::string binary_dir() {
+  return QTRAIN_BINARY_DIR;
+}
 
 std::string reference_python() {
   std::string python = QTRAIN_TEST_PYTHON;

@@ -48,11 +48,11 @@ void write_file(const std::string& path, const std::string& contents);
 
 // Use at the top of an interop test: skips (or fails under QTRAIN_REQUIRE_INTEROP=1) when the
 // reference venv is missing.
-#define QTRAIN_REQUIRE_REFERENCE_PYTHON()                                                  \
-  do {                                                                                     \
-    if (::qtrain::testing::reference_python().empty()) {                                   \
+#define QTRAIN_REQUIRE_REFERENCE_PYTHON()                                                    \
+  do {                                                                                       \
+    if (::qtrain::testing::reference_python().empty()) {                                     \
       if (const char* r = std::getenv("QTRAIN_REQUIRE_INTEROP"); r && std::string(r) == "1") \
-        FAIL() << "reference Python venv missing (run scripts/setup.sh)";                   \
-      GTEST_SKIP() << "reference Python venv missing (run scripts/setup.sh)";               \
-    }                                                                                      \
+        FAIL() << "reference Python venv missing (run scripts/setup.sh)";                    \
+      GTEST_SKIP() << "reference Python venv missing (run scripts/setup.sh)";                \
+    }                                                                                        \
   } while (0)

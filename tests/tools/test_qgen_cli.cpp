@@ -13,7 +13,9 @@ namespace {
 
 namespace t = qtrain::testing;
 
-std::string qgen() { return t::binary_dir() + "/tools/qgen"; }
+std::string qgen() {
+  return t::binary_dir() + "/tools/qgen";
+}
 
 class QgenCliTest : public ::testing::Test {
  protected:

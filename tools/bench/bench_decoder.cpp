@@ -32,8 +32,8 @@ void BM_Prefill(benchmark::State& state, const std::string& preset) {
   at::Tensor ids = at::randint(0, model->config().vocab_size, {1, length}, at::kLong);
   torch::NoGradGuard no_grad;
   for (auto _ : state) benchmark::DoNotOptimize(model->forward({.input_ids = ids}));
-  state.counters["tokens/s"] =
-      benchmark::Counter(static_cast<double>(length), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(length),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_DecodeStep(benchmark::State& state, const std::string& preset) {
@@ -61,10 +61,20 @@ void BM_LoadCheckpoint(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
 }
 
-BENCHMARK_CAPTURE(BM_Prefill, tiny, std::string("tiny"))->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Prefill, small, std::string("small"))->Arg(128)->Arg(512)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeStep, tiny, std::string("tiny"))->Arg(128)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_DecodeStep, small, std::string("small"))->Arg(128)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Prefill, tiny, std::string("tiny"))
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Prefill, small, std::string("small"))
+    ->Arg(128)
+    ->Arg(512)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeStep, tiny, std::string("tiny"))
+    ->Arg(128)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_DecodeStep, small, std::string("small"))
+    ->Arg(128)
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LoadCheckpoint)->Unit(benchmark::kMillisecond);
 
 }  // namespace
