@@ -1,0 +1,325 @@
+#include "models/tiny_model.h"
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "data/sentencepiece_to_hf.h"
+#include "data/sentencepiece_tokenizer.h"
+#include "data/sentencepiece_trainer.h"
+#include "models/hf_names.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <ftw.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <random>
+
+namespace qtrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Preset {
+  const char* name;
+  int64_t vocab_size;
+  int64_t hidden_size;
+  int64_t intermediate_size;
+  int64_t num_hidden_layers;
+  int64_t num_attention_heads;
+  int64_t num_key_value_heads;
+};
+
+// The vocabulary must hold 3 special + 256 byte pieces + every character of the corpus (~85 for
+// the license texts), hence 384 rather than a rounder 256 for "micro".
+constexpr Preset kPresets[] = {
+    {"micro", 384, 64, 128, 2, 4, 2},
+    {"tiny", 512, 128, 384, 6, 4, 2},
+    {"small", 4096, 384, 1024, 8, 6, 2},
+    {"100m", 8000, 768, 2560, 12, 12, 4},
+};
+
+const char* kDefaultCorpusDir = "/usr/share/common-licenses";
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+// Fills a float32 tensor of `shape` with std * z, z a sum of four uniform 32-bit draws scaled to
+// unit variance (bell-shaped, |z| < 3.47). Only integer arithmetic and two float roundings (no
+// libm, nothing an FMA could fuse), so the values are the same on every CPU.
+at::Tensor bell_tensor(at::CPUGeneratorImpl* gen, const std::vector<int64_t>& shape, double std) {
+  at::Tensor t = at::empty(shape, at::kFloat);
+  float* data = t.data_ptr<float>();
+  constexpr int64_t kCenter = 2 * static_cast<int64_t>(std::numeric_limits<uint32_t>::max());
+  // Var(sum of four u32) = 4 * (2^64 - 1) / 12, so z = centered * sqrt(3) / 2^32.
+  const float factor = static_cast<float>(std * std::sqrt(3.0) / 4294967296.0);
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+    const uint64_t a = gen->random64();
+    const uint64_t b = gen->random64();
+    const int64_t sum =
+        static_cast<int64_t>((a & 0xFFFFFFFFu) + (a >> 32) + (b & 0xFFFFFFFFu) + (b >> 32));
+    data[i] = static_cast<float>(sum - kCenter) * factor;
+  }
+  return t;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Weights of one tensor, by the role its name gives it (see write_tiny_model in the header).
+at::Tensor init_tensor(at::CPUGeneratorImpl* gen, const TensorSpec& spec,
+                       const ModelConfig& config) {
+  if (spec.name == "model.embed_tokens.weight") {
+    return bell_tensor(gen, spec.shape, 2.0 / std::sqrt(double(config.hidden_size)));
+  }
+  if (ends_with(spec.name, "norm.weight")) return bell_tensor(gen, spec.shape, 0.1).add_(1.0);
+  if (ends_with(spec.name, ".bias")) return bell_tensor(gen, spec.shape, 0.05);
+  if (spec.shape.size() == 2) {
+    return bell_tensor(gen, spec.shape, 1.0 / std::sqrt(double(spec.shape[1])));
+  }
+  throw_error(ErrorKind::kInternal, "no initializer for tensor", {.tensor = spec.name});
+}
+
+NamedTensors random_weights(const ModelConfig& config, uint64_t seed, at::ScalarType dtype) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto* impl = at::check_generator<at::CPUGeneratorImpl>(gen);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  NamedTensors tensors;
+  for (const TensorSpec& spec : hf_tensor_specs(config)) {
+    tensors.emplace_back(spec.name, init_tensor(impl, spec, config).to(dtype));
+  }
+  return tensors;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  out.close();
+  if (!out) throw_error(ErrorKind::kIo, "cannot write file", {.file = path.string()});
+}
+
+std::string generation_config_json(const ModelConfig& config) {
+  nlohmann::json j;
+  if (config.bos_token_id) j["bos_token_id"] = *config.bos_token_id;
+  if (config.eos_token_ids.size() == 1) j["eos_token_id"] = config.eos_token_ids[0];
+  if (config.eos_token_ids.size() > 1) j["eos_token_id"] = config.eos_token_ids;
+  j["do_sample"] = false;
+  return j.dump(2) + "\n";
+}
+
+// Fills `dir` (empty) with the model's files.
+void write_model_files(const TinyModelOptions& options, ModelConfig config, const fs::path& dir) {
+  std::vector<std::string> corpus = options.corpus;
+  if (corpus.empty()) corpus = default_tokenizer_corpus();
+  SentencePieceTrainOptions train_options;
+  train_options.hard_vocab_limit = false;
+  const std::string model_path = (dir / "tokenizer.model").string();
+  train_sentencepiece(corpus, static_cast<int>(config.vocab_size), model_path, train_options);
+  const SentencePieceTokenizer tokenizer = SentencePieceTokenizer::load(model_path);
+  if (tokenizer.vocab_size() != config.vocab_size) {
+    log::info("tiny model: the tokenizer has ", tokenizer.vocab_size(), " pieces, not ",
+              config.vocab_size, " (the corpus is too small); vocab_size follows the tokenizer");
+    config.vocab_size = tokenizer.vocab_size();
+  }
+  config.validate("tiny model config");
+
+  HfTokenizerOptions hf_options;
+  hf_options.model_max_length = config.max_position_embeddings;
+  write_text(dir / "tokenizer.json", hf_tokenizer_json(tokenizer, hf_options));
+  write_text(dir / "tokenizer_config.json", hf_tokenizer_config_json(tokenizer, hf_options));
+  write_text(dir / "special_tokens_map.json", hf_special_tokens_map_json(tokenizer));
+  write_text(dir / "config.json", config.to_json().dump(2) + "\n");
+  write_text(dir / "generation_config.json", generation_config_json(config));
+
+  ShardOptions shards;
+  shards.max_shard_bytes =
+      options.max_shard_bytes == 0 ? std::numeric_limits<uint64_t>::max() : options.max_shard_bytes;
+  const at::ScalarType dtype = scalar_type_from_name(config.torch_dtype);
+  write_checkpoint(dir.string(), random_weights(config, options.seed, dtype), shards);
+}
+
+// Not std::filesystem::remove_all: libtorch.so exports its own copy, which calls
+// recursive_directory_iterator::__erase, a weak symbol newer than the system libstdc++ (GCC 12)
+// and so null: it crashes on any non-empty directory.
+void remove_tree(const fs::path& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
+fs::path make_staging_dir(const fs::path& target) {
+  std::random_device random;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    fs::path candidate =
+        target.parent_path() / ("." + target.filename().string() + ".tmp-" +
+                                std::to_string(::getpid()) + "-" + std::to_string(random()));
+    if (fs::create_directory(candidate)) return candidate;
+  }
+  throw_error(ErrorKind::kIo, "cannot create a temporary directory next to the output",
+              {.file = target.string()});
+}
+
+// Moves the finished `staging` directory to `target`, replacing what is there.
+void move_into_place(const fs::path& staging, const fs::path& target) {
+  if (!fs::exists(target) || fs::is_empty(target)) {
+    fs::remove(target);
+    fs::rename(staging, target);
+    return;
+  }
+  const fs::path old = staging.string() + ".old";
+  fs::rename(target, old);
+  try {
+    fs::rename(staging, target);
+  } catch (...) {
+    std::error_code ignored;
+    fs::rename(old, target, ignored);
+    throw;
+  }
+  remove_tree(old);
+}
+
+}  // namespace
+
+const std::vector<std::string>& tiny_model_archs() {
+  static const std::vector<std::string> kArchs = {"llama", "mistral", "qwen2", "qwen3"};
+  return kArchs;
+}
+
+const std::vector<std::string>& tiny_model_presets() {
+  static const std::vector<std::string> kNames = [] {
+    std::vector<std::string> names;
+    for (const Preset& p : kPresets) names.emplace_back(p.name);
+    return names;
+  }();
+  return kNames;
+}
+
+ModelConfig tiny_model_config(const std::string& arch, const std::string& preset) {
+  const auto& archs = tiny_model_archs();
+  if (std::find(archs.begin(), archs.end(), arch) == archs.end()) {
+    throw_error(ErrorKind::kConfig,
+                "unknown architecture '" + arch + "' (expected one of: " + join(archs) + ")",
+                {.field = "arch"});
+  }
+  const Preset* p = nullptr;
+  for (const Preset& candidate : kPresets) {
+    if (preset == candidate.name) p = &candidate;
+  }
+  if (p == nullptr) {
+    throw_error(
+        ErrorKind::kConfig,
+        "unknown preset '" + preset + "' (expected one of: " + join(tiny_model_presets()) + ")",
+        {.field = "preset"});
+  }
+  const bool qwen = arch == "qwen2" || arch == "qwen3";
+  ModelConfig c;
+  c.model_type = arch;
+  c.vocab_size = p->vocab_size;
+  c.hidden_size = p->hidden_size;
+  c.intermediate_size = p->intermediate_size;
+  c.num_hidden_layers = p->num_hidden_layers;
+  c.num_attention_heads = p->num_attention_heads;
+  c.num_key_value_heads = p->num_key_value_heads;
+  c.head_dim = p->hidden_size / p->num_attention_heads;
+  // Qwen3 decouples head_dim from hidden/heads (Qwen3-0.6B: 1024 hidden, 16 heads of 128).
+  if (arch == "qwen3") c.head_dim *= 2;
+  c.rms_norm_eps = qwen ? 1e-6 : 1e-5;
+  c.rope_theta = qwen ? 1e6 : 1e4;
+  c.max_position_embeddings = 2048;
+  c.tie_word_embeddings = qwen;
+  c.qk_norm = arch == "qwen3";
+  if (arch == "mistral") c.sliding_window = 64;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2};
+  return c;
+}
+
+ModelConfig tiny_model_config(const TinyModelOptions& o) {
+  ModelConfig c = tiny_model_config(o.arch, o.preset);
+  if (o.dtype != "float32" && o.dtype != "bfloat16" && o.dtype != "float16") {
+    throw_error(ErrorKind::kConfig,
+                "unknown dtype '" + o.dtype + "' (expected float32, bfloat16 or float16)",
+                {.field = "dtype"});
+  }
+  c.torch_dtype = o.dtype;
+  if (o.vocab_size) c.vocab_size = *o.vocab_size;
+  if (o.hidden_size) c.hidden_size = *o.hidden_size;
+  if (o.intermediate_size) c.intermediate_size = *o.intermediate_size;
+  if (o.num_hidden_layers) c.num_hidden_layers = *o.num_hidden_layers;
+  if (o.num_attention_heads) c.num_attention_heads = *o.num_attention_heads;
+  if (o.num_key_value_heads) c.num_key_value_heads = *o.num_key_value_heads;
+  if (o.head_dim) {
+    c.head_dim = *o.head_dim;
+  } else if (o.hidden_size || o.num_attention_heads) {
+    c.head_dim = c.hidden_size / c.num_attention_heads * (o.arch == "qwen3" ? 2 : 1);
+  }
+  if (o.tie_word_embeddings) c.tie_word_embeddings = *o.tie_word_embeddings;
+  if (o.attention_bias) c.attention_bias = *o.attention_bias;
+  c.validate("tiny model options");
+  return c;
+}
+
+std::vector<std::string> default_tokenizer_corpus() {
+  std::vector<std::string> files;
+  std::error_code error;
+  for (fs::recursive_directory_iterator it(kDefaultCorpusDir, error), end; !error && it != end;
+       it.increment(error)) {
+    if (it->is_regular_file() && !it->is_symlink()) files.push_back(it->path().string());
+  }
+  if (error || files.empty()) {
+    throw_error(ErrorKind::kIo, "no tokenizer training text found (pass a corpus instead)",
+                {.file = kDefaultCorpusDir});
+  }
+  // Symlinks (GPL -> GPL-3) are skipped so no text counts twice.
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+void write_tiny_model(const TinyModelOptions& options, const std::string& dir) {
+  const ModelConfig config = tiny_model_config(options);
+  fs::path target = fs::absolute(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  try {
+    if (fs::exists(target)) {
+      if (!fs::is_directory(target)) {
+        throw_error(ErrorKind::kIo, "output exists and is not a directory",
+                    {.file = target.string()});
+      }
+      if (!fs::is_empty(target) && !options.overwrite) {
+        throw_error(ErrorKind::kIo,
+                    "output directory exists and is not empty (use --overwrite, "
+                    "TinyModelOptions::overwrite, to replace it)",
+                    {.file = target.string()});
+      }
+    }
+    fs::create_directories(target.parent_path());
+    const fs::path staging = make_staging_dir(target);
+    try {
+      write_model_files(options, config, staging);
+      move_into_place(staging, target);
+    } catch (...) {
+      remove_tree(staging);
+      throw;
+    }
+  } catch (const fs::filesystem_error& e) {
+    const std::string file = e.path1().empty() ? target.string() : e.path1().string();
+    throw_error(ErrorKind::kIo, "cannot write the model: " + e.code().message(), {.file = file});
+  }
+}
+
+}  // namespace qtrain
