@@ -83,6 +83,15 @@ RopeScaling parse_rope_scaling(const json& block, const std::string& source,
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  try {
+    return parse_config(j, source);
+  } catch (const json::exception& e) {
+    // A string where a number belongs (and the like) inside a nested block.
+    throw_error(ErrorKind::kConfig, std::string("ill-typed value: ") + e.what(), {.file = source});
+  }
+}
+
+ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) {
   if (!j.is_object()) throw_error(ErrorKind::kConfig, "expected a JSON object", {.file = source});
   ModelConfig c;
   if (!present(j, "model_type")) config_error(source, "model_type", "required string is missing");
@@ -165,11 +174,7 @@ ModelConfig ModelConfig::from_file(const std::string& path) {
   } catch (const json::parse_error& e) {
     throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
   }
-  try {
-    return from_json(j, path);
-  } catch (const json::exception& e) {
-    throw_error(ErrorKind::kConfig, std::string("ill-typed value: ") + e.what(), {.file = path});
-  }
+  return from_json(j, path);
 }
 
 void ModelConfig::validate(const std::string& source) const {

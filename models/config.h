@@ -53,11 +53,15 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& json,
                                const std::string& source = "config.json");
   static ModelConfig from_file(const std::string& path);
-  // HF-style config.json for this config (both rope spellings for transformers 4.x and 5.x).
+  // HF-style config.json for this config, with the rope_theta + rope_scaling spelling that
+  // transformers 4.x writes and 5.x still reads.
   nlohmann::json to_json() const;
 
   // Checks internal consistency (heads divide, head_dim even, ...). Throws Error(kConfig).
   void validate(const std::string& source = "config") const;
+
+ private:
+  static ModelConfig parse_config(const nlohmann::json& json, const std::string& source);
 };
 
 }  // namespace qtrain

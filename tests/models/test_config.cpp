@@ -132,6 +132,13 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(kind_of(yarn, &message), ErrorKind::kUnsupported);
   EXPECT_NE(message.find("rope_scaling"), std::string::npos) << message;
 
+  json string_type = base("llama");
+  string_type["model_type"] = 7;
+  EXPECT_EQ(kind_of(string_type, &message), ErrorKind::kConfig);
+  json nested = base("llama");
+  nested["rope_scaling"] = {{"rope_type", 3}};
+  EXPECT_EQ(kind_of(nested, &message), ErrorKind::kConfig);
+
   json gelu = base("llama");
   gelu["hidden_act"] = "gelu";
   EXPECT_EQ(kind_of(gelu, &message), ErrorKind::kUnsupported);
