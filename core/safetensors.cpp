@@ -1,8 +1,8 @@
 #include "core/safetensors.h"
 
+#include "core/atomic_file.h"
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/log.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -15,7 +15,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <functional>
 #include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -49,12 +48,6 @@ std::string join_path(const std::string& dir, const std::string& name) {
 bool path_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
-}
-
-std::string parent_dir(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 void make_directories(const std::string& dir) {
@@ -557,63 +550,20 @@ std::string build_header(const std::string& path, const std::vector<Planned>& pl
   return text;
 }
 
-void write_all(int fd, const void* data, uint64_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, std::min<uint64_t>(size, 1ULL << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw_error(ErrorKind::kIo, "write failed: " + errno_text(), {.file = path});
-    p += n;
-    size -= static_cast<uint64_t>(n);
-  }
-}
-
-// Writes `path` through `<path>.tmp.<pid>` in the same directory: fill, fsync, rename, fsync the
-// directory. On failure the temp file is removed and whatever was at `path` is untouched.
-void write_atomically(const std::string& path, const std::function<void(int fd)>& fill) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw_error(ErrorKind::kIo, "cannot create " + tmp + ": " + errno_text(), {.file = path});
-  }
-  try {
-    fill(fd);
-    if (::fsync(fd) != 0)
-      throw_error(ErrorKind::kIo, "fsync failed: " + errno_text(), {.file = tmp});
-    int closed = ::close(fd);
-    fd = -1;
-    if (closed != 0) throw_error(ErrorKind::kIo, "close failed: " + errno_text(), {.file = tmp});
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      throw_error(ErrorKind::kIo, "cannot rename " + tmp + " into place: " + errno_text(),
-                  {.file = path});
-    }
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // The file is in place; only the durability of its directory entry is left to ensure.
-  int dir_fd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
-    log::warn("fsync of the directory of ", path, " failed: ", errno_text());
-  }
-  if (dir_fd >= 0) ::close(dir_fd);
-}
-
 void write_planned(const std::string& path, const std::vector<Planned>& planned,
                    const std::map<std::string, std::string>& metadata) {
   const std::string header = build_header(path, planned, metadata);
-  write_atomically(path, [&](int fd) {
-    uint64_t length = header.size();
-    write_all(fd, &length, 8, path);
-    write_all(fd, header.data(), header.size(), path);
-    for (const Planned& p : planned) {
-      if (p.bytes == 0) continue;
-      // One tensor at a time: a device tensor is copied to host only while it is written.
-      at::Tensor host = p.tensor->detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
-      write_all(fd, host.data_ptr(), p.bytes, path);
-    }
-  });
+  AtomicFile file(path);
+  const uint64_t length = header.size();
+  file.write(&length, 8);
+  file.write(header);
+  for (const Planned& p : planned) {
+    if (p.bytes == 0) continue;
+    // One tensor at a time: a device tensor is copied to host only while it is written.
+    at::Tensor host = p.tensor->detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
+    file.write(host.data_ptr(), p.bytes);
+  }
+  file.commit();
 }
 
 std::string shard_name(const std::string& base, size_t index, size_t count) {
@@ -680,8 +630,7 @@ std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTen
                 {.file = dir});
   }
   written.push_back(join_path(dir, options.base_name + ".safetensors.index.json"));
-  write_atomically(written.back(),
-                   [&](int fd) { write_all(fd, text.data(), text.size(), written.back()); });
+  write_file_atomically(written.back(), text);
   return written;
 }
 

@@ -1,15 +1,11 @@
 #include "data/sentencepiece_trainer.h"
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <unordered_map>
 
@@ -63,35 +59,6 @@ class FileLineIterator : public sentencepiece::SentenceIterator {
   std::string failed_file_;
   bool done_ = false;
 };
-
-std::string errno_text() {
-  return std::strerror(errno);
-}
-
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw_error(ErrorKind::kIo, "cannot create file: " + errno_text(), {.file = tmp});
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const std::string reason = errno_text();
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw_error(ErrorKind::kIo, "write failed: " + reason, {.file = tmp});
-    }
-    written += static_cast<size_t>(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const bool closed = ::close(fd) == 0;
-  if (!synced || !closed || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string reason = errno_text();
-    ::unlink(tmp.c_str());
-    throw_error(ErrorKind::kIo, "cannot write file: " + reason, {.file = path});
-  }
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&

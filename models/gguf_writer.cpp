@@ -1,14 +1,10 @@
 #include "models/gguf_writer.h"
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 
 #include <ATen/ATen.h>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 
 namespace qtrain {
@@ -59,76 +55,14 @@ uint64_t pad_to(uint64_t n, uint64_t alignment) {
   return (n + alignment - 1) / alignment * alignment;
 }
 
-// A file descriptor for the temp file; removes the file unless released.
-class TempFile {
- public:
-  explicit TempFile(const std::string& final_path) {
-    std::string tmpl = final_path + ".tmp.XXXXXX";
-    fd_ = mkstemp(tmpl.data());
-    if (fd_ < 0) {
-      throw_error(ErrorKind::kIo, std::string("cannot create a temp file: ") + std::strerror(errno),
-                  {.file = final_path});
-    }
-    path_ = tmpl;
-    ::fchmod(fd_, 0644);
+void write_zeros(AtomicFile& file, uint64_t n) {
+  static const char kZeros[256] = {};
+  while (n > 0) {
+    const size_t k = n < sizeof(kZeros) ? static_cast<size_t>(n) : sizeof(kZeros);
+    file.write(kZeros, k);
+    n -= k;
   }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  void write(const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      ssize_t w = ::write(fd_, p, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fail("write failed");
-      p += w;
-      n -= static_cast<size_t>(w);
-      written_ += static_cast<uint64_t>(w);
-    }
-  }
-  void zeros(uint64_t n) {
-    static const char kZeros[256] = {};
-    while (n > 0) {
-      size_t k = n < sizeof(kZeros) ? static_cast<size_t>(n) : sizeof(kZeros);
-      write(kZeros, k);
-      n -= k;
-    }
-  }
-  uint64_t written() const { return written_; }
-
-  // fsync, close, rename onto `final_path`, fsync the directory.
-  void commit(const std::string& final_path) {
-    if (::fsync(fd_) != 0) fail("fsync failed");
-    int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail("close failed");
-    if (std::rename(path_.c_str(), final_path.c_str()) != 0) {
-      throw_error(ErrorKind::kIo, std::string("cannot rename temp file: ") + std::strerror(errno),
-                  {.file = final_path});
-    }
-    path_.clear();
-    const size_t slash = final_path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : final_path.substr(0, slash + 1);
-    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
-
- private:
-  [[noreturn]] void fail(const char* what) {
-    throw_error(ErrorKind::kIo, std::string(what) + ": " + std::strerror(errno), {.file = path_});
-  }
-
-  int fd_ = -1;
-  std::string path_;
-  uint64_t written_ = 0;
-};
+}
 
 }  // namespace
 
@@ -326,19 +260,19 @@ void GgufWriter::write(const std::string& path) {
   if (written_) throw_error(ErrorKind::kInternal, "GgufWriter::write called twice", {.file = path});
   written_ = true;
   const uint64_t align = alignment();
-  TempFile file(path);
+  AtomicFile file(path);
 
   const std::string header = header_bytes();
   file.write(header.data(), header.size());
-  file.zeros(pad_to(file.written(), align) - file.written());
-  const uint64_t data_start = file.written();
+  write_zeros(file, pad_to(file.bytes_written(), align) - file.bytes_written());
+  const uint64_t data_start = file.bytes_written();
 
   const std::vector<uint64_t> offsets = tensor_offsets();
   std::vector<uint8_t> buffer;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     TensorEntry& entry = tensors_[i];
     const ErrorContext where{.file = path, .tensor = entry.name};
-    if (file.written() - data_start != offsets[i]) {
+    if (file.bytes_written() - data_start != offsets[i]) {
       throw_error(ErrorKind::kInternal, "tensor data out of place", where);
     }
     at::Tensor tensor = entry.producer();
@@ -366,12 +300,12 @@ void GgufWriter::write(const std::string& path) {
         file.write(buffer.data(), buffer.size());
       }
     }
-    if (file.written() - data_start != offsets[i] + entry.nbytes) {
+    if (file.bytes_written() - data_start != offsets[i] + entry.nbytes) {
       throw_error(ErrorKind::kInternal, "tensor data has the wrong size", where);
     }
-    file.zeros(pad_to(entry.nbytes, align) - entry.nbytes);
+    write_zeros(file, pad_to(entry.nbytes, align) - entry.nbytes);
   }
-  file.commit(path);
+  file.commit();
 }
 
 }  // namespace qtrain

@@ -8,9 +8,9 @@
 #include "data/sentencepiece_tokenizer.h"
 #include "models/generate.h"
 #include "models/hf_loader.h"
+#include "tools/cli_main.h"
 
 #include <c10/core/Device.h>
-#include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -99,25 +99,6 @@ int main(int argc, char** argv) {
   app.add_option("--seed", options.seed)->capture_default_str();
   app.add_option("--dtype", dtype, "float32 | bfloat16 | float16")->capture_default_str();
   app.add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::cout << app.help();
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "qgen: " << e.what() << "\n";
-    return static_cast<int>(qtrain::ErrorKind::kUsage);
-  }
-  try {
-    return run(dir, prompt, options, dtype, device);
-  } catch (const qtrain::Error& e) {
-    std::cerr << "qgen: " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const c10::Error& e) {
-    std::cerr << "qgen: " << e.what_without_backtrace() << "\n";
-    return static_cast<int>(qtrain::ErrorKind::kInternal);
-  } catch (const std::exception& e) {
-    std::cerr << "qgen: internal error: " << e.what() << "\n";
-    return static_cast<int>(qtrain::ErrorKind::kInternal);
-  }
+  return qtrain::run_cli("qgen", app, argc, argv,
+                         [&] { return run(dir, prompt, options, dtype, device); });
 }

@@ -7,6 +7,7 @@
 #include "models/config.h"
 #include "models/hf_names.h"
 #include "models/tiny_model.h"
+#include "tools/cli_main.h"
 
 #include <CLI/CLI.hpp>
 
@@ -47,17 +48,7 @@ int main(int argc, char** argv) {
                  "shard the weights into files of at most N bytes (0: one file)")
       ->capture_default_str();
   app.add_flag("--overwrite", options.overwrite, "replace a non-empty output directory");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::cout << app.help();
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "qtiny: " << e.what() << "\n";
-    return static_cast<int>(qtrain::ErrorKind::kUsage);
-  }
-
-  try {
+  return qtrain::run_cli("qtiny", app, argc, argv, [&] {
     try {
       qtrain::tiny_model_config(options);
     } catch (const qtrain::Error& e) {
@@ -69,12 +60,6 @@ int main(int argc, char** argv) {
     std::cout << "qtiny: wrote " << out << " (" << options.arch << " " << options.preset << ", "
               << parameter_count(config) << " parameters, vocab " << config.vocab_size << ", "
               << config.torch_dtype << ")\n";
-  } catch (const qtrain::Error& e) {
-    std::cerr << "qtiny: " << e.what() << "\n";
-    return e.exit_code();
-  } catch (const std::exception& e) {
-    std::cerr << "qtiny: internal error: " << e.what() << "\n";
-    return static_cast<int>(qtrain::ErrorKind::kInternal);
-  }
-  return 0;
+    return 0;
+  });
 }
