@@ -351,6 +351,16 @@ const uint8_t* SafetensorsFile::data(const std::string& name) const {
   return mapping_->data() + data_start_ + info(name).begin;
 }
 
+void SafetensorsFile::evict(const std::string& name) const {
+  const TensorInfo& i = info(name);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(mapping_->data() + data_start_ + i.begin);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(mapping_->data() + data_start_ + i.end);
+  const uintptr_t first = (begin + page - 1) / page * page;  // pages shared with neighbours stay
+  const uintptr_t last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const TensorInfo& i = info(name);
   auto options = at::TensorOptions().dtype(i.scalar_type).device(at::kCPU);
@@ -465,6 +475,10 @@ std::vector<std::string> CheckpointReader::names() const {
   names.reserve(shard_of_.size());
   for (const auto& entry : shard_of_) names.push_back(entry.first);
   return names;
+}
+
+void CheckpointReader::evict(const std::string& name) const {
+  shard(name).evict(name);
 }
 
 const std::string& CheckpointReader::file_of(const std::string& name) const {

@@ -47,6 +47,10 @@ class SafetensorsFile {
   at::Tensor tensor(const std::string& name) const;
   // Raw bytes of a tensor inside the mapping.
   const uint8_t* data(const std::string& name) const;
+  // Drops the mapped pages that lie wholly inside the tensor's bytes from this process's
+  // resident memory (they are read again from the file if touched). Streaming loaders call it
+  // once a tensor is consumed so resident memory stays near one tensor, not the whole shard.
+  void evict(const std::string& name) const;
 
  private:
   SafetensorsFile() = default;
@@ -74,6 +78,8 @@ class CheckpointReader {
   at::Tensor tensor(const std::string& name) const;
   // The shard file holding a tensor.
   const std::string& file_of(const std::string& name) const;
+  // See SafetensorsFile::evict.
+  void evict(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

@@ -39,8 +39,8 @@ std::string list_names(const std::vector<std::string>& names) {
 
 }  // namespace
 
-void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
-                     const std::string& source) {
+void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source,
+                     const std::set<std::string>& consumed) {
   const bool tied = model.config().tie_word_embeddings;
   std::vector<std::pair<std::string, at::Tensor>> wanted;
   std::set<std::string> wanted_names;
@@ -54,7 +54,7 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
     if (!checkpoint.contains(name)) missing.push_back(name);
   }
   for (const auto& name : checkpoint.names()) {
-    if (wanted_names.count(name) || ignorable(name)) continue;
+    if (wanted_names.count(name) || consumed.count(name) || ignorable(name)) continue;
     if (tied && name == "lm_head.weight") continue;
     unexpected.push_back(name);
   }
@@ -84,6 +84,7 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
                   {.file = checkpoint.file_of(name), .tensor = name});
     }
     param.copy_(checkpoint.tensor(name));
+    checkpoint.evict(name);
   }
 }
 

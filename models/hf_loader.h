@@ -9,6 +9,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <memory>
+#include <set>
 #include <string>
 
 namespace qtrain {
@@ -21,9 +22,12 @@ struct LoadOptions {
 // Copies every parameter of `model` from `checkpoint` (names as transformers writes them).
 // A tensor the model needs but the checkpoint lacks, one the checkpoint has but the model does
 // not know, or one whose shape differs is an Error(kShape) that names it (all of them, listed).
-// `source` names the directory in messages.
-void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint,
-                     const std::string& source);
+// `source` names the directory in messages. `consumed` names checkpoint tensors already used
+// elsewhere (the quantized loader's weights): they are neither loaded nor reported as
+// unexpected. Each tensor's mapped pages are evicted once copied, so resident memory stays near
+// one tensor.
+void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source,
+                     const std::set<std::string>& consumed = {});
 
 // config.json -> CausalLM with weights from the directory's safetensors.
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptions& options = {});

@@ -10,17 +10,14 @@
 
 namespace qtrain {
 
-Attention::Attention(const ModelConfig& c, const at::TensorOptions& options)
+Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
+                     const std::string& prefix, const LinearFactory& make)
     : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
-  const int64_t hidden = c.hidden_size;
-  q_proj = register_module("q_proj", std::make_shared<DenseLinear>(hidden, heads_ * head_dim_,
-                                                                   c.has_qkv_bias(), options));
-  k_proj = register_module("k_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
-                                                                   c.has_qkv_bias(), options));
-  v_proj = register_module("v_proj", std::make_shared<DenseLinear>(hidden, kv_heads_ * head_dim_,
-                                                                   c.has_qkv_bias(), options));
-  o_proj = register_module(
-      "o_proj", std::make_shared<DenseLinear>(heads_ * head_dim_, hidden, c.has_o_bias(), options));
+  const int64_t hidden = c.hidden_size, q_out = heads_ * head_dim_, kv_out = kv_heads_ * head_dim_;
+  q_proj = register_module("q_proj", make(prefix + "q_proj", hidden, q_out, c.has_qkv_bias()));
+  k_proj = register_module("k_proj", make(prefix + "k_proj", hidden, kv_out, c.has_qkv_bias()));
+  v_proj = register_module("v_proj", make(prefix + "v_proj", hidden, kv_out, c.has_qkv_bias()));
+  o_proj = register_module("o_proj", make(prefix + "o_proj", q_out, hidden, c.has_o_bias()));
   if (c.qk_norm) {
     q_norm =
         register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
@@ -60,25 +57,22 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
   return o_proj->forward(out);
 }
 
-Mlp::Mlp(const ModelConfig& c, const at::TensorOptions& options) {
-  gate_proj = register_module(
-      "gate_proj",
-      std::make_shared<DenseLinear>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
-  up_proj = register_module(
-      "up_proj",
-      std::make_shared<DenseLinear>(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
-  down_proj = register_module(
-      "down_proj",
-      std::make_shared<DenseLinear>(c.intermediate_size, c.hidden_size, c.mlp_bias, options));
+Mlp::Mlp(const ModelConfig& c, const std::string& prefix, const LinearFactory& make) {
+  const int64_t hidden = c.hidden_size, inter = c.intermediate_size;
+  gate_proj = register_module("gate_proj", make(prefix + "gate_proj", hidden, inter, c.mlp_bias));
+  up_proj = register_module("up_proj", make(prefix + "up_proj", hidden, inter, c.mlp_bias));
+  down_proj = register_module("down_proj", make(prefix + "down_proj", inter, hidden, c.mlp_bias));
 }
 
 at::Tensor Mlp::forward(const at::Tensor& x) {
   return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
 }
 
-DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& options) {
-  self_attn = register_module("self_attn", std::make_shared<Attention>(c, options));
-  mlp = register_module("mlp", std::make_shared<Mlp>(c, options));
+DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& options,
+                           const std::string& prefix, const LinearFactory& make) {
+  self_attn = register_module("self_attn",
+                              std::make_shared<Attention>(c, options, prefix + "self_attn.", make));
+  mlp = register_module("mlp", std::make_shared<Mlp>(c, prefix + "mlp.", make));
   input_layernorm = register_module(
       "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
   post_attention_layernorm =
@@ -92,29 +86,37 @@ at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, con
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
-DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& options) {
+DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& options,
+                           const LinearFactory& make) {
   // A plain Module holding the embedding matrix, so its parameter is named embed_tokens.weight.
   auto embedding = register_module("embed_tokens", std::make_shared<torch::nn::Module>());
   embed_tokens =
       embedding->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
   auto list = register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    layers.push_back(
-        list->register_module(std::to_string(i), std::make_shared<DecoderLayer>(c, options)));
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    layers.push_back(list->register_module(
+        std::to_string(i), std::make_shared<DecoderLayer>(c, options, prefix, make)));
   }
   norm = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
 }
 
-CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options)
+CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
+                   const LinearFactory& make_linear)
     : config_(config), options_(options) {
   config_.validate();
-  model = register_module("model", std::make_shared<DecoderStack>(config_, options));
+  LinearFactory make = make_linear;
+  if (!make) {
+    make = [options](const std::string&, int64_t in, int64_t out, bool bias) {
+      return std::make_shared<DenseLinear>(in, out, bias, options);
+    };
+  }
+  model = register_module("model", std::make_shared<DecoderStack>(config_, options, make));
   if (config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", std::make_shared<DenseLinear>(model->embed_tokens));
   } else {
-    lm_head = register_module(
-        "lm_head",
-        std::make_shared<DenseLinear>(config_.hidden_size, config_.vocab_size, false, options));
+    lm_head =
+        register_module("lm_head", make("lm_head", config_.hidden_size, config_.vocab_size, false));
   }
   inv_freq_ = rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling);
 }

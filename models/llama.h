@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -34,9 +35,16 @@ struct ForwardInputs {
   bool last_token_only = false;  // logits for the last position only ([B, 1, V])
 };
 
+// Builds the slot of one projection: `name` is its HF module name ("model.layers.0.mlp.up_proj"),
+// the weight is [out, in]. The default makes an uninitialised DenseLinear; the quantized loader
+// passes one that reads and quantizes the weight right away, so no dense copy is ever allocated.
+using LinearFactory = std::function<std::shared_ptr<LinearSlot>(
+    const std::string& name, int64_t in_features, int64_t out_features, bool bias)>;
+
 class Attention : public torch::nn::Module {
  public:
-  Attention(const ModelConfig& config, const at::TensorOptions& options);
+  Attention(const ModelConfig& config, const at::TensorOptions& options, const std::string& prefix,
+            const LinearFactory& make_linear);
   // x [B, T, H], cos/sin [B, T, head_dim], mask [B, 1, T, S] bool or undefined (causal)
   // -> [B, T, H]. With past_keys/values defined ([B, kv, P, hd]) they are prepended, and the
   // concatenated keys/values are returned through the out-parameters.
@@ -52,7 +60,7 @@ class Attention : public torch::nn::Module {
 
 class Mlp : public torch::nn::Module {
  public:
-  Mlp(const ModelConfig& config, const at::TensorOptions& options);
+  Mlp(const ModelConfig& config, const std::string& prefix, const LinearFactory& make_linear);
   at::Tensor forward(const at::Tensor& x);  // [..., H] -> [..., H]
 
   std::shared_ptr<LinearSlot> gate_proj, up_proj, down_proj;
@@ -60,7 +68,8 @@ class Mlp : public torch::nn::Module {
 
 class DecoderLayer : public torch::nn::Module {
  public:
-  DecoderLayer(const ModelConfig& config, const at::TensorOptions& options);
+  DecoderLayer(const ModelConfig& config, const at::TensorOptions& options,
+               const std::string& prefix, const LinearFactory& make_linear);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const at::Tensor& mask, at::Tensor* keys, at::Tensor* values);
 
@@ -72,7 +81,8 @@ class DecoderLayer : public torch::nn::Module {
 // "model": embeddings, decoder layers and the final norm.
 class DecoderStack : public torch::nn::Module {
  public:
-  DecoderStack(const ModelConfig& config, const at::TensorOptions& options);
+  DecoderStack(const ModelConfig& config, const at::TensorOptions& options,
+               const LinearFactory& make_linear);
 
   at::Tensor embed_tokens;  // [V, H], registered as embed_tokens.weight
   std::vector<std::shared_ptr<DecoderLayer>> layers;
@@ -82,8 +92,10 @@ class DecoderStack : public torch::nn::Module {
 class CausalLM : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (dtype, device); load them with
-  // load_hf_weights() or initialise them yourself.
-  CausalLM(const ModelConfig& config, const at::TensorOptions& options);
+  // load_hf_weights() or initialise them yourself. `make_linear` builds every projection slot
+  // (default: DenseLinear with `options`).
+  CausalLM(const ModelConfig& config, const at::TensorOptions& options,
+           const LinearFactory& make_linear = {});
 
   // Returns logits [B, T, V] (or [B, 1, V] with last_token_only) in the model's dtype.
   at::Tensor forward(const ForwardInputs& inputs);

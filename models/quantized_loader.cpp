@@ -1,0 +1,90 @@
+#include "models/quantized_loader.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "models/hf_loader.h"
+#include "models/quantized_linear_slot.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <filesystem>
+#include <set>
+
+namespace qtrain {
+
+bool is_skipped_module(const std::string& module, const std::vector<std::string>& skip_modules) {
+  for (const std::string& skip : skip_modules) {
+    if (module == skip) return true;
+    if (module.size() > skip.size() &&
+        module.compare(module.size() - skip.size(), skip.size(), skip) == 0 &&
+        module[module.size() - skip.size() - 1] == '.') {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
+                                                   const QuantizedLoadOptions& options) {
+  options.quant.validate();
+  const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
+  if (!std::filesystem::exists(config_path)) {
+    throw_error(ErrorKind::kIo, "not a model directory: config.json is missing", {.file = dir});
+  }
+  ModelConfig config = ModelConfig::from_file(config_path);
+  CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
+  const auto dense_options = at::TensorOptions().dtype(options.dtype).device(options.device);
+  std::set<std::string> consumed;
+  int64_t quantized_bytes = 0;
+
+  torch::NoGradGuard no_grad;
+  LinearFactory make = [&](const std::string& name, int64_t in, int64_t out,
+                           bool bias) -> std::shared_ptr<LinearSlot> {
+    if (is_skipped_module(name, options.skip_modules)) {
+      return std::make_shared<DenseLinear>(in, out, bias, dense_options);
+    }
+    const std::string weight_name = name + ".weight";
+    if (!checkpoint.contains(weight_name)) {
+      throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                  {.file = dir, .tensor = weight_name});
+    }
+    const TensorInfo& info = checkpoint.info(weight_name);
+    if (info.shape != std::vector<int64_t>{out, in}) {
+      throw_error(ErrorKind::kShape,
+                  "checkpoint has a different shape than the model's [" + std::to_string(out) +
+                      ", " + std::to_string(in) + "]",
+                  {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
+    }
+    if (!at::isFloatingType(info.scalar_type)) {
+      throw_error(ErrorKind::kShape, "expected a floating-point weight, found " + info.dtype,
+                  {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
+    }
+    QuantizedTensor weight =
+        quantize(checkpoint.tensor(weight_name).to(options.device), options.quant);
+    checkpoint.evict(weight_name);
+    consumed.insert(weight_name);
+    quantized_bytes += weight.nbytes();
+    at::Tensor bias_tensor;
+    if (bias) {
+      const std::string bias_name = name + ".bias";
+      if (!checkpoint.contains(bias_name)) {
+        throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                    {.file = dir, .tensor = bias_name});
+      }
+      bias_tensor = checkpoint.tensor(bias_name).to(dense_options);
+      checkpoint.evict(bias_name);
+      consumed.insert(bias_name);
+    }
+    return std::make_shared<QuantizedLinearSlot>(std::move(weight), bias_tensor);
+  };
+  auto model = std::make_shared<CausalLM>(config, dense_options, make);
+  load_hf_weights(*model, checkpoint, dir, consumed);
+  log::info("loaded ", config.model_type, " from ", dir, ": ", consumed.size(),
+            " tensors quantized to ", quant_type_name(options.quant.type), " (",
+            quantized_bytes / (1 << 20), " MiB)");
+  return model;
+}
+
+}  // namespace qtrain

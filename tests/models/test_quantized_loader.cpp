@@ -1,0 +1,162 @@
+// Quantize-on-load: the quantized model computes what a dense model with the dequantized weights
+// computes, skip lists keep modules dense, bad checkpoints name the tensor, and streaming keeps
+// resident memory near one shard plus the quantized model.
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "models/hf_loader.h"
+#include "models/quantized_linear_slot.h"
+#include "models/quantized_loader.h"
+#include "models/tiny_model.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <fstream>
+
+namespace qtrain {
+namespace {
+
+namespace t = qtrain::testing;
+
+at::Tensor ids() {
+  return at::tensor({1, 40, 7, 99, 12, 300, 5, 64}, at::kLong).view({1, -1});
+}
+
+TEST(QuantizedLoaderTest, EqualsDenseModelWithDequantizedWeights) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  write_tiny_model({.arch = "qwen2", .preset = "micro", .seed = 4}, dir);  // tied, qkv biases
+  QuantizedLoadOptions options{.dtype = at::kFloat, .quant = {QuantType::kNF4, 64, true}};
+  auto quantized = load_quantized_causal_lm(dir, options);
+  auto dense = load_causal_lm(dir);
+  torch::NoGradGuard no_grad;
+  int quantized_slots = 0;
+  auto dense_slots = dense->named_linears();
+  for (const auto& [name, slot] : quantized->named_linears()) {
+    auto q = std::dynamic_pointer_cast<QuantizedLinearSlot>(slot);
+    if (!q) continue;
+    ++quantized_slots;
+    for (const auto& [dense_name, dense_slot] : dense_slots) {
+      if (dense_name != name) continue;
+      auto d = std::dynamic_pointer_cast<DenseLinear>(dense_slot);
+      d->weight().copy_(q->weight().dequantize(at::kFloat));
+      if (d->bias().defined()) EXPECT_TRUE(at::equal(d->bias(), q->bias())) << name;
+    }
+  }
+  const ModelConfig& c = quantized->config();
+  EXPECT_EQ(quantized_slots, 7 * c.num_hidden_layers);  // every projection; lm_head is tied
+  at::Tensor a = quantized->forward({.input_ids = ids()});
+  at::Tensor b = dense->forward({.input_ids = ids()});
+  EXPECT_LT(t::max_abs_diff(a, b), 1e-5);
+}
+
+TEST(QuantizedLoaderTest, SkipListKeepsModulesDense) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  write_tiny_model({.arch = "llama", .preset = "micro", .seed = 1}, dir);
+  QuantizedLoadOptions options{.dtype = at::kBFloat16};
+  options.skip_modules = {"lm_head", "mlp.down_proj", "model.layers.0.self_attn.q_proj"};
+  auto model = load_quantized_causal_lm(dir, options);
+  for (const auto& [name, slot] : model->named_linears()) {
+    const bool dense = std::dynamic_pointer_cast<DenseLinear>(slot) != nullptr;
+    const bool expect_dense = name == "lm_head" || name.find("down_proj") != std::string::npos ||
+                              name == "model.layers.0.self_attn.q_proj";
+    EXPECT_EQ(dense, expect_dense) << name;
+  }
+  // Dense slots and norms carry the compute dtype; no parameter is a projection weight.
+  for (const auto& p : model->named_parameters(true)) {
+    EXPECT_EQ(p.value().scalar_type(), at::kBFloat16) << p.key();
+  }
+  EXPECT_TRUE(is_skipped_module("model.layers.3.mlp.down_proj", {"down_proj"}));
+  EXPECT_FALSE(is_skipped_module("model.layers.3.mlp.down_proj", {"n_proj"}));
+}
+
+TEST(QuantizedLoaderTest, MisShapedOrMissingWeightIsNamed) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  write_tiny_model({.arch = "llama", .preset = "micro"}, dir);
+  // Rewrite the checkpoint with one projection transposed.
+  CheckpointReader reader = CheckpointReader::open_dir(dir);
+  NamedTensors tensors;
+  for (const auto& name : reader.names()) {
+    at::Tensor tensor = reader.tensor(name).clone();
+    if (name == "model.layers.1.mlp.up_proj.weight") tensor = tensor.t().contiguous();
+    tensors.emplace_back(name, tensor);
+  }
+  write_checkpoint(dir, tensors);
+  try {
+    load_quantized_causal_lm(dir, {});
+    FAIL() << "expected a shape error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kShape);
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos)
+        << e.what();
+  }
+}
+
+int64_t status_kib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
+int64_t largest_file(const std::string& dir, const std::string& suffix) {
+  int64_t largest = 0;
+  DIR* d = opendir(dir.c_str());
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.size() < suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix))
+      continue;
+    struct stat st;
+    if (stat((dir + "/" + name).c_str(), &st) == 0)
+      largest = std::max<int64_t>(largest, st.st_size);
+  }
+  closedir(d);
+  return largest;
+}
+
+TEST(QuantizedLoaderTest, StreamingKeepsResidentMemoryNearOneShard) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  // ~100M parameters, 408 MB in float32, in shards of at most 32 MB.
+  write_tiny_model({.arch = "llama", .preset = "100m", .max_shard_bytes = 32u << 20}, dir);
+  const int64_t shard = largest_file(dir, ".safetensors");
+  int64_t checkpoint_bytes = 0;
+  CheckpointReader probe = CheckpointReader::open_dir(dir);
+  for (const auto& name : probe.names()) {
+    checkpoint_bytes += probe.info(name).end - probe.info(name).begin;
+  }
+  ASSERT_GT(checkpoint_bytes, 8 * shard);
+
+  // Reset the peak (VmHWM) to the current resident size, then load.
+  { std::ofstream("/proc/self/clear_refs") << "5"; }
+  const int64_t before = status_kib("VmRSS") * 1024;
+  QuantizedLoadOptions options{.dtype = at::kFloat, .quant = {QuantType::kNF4, 64, true}};
+  auto model = load_quantized_causal_lm(dir, options);
+  const int64_t peak = status_kib("VmHWM") * 1024 - before;
+
+  int64_t quantized = 0, dense = 0;
+  for (const auto& [name, slot] : model->named_linears()) {
+    if (auto q = std::dynamic_pointer_cast<QuantizedLinearSlot>(slot))
+      quantized += q->weight().nbytes();
+  }
+  for (const auto& p : model->named_parameters(true)) dense += p.value().nbytes();
+  const int64_t model_bytes = quantized + dense;
+  const int64_t slack = 48 << 20;
+  std::cout << "checkpoint " << (checkpoint_bytes >> 20) << " MiB, largest shard " << (shard >> 20)
+            << " MiB, quantized model " << (model_bytes >> 20) << " MiB, peak resident growth "
+            << (peak >> 20) << " MiB\n";
+  EXPECT_LT(peak, shard + model_bytes + slack);
+  EXPECT_LT(peak, checkpoint_bytes / 2);
+}
+
+}  // namespace
+}  // namespace qtrain
