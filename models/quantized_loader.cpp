@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "models/bnb_checkpoint.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
 
@@ -40,8 +41,48 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
   int64_t quantized_bytes = 0;
 
   torch::NoGradGuard no_grad;
+  // A directory saved by transformers + bitsandbytes (or by qtrain in that layout) already holds
+  // 4-bit weights: they load as they are, without a dense round trip.
+  const auto prequantized = read_bnb_quantization_config(dir);
+  std::set<std::string> bnb_modules;
+  if (prequantized) {
+    for (const auto& module : bnb_4bit_modules(checkpoint)) bnb_modules.insert(module);
+  }
+  auto load_bias = [&](const std::string& name) {
+    const std::string bias_name = name + ".bias";
+    if (!checkpoint.contains(bias_name)) {
+      throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                  {.file = dir, .tensor = bias_name});
+    }
+    at::Tensor bias = checkpoint.tensor(bias_name).to(dense_options);
+    checkpoint.evict(bias_name);
+    consumed.insert(bias_name);
+    return bias;
+  };
+  auto prequantized_slot = [&](const std::string& name, int64_t in, int64_t out,
+                               bool bias) -> std::shared_ptr<LinearSlot> {
+    QuantizedTensor weight = read_bnb_4bit_weight(checkpoint, name, options.device);
+    if (weight.shape != std::vector<int64_t>{out, in}) {
+      throw_error(ErrorKind::kShape,
+                  "quant_state shape differs from the model's [" + std::to_string(out) + ", " +
+                      std::to_string(in) + "]",
+                  {.file = checkpoint.file_of(name + ".weight"), .tensor = name + ".weight"});
+    }
+    const std::string prefix = name + ".weight";
+    for (const auto& entry : checkpoint.names()) {
+      if (entry.compare(0, prefix.size(), prefix) == 0) consumed.insert(entry);
+    }
+    quantized_bytes += weight.nbytes();
+    return std::make_shared<QuantizedLinearSlot>(std::move(weight),
+                                                 bias ? load_bias(name) : at::Tensor());
+  };
   LinearFactory make = [&](const std::string& name, int64_t in, int64_t out,
                            bool bias) -> std::shared_ptr<LinearSlot> {
+    if (prequantized) {
+      if (!bnb_modules.count(name))
+        return std::make_shared<DenseLinear>(in, out, bias, dense_options);
+      return prequantized_slot(name, in, out, bias);
+    }
     if (is_skipped_module(name, options.skip_modules)) {
       return std::make_shared<DenseLinear>(in, out, bias, dense_options);
     }
@@ -66,23 +107,14 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
     checkpoint.evict(weight_name);
     consumed.insert(weight_name);
     quantized_bytes += weight.nbytes();
-    at::Tensor bias_tensor;
-    if (bias) {
-      const std::string bias_name = name + ".bias";
-      if (!checkpoint.contains(bias_name)) {
-        throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
-                    {.file = dir, .tensor = bias_name});
-      }
-      bias_tensor = checkpoint.tensor(bias_name).to(dense_options);
-      checkpoint.evict(bias_name);
-      consumed.insert(bias_name);
-    }
-    return std::make_shared<QuantizedLinearSlot>(std::move(weight), bias_tensor);
+    return std::make_shared<QuantizedLinearSlot>(std::move(weight),
+                                                 bias ? load_bias(name) : at::Tensor());
   };
   auto model = std::make_shared<CausalLM>(config, dense_options, make);
   load_hf_weights(*model, checkpoint, dir, consumed);
-  log::info("loaded ", config.model_type, " from ", dir, ": ", consumed.size(),
-            " tensors quantized to ", quant_type_name(options.quant.type), " (",
+  log::info("loaded ", config.model_type, " from ", dir, ": ", consumed.size(), " tensors ",
+            prequantized ? "pre-quantized (bitsandbytes layout)" : "quantized", " to ",
+            quant_type_name(prequantized ? prequantized->type : options.quant.type), " (",
             quantized_bytes / (1 << 20), " MiB)");
   return model;
 }

@@ -27,6 +27,8 @@ struct QuantizedLoadOptions {
 // True when `module` (an HF module name) is named by `skip_modules`.
 bool is_skipped_module(const std::string& module, const std::vector<std::string>& skip_modules);
 
+// A directory whose config.json carries a bitsandbytes 4-bit quantization_config loads its 4-bit
+// weights as they are (options.quant and skip_modules are then the file's business).
 std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
                                                    const QuantizedLoadOptions& options);
 

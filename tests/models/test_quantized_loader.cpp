@@ -3,6 +3,7 @@
 // resident memory near one shard plus the quantized model.
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "models/bnb_checkpoint.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"
@@ -96,6 +97,36 @@ TEST(QuantizedLoaderTest, MisShapedOrMissingWeightIsNamed) {
     EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(QuantizedLoaderTest, PrequantizedDirectoryLoadsWithoutRequantizing) {
+  t::ScratchDir scratch;
+  const std::string dense_dir = scratch.file("dense"), bnb_dir = scratch.file("bnb");
+  write_tiny_model({.arch = "qwen3", .preset = "micro", .seed = 9}, dense_dir);
+  const QuantConfig quant{QuantType::kFP4, 64, true};
+  save_bnb_4bit_checkpoint(dense_dir, bnb_dir, quant, at::kFloat);
+  auto from_dense = load_quantized_causal_lm(dense_dir, {.dtype = at::kFloat, .quant = quant});
+  // options.quant says NF4: the file's FP4 state must win.
+  auto from_bnb = load_quantized_causal_lm(bnb_dir, {.dtype = at::kFloat});
+  auto expected = from_dense->named_linears();
+  size_t compared = 0;
+  for (const auto& [name, slot] : from_bnb->named_linears()) {
+    auto q = std::dynamic_pointer_cast<QuantizedLinearSlot>(slot);
+    if (!q) continue;
+    for (const auto& [other_name, other] : expected) {
+      if (other_name != name) continue;
+      const auto& a = q->weight();
+      const auto& b = std::dynamic_pointer_cast<QuantizedLinearSlot>(other)->weight();
+      EXPECT_EQ(a.type, QuantType::kFP4) << name;
+      EXPECT_TRUE(at::equal(a.data, b.data)) << name;
+      EXPECT_TRUE(at::equal(a.block_absmax(), b.block_absmax())) << name;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 7u * from_bnb->config().num_hidden_layers);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(at::equal(from_bnb->forward({.input_ids = ids()}),
+                        from_dense->forward({.input_ids = ids()})));
 }
 
 int64_t status_kib(const std::string& field) {
