@@ -1,0 +1,35 @@
+// CUDA kernels of the blockwise formats (quant/blockwise.h has the formats and shapes). Called by
+// the device dispatch in quant/blockwise.cpp once the arguments are checked: inputs are CUDA
+// tensors on one device, blocksize > 0 (and even for 4-bit), absmax and code have the documented
+// sizes. Results are allocated on the input's device and computed on its current stream; codes and
+// absmax are bit-identical to the CPU reference (quant/blockwise_cpu.cpp).
+#pragma once
+
+#include "quant/blockwise.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace qtrain::cuda {
+
+std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType type,
+                                                int64_t blocksize);
+at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
+                           const at::Tensor& code, int64_t n, int64_t blocksize,
+                           at::ScalarType out_dtype);
+
+std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& x,
+                                                          const at::Tensor& code,
+                                                          int64_t blocksize);
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& absmax,
+                                     const at::Tensor& code, int64_t blocksize,
+                                     at::ScalarType out_dtype);
+
+std::pair<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& x, int64_t blocksize);
+at::Tensor dequantize_int8(const at::Tensor& q, const at::Tensor& absmax, int64_t blocksize,
+                           at::ScalarType out_dtype);
+
+}  // namespace qtrain::cuda
