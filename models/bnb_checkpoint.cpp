@@ -1,0 +1,244 @@
+#include "models/bnb_checkpoint.h"
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "models/config.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <ftw.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+namespace qtrain {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Files of a model directory besides config.json and the weights that a 4-bit copy keeps.
+const char* const kCopiedFiles[] = {
+    "generation_config.json",  "tokenizer.json",    "tokenizer.model", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json",      "merges.txt",
+    "chat_template.jinja",     "chat_template.json"};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Exactly, or as the trailing dotted components of `module`.
+bool matches_module(const std::string& module, const std::vector<std::string>& patterns) {
+  for (const std::string& p : patterns) {
+    if (module == p) return true;
+    if (ends_with(module, "." + p)) return true;
+  }
+  return false;
+}
+
+json read_json_file(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw_error(ErrorKind::kIo, "cannot open", {.file = path.string()});
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return json::parse(text.str());
+  } catch (const json::parse_error& e) {
+    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(),
+                {.file = path.string()});
+  }
+}
+
+// Not std::filesystem::remove_all: the copy libtorch.so exports crashes on non-empty directories
+// (see models/tiny_model.cpp).
+void remove_tree(const fs::path& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
+fs::path make_staging_dir(const fs::path& target) {
+  std::random_device random;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const fs::path candidate =
+        target.parent_path() / ("." + target.filename().string() + ".tmp-" +
+                                std::to_string(::getpid()) + "-" + std::to_string(random()));
+    if (fs::create_directory(candidate)) return candidate;
+  }
+  throw_error(ErrorKind::kIo, "cannot create a temporary directory next to the output",
+              {.file = target.string()});
+}
+
+// A Linear weight that gets quantized: `<module>.weight`, 2-D, floating, neither the token
+// embeddings nor a skipped module.
+bool is_quantized_linear(const std::string& name, const TensorInfo& info,
+                         const std::vector<std::string>& skip_modules) {
+  if (!ends_with(name, ".weight") || info.shape.size() != 2) return false;
+  if (!at::isFloatingType(info.scalar_type)) return false;
+  const std::string module = name.substr(0, name.size() - 7);
+  return !ends_with(module, "embed_tokens") && !matches_module(module, skip_modules);
+}
+
+// llm_int8_skip_modules for the config: null when only lm_head is skipped (transformers'
+// default), else the list itself, which replaces that default.
+std::optional<std::vector<std::string>> config_skip_modules(const std::vector<std::string>& skip) {
+  if (skip == std::vector<std::string>{"lm_head"}) return std::nullopt;
+  return skip;
+}
+
+// Returns the number of weights quantized.
+int64_t write_bnb_files(const std::string& src_hf_dir, const fs::path& dir,
+                        const QuantConfig& quant, at::ScalarType compute_dtype,
+                        const BnbSaveOptions& options) {
+  const fs::path src(src_hf_dir);
+  json config = read_json_file(src / "config.json");
+  ModelConfig::from_json(config, (src / "config.json").string());  // validates
+  if (config.contains("quantization_config")) {
+    throw_error(ErrorKind::kConfig, "the source is already quantized",
+                {.file = (src / "config.json").string(), .field = "quantization_config"});
+  }
+  config["quantization_config"] =
+      bnb_quantization_config_json(quant, compute_dtype, config_skip_modules(options.skip_modules));
+
+  const CheckpointReader checkpoint = CheckpointReader::open_dir(src_hf_dir);
+  NamedTensors tensors;
+  int64_t quantized = 0;
+  for (const std::string& name : checkpoint.names()) {
+    const TensorInfo& info = checkpoint.info(name);
+    if (!is_quantized_linear(name, info, options.skip_modules)) {
+      tensors.emplace_back(name, checkpoint.tensor(name));  // a view of the mapping: no copy
+      continue;
+    }
+    const QuantizedTensor weight = quantize(checkpoint.tensor(name).to(options.device), quant);
+    checkpoint.evict(name);
+    for (auto& entry : to_bnb_entries(name.substr(0, name.size() - 7), weight)) {
+      tensors.push_back(std::move(entry));
+    }
+    ++quantized;
+  }
+  if (quantized == 0) {
+    throw_error(ErrorKind::kConfig, "no Linear weight to quantize", {.file = src_hf_dir});
+  }
+
+  ShardOptions shards;
+  shards.max_shard_bytes = options.max_shard_bytes;
+  write_checkpoint(dir.string(), tensors, shards);
+  write_file_atomically((dir / "config.json").string(), config.dump(2) + "\n");
+  for (const char* file : kCopiedFiles) {
+    if (fs::exists(src / file)) fs::copy_file(src / file, dir / file);
+  }
+  return quantized;
+}
+
+}  // namespace
+
+void save_bnb_4bit_checkpoint(const std::string& src_hf_dir, const std::string& out_dir,
+                              const QuantConfig& quant, at::ScalarType compute_dtype,
+                              const BnbSaveOptions& options) {
+  quant.validate();
+  fs::path target = fs::absolute(out_dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  try {
+    if (fs::exists(target) && (!fs::is_directory(target) || !fs::is_empty(target))) {
+      throw_error(ErrorKind::kIo, "output exists and is not an empty directory",
+                  {.file = target.string()});
+    }
+    fs::create_directories(target.parent_path());
+    const fs::path staging = make_staging_dir(target);
+    try {
+      const int64_t quantized = write_bnb_files(src_hf_dir, staging, quant, compute_dtype, options);
+      if (fs::exists(target)) fs::remove(target);
+      fs::rename(staging, target);
+      log::info("wrote ", target.string(), ": ", quantized, " weights in bitsandbytes ",
+                quant_type_name(quant.type), " (blocksize ", quant.blocksize,
+                quant.double_quant ? ", double quant" : "", ")");
+    } catch (...) {
+      remove_tree(staging);
+      throw;
+    }
+  } catch (const fs::filesystem_error& e) {
+    const std::string file = e.path1().empty() ? target.string() : e.path1().string();
+    throw_error(ErrorKind::kIo, "cannot write the model: " + e.code().message(), {.file = file});
+  }
+}
+
+std::optional<BnbQuantizationConfig> read_bnb_quantization_config(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "config.json";
+  const json config = read_json_file(path);
+  if (!config.contains("quantization_config")) return std::nullopt;
+  return parse_bnb_quantization_config(config["quantization_config"], path.string());
+}
+
+std::vector<std::string> bnb_4bit_modules(const CheckpointReader& checkpoint) {
+  std::set<std::string> modules;
+  for (const std::string& name : checkpoint.names()) {
+    if (auto module = bnb_quant_state_module(name)) modules.insert(*module);
+  }
+  return {modules.begin(), modules.end()};
+}
+
+QuantizedTensor read_bnb_4bit_weight(const CheckpointReader& checkpoint, const std::string& module,
+                                     c10::Device device) {
+  std::vector<std::string> used;
+  auto lookup = [&](const std::string& name) {
+    if (!checkpoint.contains(name)) return at::Tensor();
+    used.push_back(name);
+    return checkpoint.tensor(name);
+  };
+  std::string source = checkpoint.contains(module + ".weight")
+                           ? checkpoint.file_of(module + ".weight")
+                           : std::string();
+  const QuantizedTensor mapped = from_bnb_entries(module, lookup, source);
+
+  // Own copies, so that the result does not pin the mapping.
+  auto copy = [&](const at::Tensor& t) { return t.to(t.options().device(device), false, true); };
+  QuantizedTensor q = mapped;
+  q.data = copy(mapped.data);
+  q.code = copy(mapped.code);
+  if (mapped.absmax.defined()) q.absmax = copy(mapped.absmax);
+  if (mapped.nested) {
+    q.nested->codes = copy(mapped.nested->codes);
+    q.nested->absmax = copy(mapped.nested->absmax);
+    q.nested->code = copy(mapped.nested->code);
+  }
+  for (const std::string& name : used) checkpoint.evict(name);
+  return q;
+}
+
+std::map<std::string, QuantizedTensor> read_bnb_4bit_weights(const CheckpointReader& checkpoint,
+                                                             c10::Device device) {
+  std::map<std::string, QuantizedTensor> out;
+  for (const std::string& module : bnb_4bit_modules(checkpoint)) {
+    out.emplace(module, read_bnb_4bit_weight(checkpoint, module, device));
+  }
+  return out;
+}
+
+std::vector<std::string> bnb_dense_tensor_names(const CheckpointReader& checkpoint) {
+  const std::vector<std::string> modules = bnb_4bit_modules(checkpoint);
+  const std::set<std::string> quantized(modules.begin(), modules.end());
+  std::vector<std::string> dense;
+  for (const std::string& name : checkpoint.names()) {
+    const size_t pos = name.rfind(".weight");
+    const bool owned = pos != std::string::npos && quantized.count(name.substr(0, pos)) &&
+                       (pos + 7 == name.size() || is_bnb_state_entry(name));
+    if (owned) continue;
+    if (is_bnb_state_entry(name)) {
+      throw_error(ErrorKind::kFormat,
+                  "bitsandbytes state entry without a quant_state entry for its weight",
+                  {.file = checkpoint.file_of(name), .tensor = name});
+    }
+    dense.push_back(name);
+  }
+  return dense;
+}
+
+}  // namespace qtrain
