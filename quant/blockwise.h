@@ -19,6 +19,8 @@ enum class QuantType { kNF4, kFP4, kInt8 };
 // [nblocks]). Element 2k goes to the HIGH nibble of byte k. x is normalised as x * (1/absmax)
 // in float32, then NF4 rounds to the nearest code with ties to the lower one (CUDA's decision
 // tree); FP4 sets the sign bit for x < 0 and picks the magnitude by bitsandbytes' thresholds.
+// An all-zero block has absmax 0 and, as on bitsandbytes' CUDA path (0 * (1/0) = NaN passes no
+// threshold), code 0 for every element (bytes 0x00); it dequantizes to zeros.
 std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType type,
                                                 int64_t blocksize);
 
@@ -30,7 +32,7 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
 
 // 8-bit blockwise with a 256-entry code table (the dynamic map), as bitsandbytes'
 // quantize_blockwise: x float32 [n] -> (codes uint8 [n], absmax float32 [nblocks]); nearest code
-// value of x / absmax, ties to the lower one.
+// value of x * (1/absmax), ties to the lower one (code must be sorted ascending).
 std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& x,
                                                           const at::Tensor& code,
                                                           int64_t blocksize);
@@ -38,8 +40,9 @@ at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& 
                                      const at::Tensor& code, int64_t blocksize,
                                      at::ScalarType out_dtype);
 
-// Linear blockwise INT8 (the 8-bit LoRA base): q = round_half_away(x * 127 / absmax) as int8
-// [n], absmax float32 [nblocks]; dequantize: q * absmax / 127.
+// Linear blockwise INT8 (the 8-bit LoRA base): q = round_half_away(x * (127 / absmax)) as int8
+// [n], absmax float32 [nblocks], all float32 (an all-zero block gives q = 0); dequantize:
+// q * (absmax / 127).
 std::pair<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& x, int64_t blocksize);
 at::Tensor dequantize_int8(const at::Tensor& q, const at::Tensor& absmax, int64_t blocksize,
                            at::ScalarType out_dtype);

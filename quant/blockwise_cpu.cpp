@@ -1,0 +1,279 @@
+// CPU reference of bitsandbytes' blockwise kernels: one plain loop per block, blocks in parallel.
+// The float32 arithmetic follows csrc/kernels.cu (kQuantizeBlockwise / kDequantizeBlockwise) so
+// the codes and absmax are bit-identical to the CUDA kernels:
+//   absmax = max |x| over the block (like fmaxf, NaN inputs are skipped),
+//   xn     = x * (1.0f / absmax)   (float32 reciprocal, then a multiply; never a division),
+//   value  = code[q] * absmax      (float32, then one cast to the output type).
+#include "quant/blockwise_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+namespace qtrain::cpu {
+namespace {
+
+// Decision thresholds of CUDA's dQuantizeNF4 tree, ascending: the code is the number of
+// thresholds that xn exceeds, so a value exactly on a threshold takes the lower code.
+constexpr std::array<float, 15> kNF4Thresholds = {
+    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
+    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f,
+};
+
+// CUDA's dQuantizeFP4: thresholds on |xn| between the sorted FP4 magnitudes, and the 3-bit code
+// of each magnitude rank (0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1).
+constexpr std::array<float, 7> kFP4Thresholds = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+                                                 0.4166667f,  0.583333f,  0.8333333f};
+constexpr std::array<uint8_t, 8> kFP4MagnitudeCode = {0b000, 0b001, 0b110, 0b111,
+                                                      0b100, 0b101, 0b010, 0b011};
+
+// The number of thresholds below xn, found by CUDA's tree (t[7], then t[3] or t[11], ...) as a
+// branchless binary search. NaN (an all-zero block: 0 * (1/0)) passes no comparison: code 0.
+inline uint8_t nf4_code_of(float xn) {
+  int q = 0;
+  q += xn > kNF4Thresholds[q + 7] ? 8 : 0;
+  q += xn > kNF4Thresholds[q + 3] ? 4 : 0;
+  q += xn > kNF4Thresholds[q + 1] ? 2 : 0;
+  q += xn > kNF4Thresholds[q] ? 1 : 0;
+  return static_cast<uint8_t>(q);
+}
+
+// The sign bit is set for any xn < 0, so tiny negatives become 0b1000 ("-0"); NaN becomes 0.
+inline uint8_t fp4_code_of(float xn) {
+  const uint8_t sign = xn < 0.0f ? 0b1000 : 0;
+  const float magnitude = std::fabs(xn);
+  int rank = 0;  // thresholds below |xn|, by CUDA's tree: t[3], then t[1] or t[5], ...
+  rank += magnitude > kFP4Thresholds[rank + 3] ? 4 : 0;
+  rank += magnitude > kFP4Thresholds[rank + 1] ? 2 : 0;
+  rank += magnitude > kFP4Thresholds[rank] ? 1 : 0;
+  return sign | kFP4MagnitudeCode[rank];
+}
+
+int64_t num_blocks(int64_t n, int64_t blocksize) {
+  return (n + blocksize - 1) / blocksize;
+}
+
+// Blocks per parallel task: about 32K elements of work each.
+int64_t grain(int64_t blocksize) {
+  return std::max<int64_t>(1, 32768 / blocksize);
+}
+
+// CUDA's fmaxf reduction from -FLT_MAX, written as a comparison (no libm call): a NaN never
+// compares greater, so it is skipped, and an all-NaN block gives -FLT_MAX on both.
+template <typename T>
+float block_absmax(const T* x, int64_t count) {
+  float m = -FLT_MAX;
+  for (int64_t i = 0; i < count; ++i) {
+    const float a = std::fabs(static_cast<float>(x[i]));
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+// Calls fn(b, begin, count) for every block, in parallel over blocks.
+template <typename Fn>
+void for_each_block(int64_t n, int64_t blocksize, const Fn& fn) {
+  at::parallel_for(0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * blocksize;
+      fn(b, begin, std::min(blocksize, n - begin));
+    }
+  });
+}
+
+struct NF4Coder {
+  uint8_t operator()(float xn) const { return nf4_code_of(xn); }
+};
+struct FP4Coder {
+  uint8_t operator()(float xn) const { return fp4_code_of(xn); }
+};
+
+// in [n] -> out [(n+1)/2] packed codes (element 2k in the high nibble), absmax [nblocks].
+// blocksize is even, so every block owns whole bytes.
+template <typename T, typename Coder>
+void quantize_4bit_blocks(const T* in, int64_t n, int64_t blocksize, Coder code_of, uint8_t* out,
+                          float* absmax) {
+  at::parallel_for(0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
+    std::vector<uint8_t> codes(blocksize + 1);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * blocksize;
+      const int64_t count = std::min(blocksize, n - begin);
+      const float m = block_absmax(in + begin, count);
+      const float inv = 1.0f / m;
+      absmax[b] = m;
+      for (int64_t i = 0; i < count; ++i) {
+        codes[i] = code_of(static_cast<float>(in[begin + i]) * inv);
+      }
+      codes[count] = code_of(0.0f * inv);  // odd n: the last low nibble codes a 0 pad (as CUDA)
+      for (int64_t j = 0; j < count; j += 2) {
+        out[(begin + j) / 2] = static_cast<uint8_t>(codes[j] << 4 | codes[j + 1]);
+      }
+    }
+  });
+}
+
+at::Tensor flat_contiguous(const at::Tensor& t) {
+  return t.reshape({-1}).contiguous();
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType type,
+                                                int64_t blocksize) {
+  const at::Tensor input = flat_contiguous(x);
+  const int64_t n = input.numel();
+  at::Tensor packed = at::empty({(n + 1) / 2}, at::kByte);
+  at::Tensor absmax = at::empty({num_blocks(n, blocksize)}, at::kFloat);
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  float* scales = absmax.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "quantize_4bit", [&] {
+        const scalar_t* in = input.data_ptr<scalar_t>();
+        if (type == QuantType::kNF4) {
+          quantize_4bit_blocks(in, n, blocksize, NF4Coder{}, out, scales);
+        } else {
+          quantize_4bit_blocks(in, n, blocksize, FP4Coder{}, out, scales);
+        }
+      });
+  return {packed, absmax};
+}
+
+at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
+                           const at::Tensor& code, int64_t n, int64_t blocksize,
+                           at::ScalarType out_dtype) {
+  const at::Tensor bytes = flat_contiguous(packed);
+  const at::Tensor scales = flat_contiguous(absmax);
+  const at::Tensor table = flat_contiguous(code);
+  at::Tensor result = at::empty({n}, out_dtype);
+  const uint8_t* in = bytes.data_ptr<uint8_t>();
+  const float* am = scales.data_ptr<float>();
+  const float* values = table.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequantize_4bit", [&] {
+    scalar_t* out = result.data_ptr<scalar_t>();
+    for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+      std::array<scalar_t, 16> scaled;  // code[q] * absmax, rounded once to the output type
+      for (int q = 0; q < 16; ++q) scaled[q] = static_cast<scalar_t>(values[q] * am[b]);
+      // begin is even (so is blocksize): elements i, i+1 share byte i/2.
+      for (int64_t i = begin; i < begin + count; i += 2) {
+        const uint8_t byte = in[i / 2];
+        out[i] = scaled[byte >> 4];
+        if (i + 1 < begin + count) out[i + 1] = scaled[byte & 0x0F];
+      }
+    });
+  });
+  return result;
+}
+
+// The midpoint rule of formats.md §1.3: the code is the number of float32 midpoints
+// (code[k] + code[k+1]) * 0.5f strictly below xn, i.e. the nearest value with ties to the lower
+// one (bitsandbytes' bucketize backend). CUDA's dQuantize binary search breaks exact ties between
+// code[2m-1] and code[2m] towards 2m instead; no other input differs. NaN gives code 0.
+std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& x,
+                                                          const at::Tensor& code,
+                                                          int64_t blocksize) {
+  const at::Tensor input = flat_contiguous(x);
+  const at::Tensor table = flat_contiguous(code);
+  const int64_t n = input.numel();
+  std::array<float, 255> midpoints;
+  const float* values = table.data_ptr<float>();
+  for (int k = 0; k < 255; ++k) midpoints[k] = (values[k] + values[k + 1]) * 0.5f;
+  at::Tensor codes = at::empty({n}, at::kByte);
+  at::Tensor absmax = at::empty({num_blocks(n, blocksize)}, at::kFloat);
+  uint8_t* out = codes.data_ptr<uint8_t>();
+  float* scales = absmax.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "quantize_blockwise_8bit", [&] {
+        const scalar_t* in = input.data_ptr<scalar_t>();
+        for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+          const float m = block_absmax(in + begin, count);
+          const float inv = 1.0f / m;
+          scales[b] = m;
+          for (int64_t i = begin; i < begin + count; ++i) {
+            const float xn = static_cast<float>(in[i]) * inv;
+            out[i] = static_cast<uint8_t>(std::lower_bound(midpoints.begin(), midpoints.end(), xn) -
+                                          midpoints.begin());
+          }
+        });
+      });
+  return {codes, absmax};
+}
+
+at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& absmax,
+                                     const at::Tensor& code, int64_t blocksize,
+                                     at::ScalarType out_dtype) {
+  const at::Tensor input = flat_contiguous(codes);
+  const at::Tensor scales = flat_contiguous(absmax);
+  const at::Tensor table = flat_contiguous(code);
+  const int64_t n = input.numel();
+  at::Tensor result = at::empty({n}, out_dtype);
+  const uint8_t* in = input.data_ptr<uint8_t>();
+  const float* am = scales.data_ptr<float>();
+  const float* values = table.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, out_dtype, "dequantize_blockwise_8bit", [&] {
+        scalar_t* out = result.data_ptr<scalar_t>();
+        for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+          for (int64_t i = begin; i < begin + count; ++i) {
+            out[i] = static_cast<scalar_t>(values[in[i]] * am[b]);
+          }
+        });
+      });
+  return result;
+}
+
+// Linear INT8: q = round_half_away_from_zero(x * (127.0f / absmax)), all in float32, clamped to
+// [-127, 127] (only reachable through the rounding of 127/absmax). An all-zero block (absmax 0)
+// and NaN inputs give q = 0.
+std::pair<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& x, int64_t blocksize) {
+  const at::Tensor input = flat_contiguous(x);
+  const int64_t n = input.numel();
+  at::Tensor q = at::empty({n}, at::kChar);
+  at::Tensor absmax = at::empty({num_blocks(n, blocksize)}, at::kFloat);
+  int8_t* out = q.data_ptr<int8_t>();
+  float* scales = absmax.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "quantize_int8", [&] {
+        const scalar_t* in = input.data_ptr<scalar_t>();
+        for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+          const float m = block_absmax(in + begin, count);
+          const float multiplier = m > 0.0f ? 127.0f / m : 0.0f;
+          scales[b] = m;
+          for (int64_t i = begin; i < begin + count; ++i) {
+            const float r = std::round(static_cast<float>(in[i]) * multiplier);
+            out[i] = std::isnan(r) ? 0 : static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
+          }
+        });
+      });
+  return {q, absmax};
+}
+
+// value = q * (absmax / 127.0f) in float32, then cast.
+at::Tensor dequantize_int8(const at::Tensor& q, const at::Tensor& absmax, int64_t blocksize,
+                           at::ScalarType out_dtype) {
+  const at::Tensor input = flat_contiguous(q);
+  const at::Tensor scales = flat_contiguous(absmax);
+  const int64_t n = input.numel();
+  at::Tensor result = at::empty({n}, out_dtype);
+  const int8_t* in = input.data_ptr<int8_t>();
+  const float* am = scales.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequantize_int8", [&] {
+    scalar_t* out = result.data_ptr<scalar_t>();
+    for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+      const float step = am[b] / 127.0f;
+      for (int64_t i = begin; i < begin + count; ++i) {
+        out[i] = static_cast<scalar_t>(static_cast<float>(in[i]) * step);
+      }
+    });
+  });
+  return result;
+}
+
+}  // namespace qtrain::cpu
