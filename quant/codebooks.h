@@ -6,9 +6,9 @@
 
 namespace qtrain {
 
-at::Tensor nf4_code();              // [16], sorted, code index = nibble value
-at::Tensor fp4_code();              // [16] in code order (bit 3 = sign), values / 12, not sorted
-at::Tensor dynamic_code_signed();   // [256] create_dynamic_map(signed=True): nested absmax, Adam m
-at::Tensor dynamic_code_unsigned(); // [256] create_dynamic_map(signed=False): Adam v
+at::Tensor nf4_code();               // [16], sorted, code index = nibble value
+at::Tensor fp4_code();               // [16] in code order (bit 3 = sign), values / 12, not sorted
+at::Tensor dynamic_code_signed();    // [256] create_dynamic_map(signed=True): nested absmax, Adam m
+at::Tensor dynamic_code_unsigned();  // [256] create_dynamic_map(signed=False): Adam v
 
 }  // namespace qtrain

@@ -14,7 +14,7 @@
 
 namespace qtrain {
 
-std::string quant_type_name(QuantType type);          // "nf4", "fp4", "int8"
+std::string quant_type_name(QuantType type);              // "nf4", "fp4", "int8"
 QuantType quant_type_from_name(const std::string& name);  // throws Error(kConfig)
 
 struct QuantConfig {
@@ -37,13 +37,13 @@ struct NestedAbsmax {
 
 struct QuantizedTensor {
   QuantType type = QuantType::kNF4;
-  std::vector<int64_t> shape;                // original shape, e.g. Linear [out, in]
-  at::ScalarType dtype = at::kBFloat16;      // original dtype (bnb quant_state "dtype")
+  std::vector<int64_t> shape;            // original shape, e.g. Linear [out, in]
+  at::ScalarType dtype = at::kBFloat16;  // original dtype (bnb quant_state "dtype")
   int64_t blocksize = 64;
   at::Tensor data;    // 4-bit: uint8 [(n+1)/2, 1] packed codes; int8: int8 [n]
   at::Tensor absmax;  // float32 [nblocks]; undefined when nested
   std::optional<NestedAbsmax> nested;
-  at::Tensor code;    // 4-bit: float32 [16] quant_map; undefined for int8
+  at::Tensor code;  // 4-bit: float32 [16] quant_map; undefined for int8
 
   int64_t numel() const;
   int64_t num_blocks() const;
