@@ -3,6 +3,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/staging_dir.h"
 #include "models/config.h"
 
 #include <ATen/ATen.h>
@@ -54,27 +55,6 @@ json read_json_file(const fs::path& path) {
     throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(),
                 {.file = path.string()});
   }
-}
-
-// Not std::filesystem::remove_all: the copy libtorch.so exports crashes on non-empty directories
-// (see models/tiny_model.cpp).
-void remove_tree(const fs::path& path) {
-  ::nftw(
-      path.c_str(),
-      [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
-fs::path make_staging_dir(const fs::path& target) {
-  std::random_device random;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    const fs::path candidate =
-        target.parent_path() / ("." + target.filename().string() + ".tmp-" +
-                                std::to_string(::getpid()) + "-" + std::to_string(random()));
-    if (fs::create_directory(candidate)) return candidate;
-  }
-  throw_error(ErrorKind::kIo, "cannot create a temporary directory next to the output",
-              {.file = target.string()});
 }
 
 // A Linear weight that gets quantized: `<module>.weight`, 2-D, floating, neither the token

@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "core/staging_dir.h"
 #include "data/sentencepiece_to_hf.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/sentencepiece_trainer.h"
@@ -150,28 +151,6 @@ void write_model_files(const TinyModelOptions& options, ModelConfig config, cons
       options.max_shard_bytes == 0 ? std::numeric_limits<uint64_t>::max() : options.max_shard_bytes;
   const at::ScalarType dtype = scalar_type_from_name(config.torch_dtype);
   write_checkpoint(dir.string(), random_weights(config, options.seed, dtype), shards);
-}
-
-// Not std::filesystem::remove_all: libtorch.so exports its own copy, which calls
-// recursive_directory_iterator::__erase, a weak symbol newer than the system libstdc++ (GCC 12)
-// and so null: it crashes on any non-empty directory.
-void remove_tree(const fs::path& path) {
-  ::nftw(
-      path.c_str(),
-      [](const char* entry, const struct stat*, int, struct FTW*) { return ::remove(entry); }, 16,
-      FTW_DEPTH | FTW_PHYS);
-}
-
-fs::path make_staging_dir(const fs::path& target) {
-  std::random_device random;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    fs::path candidate =
-        target.parent_path() / ("." + target.filename().string() + ".tmp-" +
-                                std::to_string(::getpid()) + "-" + std::to_string(random()));
-    if (fs::create_directory(candidate)) return candidate;
-  }
-  throw_error(ErrorKind::kIo, "cannot create a temporary directory next to the output",
-              {.file = target.string()});
 }
 
 // Moves the finished `staging` directory to `target`, replacing what is there.
