@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "models/attention_mask.h"
+#include "models/layer_checkpoint.h"
 #include "models/rope.h"
 
 #include <ATen/ATen.h>
@@ -150,7 +151,16 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   auto [cos, sin] = rope_cos_sin(inv_freq_, positions, x.scalar_type());
   at::Tensor mask =
       build_attention_mask(batch, length, past, in.segment_ids, config_.sliding_window, device);
+  const bool checkpoint =
+      gradient_checkpointing_ && is_training() && cache == nullptr && at::GradMode::is_enabled();
+  // A checkpointed layer only runs its backward pass when its input requires grad; the frozen
+  // embedding's output does not, so it is made a leaf that does.
+  if (checkpoint && !x.requires_grad()) x = x.detach().requires_grad_(true);
   for (size_t i = 0; i < model->layers.size(); ++i) {
+    if (checkpoint) {
+      x = checkpointed_layer(*model->layers[i], x, cos, sin, mask);
+      continue;
+    }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;
     at::Tensor* values = cache ? &cache->values[i] : nullptr;
     x = model->layers[i]->forward(x, cos, sin, mask, keys, values);

@@ -102,6 +102,11 @@ class CausalLM : public torch::nn::Module {
   // Hidden states after the final norm: [B, T, H].
   at::Tensor hidden_states(const ForwardInputs& inputs);
 
+  // In training mode with grad enabled (and no KV cache), each decoder layer keeps only its input
+  // and is recomputed in the backward pass (models/layer_checkpoint.h).
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   const ModelConfig& config() const { return config_; }
   const at::TensorOptions& options() const { return options_; }
 
@@ -117,6 +122,7 @@ class CausalLM : public torch::nn::Module {
   ModelConfig config_;
   at::TensorOptions options_;
   at::Tensor inv_freq_;  // [head_dim/2] float32
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace qtrain
