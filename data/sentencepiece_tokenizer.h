@@ -1,7 +1,10 @@
 // A SentencePiece model (the tokenizer.model of Llama 2, Mistral, TinyLlama and qtrain's tiny
 // models) behind a small interface: int64 ids ready for tensors, qtrain::Error naming the file on
-// bad input. Text in and out is UTF-8.
+// bad input. Text in and out is UTF-8. It is the Tokenizer (data/tokenizer.h) of tokenizer.model
+// directories.
 #pragma once
+
+#include "data/tokenizer.h"
 
 #include <cstdint>
 #include <memory>
@@ -14,7 +17,7 @@ class SentencePieceProcessor;
 
 namespace qtrain {
 
-class SentencePieceTokenizer {
+class SentencePieceTokenizer : public Tokenizer {
  public:
   // Reads a tokenizer.model. Throws Error(kIo) naming the file when it cannot be read and
   // Error(kFormat) when it is not a SentencePiece model.
@@ -25,22 +28,22 @@ class SentencePieceTokenizer {
 
   SentencePieceTokenizer(SentencePieceTokenizer&&) noexcept;
   SentencePieceTokenizer& operator=(SentencePieceTokenizer&&) noexcept;
-  ~SentencePieceTokenizer();
+  ~SentencePieceTokenizer() override;
 
   // Token ids of `text`, optionally framed by BOS / EOS. Text that looks like a special token
   // ("<s>") is encoded as plain characters, never as the special id.
   std::vector<int64_t> encode(const std::string& text, bool add_bos = false,
-                              bool add_eos = false) const;
+                              bool add_eos = false) const override;
   // Text of `ids`; control tokens (BOS, EOS) decode to nothing, byte tokens are reassembled into
   // UTF-8. Throws Error(kFormat) for an id outside [0, vocab_size()).
-  std::string decode(const std::vector<int64_t>& ids) const;
+  std::string decode(const std::vector<int64_t>& ids) const override;
 
-  int64_t vocab_size() const;
+  int64_t vocab_size() const override;
   // Special ids; -1 when the model has none (pad, in Llama-style models).
-  int64_t bos_id() const;
-  int64_t eos_id() const;
+  int64_t bos_id() const override;
+  int64_t eos_id() const override;
   int64_t unk_id() const;
-  int64_t pad_id() const;
+  int64_t pad_id() const override;
 
   // Per-piece data (GGUF tokenizer metadata, tokenizer.json). Throw Error(kFormat) when the id
   // is out of range.

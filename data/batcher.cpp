@@ -1,0 +1,141 @@
+#include "data/batcher.h"
+
+#include "core/error.h"
+#include "data/shuffle.h"
+
+#include <ATen/ATen.h>
+
+#include <numeric>
+
+namespace qtrain {
+
+Batcher::Batcher(std::vector<Example> examples, BatchOptions options)
+    : examples_(std::move(examples)), options_(options) {
+  if (examples_.empty()) throw_error(ErrorKind::kConfig, "no examples to batch");
+  if (options_.micro_batch_size < 1 || options_.seq_len < 1) {
+    throw_error(ErrorKind::kConfig, "micro_batch_size and seq_len must be at least 1, got " +
+                                        std::to_string(options_.micro_batch_size) + " and " +
+                                        std::to_string(options_.seq_len));
+  }
+  for (size_t i = 0; i < examples_.size(); ++i) {
+    const auto length = static_cast<int64_t>(examples_[i].ids.size());
+    if (length < 1 || length > options_.seq_len ||
+        examples_[i].labels.size() != examples_[i].ids.size()) {
+      throw_error(ErrorKind::kConfig,
+                  "example " + std::to_string(i) + " has " + std::to_string(length) +
+                      " tokens (and " + std::to_string(examples_[i].labels.size()) +
+                      " labels); batches take 1 to seq_len = " + std::to_string(options_.seq_len) +
+                      " (build examples with max_seq_len <= seq_len)");
+    }
+  }
+  plan_epoch(0);
+}
+
+void Batcher::plan_epoch(int64_t epoch) {
+  const auto n = static_cast<int64_t>(examples_.size());
+  if (options_.shuffle) {
+    order_ = shuffled_indices(n, mix_seed(options_.seed, static_cast<uint64_t>(epoch)));
+  } else {
+    order_.resize(n);
+    std::iota(order_.begin(), order_.end(), int64_t{0});
+  }
+  rows_.clear();
+  if (!options_.packing) {
+    for (int64_t i = 0; i < n; ++i) rows_.push_back({i, 1});
+  } else {
+    int64_t row_tokens = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const auto length = static_cast<int64_t>(examples_[order_[i]].ids.size());
+      if (rows_.empty() || row_tokens + length > options_.seq_len) {
+        rows_.push_back({i, 0});
+        row_tokens = 0;
+      }
+      ++rows_.back().count;
+      row_tokens += length;
+    }
+  }
+  planned_epoch_ = epoch;
+}
+
+int64_t Batcher::batches_per_epoch() const {
+  const auto rows = static_cast<int64_t>(rows_.size());
+  return (rows + options_.micro_batch_size - 1) / options_.micro_batch_size;
+}
+
+void Batcher::restore(const DataCursor& cursor) {
+  if (cursor.epoch < 0 || cursor.position < 0) {
+    throw_error(ErrorKind::kConfig, "data cursor (epoch " + std::to_string(cursor.epoch) +
+                                        ", batch " + std::to_string(cursor.position) +
+                                        ") is negative");
+  }
+  plan_epoch(cursor.epoch);
+  if (cursor.position > batches_per_epoch()) {
+    const int64_t available = batches_per_epoch();
+    plan_epoch(cursor_.epoch);  // leave the batcher as it was
+    throw_error(ErrorKind::kConfig, "data cursor (epoch " + std::to_string(cursor.epoch) +
+                                        ", batch " + std::to_string(cursor.position) +
+                                        ") is past the epoch's " + std::to_string(available) +
+                                        " batches; did the dataset or the batch settings change?");
+  }
+  cursor_ = cursor;
+}
+
+Batch Batcher::next() {
+  if (cursor_.position >= batches_per_epoch()) {
+    plan_epoch(cursor_.epoch + 1);
+    cursor_ = {cursor_.epoch + 1, 0};
+  }
+  const int64_t first_row = cursor_.position * options_.micro_batch_size;
+  const int64_t rows =
+      std::min<int64_t>(options_.micro_batch_size, static_cast<int64_t>(rows_.size()) - first_row);
+  ++cursor_.position;
+  return build(first_row, rows);
+}
+
+Batch Batcher::build(int64_t first_row, int64_t rows) const {
+  int64_t width = options_.seq_len;
+  if (!options_.packing) {
+    width = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const Row& row = rows_[first_row + r];
+      width = std::max<int64_t>(width, examples_[order_[row.start]].ids.size());
+    }
+  }
+  const auto long_options = at::TensorOptions().dtype(at::kLong);
+  Batch batch;
+  batch.input_ids = at::full({rows, width}, options_.pad_id, long_options);
+  batch.labels = at::full({rows, width}, kIgnoreLabel, long_options);
+  batch.position_ids = at::zeros({rows, width}, long_options);
+  if (options_.packing) batch.segment_ids = at::zeros({rows, width}, long_options);
+  int64_t* ids = batch.input_ids.data_ptr<int64_t>();
+  int64_t* labels = batch.labels.data_ptr<int64_t>();
+  int64_t* positions = batch.position_ids.data_ptr<int64_t>();
+  int64_t* segments = options_.packing ? batch.segment_ids.data_ptr<int64_t>() : nullptr;
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const Row& row = rows_[first_row + r];
+    const int64_t base = r * width;
+    int64_t column = 0;
+    for (int64_t k = 0; k < row.count; ++k) {
+      const Example& example = examples_[order_[row.start + k]];
+      for (size_t i = 0; i < example.ids.size(); ++i, ++column) {
+        ids[base + column] = example.ids[i];
+        labels[base + column] = example.labels[i];
+        positions[base + column] = static_cast<int64_t>(i);
+        if (segments) segments[base + column] = k;
+        if (example.labels[i] != kIgnoreLabel) ++batch.loss_tokens;
+      }
+    }
+    batch.tokens += column;
+    batch.samples += row.count;
+    // The padding tail: positions run on from 0 (padding mode: from the example's end), and in
+    // packing mode it is a segment of its own, so every query has at least itself to attend to.
+    for (int64_t tail = 0; column < width; ++column, ++tail) {
+      positions[base + column] = options_.packing ? tail : column;
+      if (segments) segments[base + column] = row.count;
+    }
+  }
+  return batch;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,87 @@
+// Examples -> micro-batches, in a shuffled order that is reproducible from (seed, epoch) and
+// resumable from a two-number cursor.
+//
+// Padding mode: one example per row, padded on the right to the longest example of the batch (T
+// is that length, not seq_len). Right padding under causal attention needs no mask: real tokens
+// never look right.
+// Packing mode: rows of exactly seq_len tokens, filled greedily with whole examples in the
+// epoch's order (an example is never split; when the next one does not fit, the row is closed and
+// its tail padded). Positions restart at 0 for each example and segment ids keep the examples of
+// a row from attending to each other (models/attention_mask.h).
+//
+// Every epoch visits every example exactly once; the last batch of an epoch may have fewer rows.
+// In packing mode the number of rows, and so of batches, follows each epoch's order.
+#pragma once
+
+#include "data/examples.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace qtrain {
+
+struct Batch {
+  at::Tensor input_ids;     // [B, T] int64; padding = BatchOptions::pad_id
+  at::Tensor labels;        // [B, T] int64; kIgnoreLabel (-100) on prompts and padding
+  at::Tensor position_ids;  // [B, T] int64; 0, 1, ... from the start of each example
+  // [B, T] int64 in packing mode: 0, 1, 2, ... for the examples of each row, the padding tail one
+  // more id of its own; undefined in padding mode (plain causal attention suffices).
+  at::Tensor segment_ids;
+  int64_t tokens = 0;       // non-padding tokens
+  int64_t loss_tokens = 0;  // labels != -100
+  int64_t samples = 0;      // examples in the batch
+};
+
+struct BatchOptions {
+  int64_t micro_batch_size = 1;
+  int64_t seq_len = 2048;  // packing: the row length; both modes: the longest example allowed
+  bool packing = false;
+  uint64_t seed = 0;
+  bool shuffle = true;  // false: the examples' own order every epoch
+  int64_t pad_id = 0;   // padding_id(tokenizer)
+};
+
+// Where the batcher stands: `position` batches of epoch `epoch` have been handed out.
+struct DataCursor {
+  int64_t epoch = 0;
+  int64_t position = 0;
+};
+
+class Batcher {
+ public:
+  // Throws Error(kConfig) for no examples, a micro_batch_size or seq_len below 1, or an example
+  // longer than seq_len.
+  Batcher(std::vector<Example> examples, BatchOptions options);
+
+  // The next batch; after the epoch's last batch the next epoch starts with a new order.
+  Batch next();
+
+  DataCursor cursor() const { return cursor_; }
+  // Continues from `cursor` as if the batches before it had been taken. Throws Error(kConfig)
+  // when it lies outside the data (the dataset or batch settings changed since it was saved).
+  void restore(const DataCursor& cursor);
+
+  int64_t batches_per_epoch() const;  // of the current epoch
+  int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
+  const BatchOptions& options() const { return options_; }
+
+ private:
+  // A row: `count` examples starting at `start` in the epoch's order.
+  struct Row {
+    int64_t start;
+    int64_t count;
+  };
+  void plan_epoch(int64_t epoch);
+  Batch build(int64_t first_row, int64_t rows) const;
+
+  std::vector<Example> examples_;
+  BatchOptions options_;
+  DataCursor cursor_;
+  int64_t planned_epoch_ = -1;
+  std::vector<int64_t> order_;  // example indices in the epoch's order
+  std::vector<Row> rows_;
+};
+
+}  // namespace qtrain

@@ -1,0 +1,203 @@
+#include "data/records.h"
+
+#include "core/error.h"
+#include "core/log.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace qtrain {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_whole_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(ErrorKind::kIo, "cannot open dataset file", {.file = path});
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  if (in.bad()) throw_error(ErrorKind::kIo, "cannot read dataset file", {.file = path});
+  return bytes.str();
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// nlohmann's messages start with "[json.exception.parse_error.101] "; the rest is what matters.
+std::string json_error_text(const std::exception& e) {
+  std::string text = e.what();
+  if (!text.empty() && text[0] == '[') {
+    const auto end = text.find("] ");
+    if (end != std::string::npos) text = text.substr(end + 2);
+  }
+  return text;
+}
+
+// Reports a bad line: throws, or (skip_bad_lines) logs it and counts it.
+class BadLinePolicy {
+ public:
+  BadLinePolicy(bool skip, int64_t* skipped) : skip_(skip), skipped_(skipped) {}
+
+  void report(const std::string& message, const std::string& file, int64_t line) {
+    Error error(ErrorKind::kFormat, message, {.file = file, .line = line});
+    if (!skip_) throw error;
+    ++count_;
+    if (skipped_) ++*skipped_;
+    constexpr int64_t kLogged = 5;
+    if (count_ <= kLogged) log::warn("skipping bad dataset line: ", error.what());
+    if (count_ == kLogged + 1) log::warn("skipping more bad lines in ", file, " without logging");
+  }
+
+ private:
+  bool skip_;
+  int64_t* skipped_;
+  int64_t count_ = 0;
+};
+
+std::vector<Record> read_jsonl(const std::string& path, BadLinePolicy& policy) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(ErrorKind::kIo, "cannot open dataset file", {.file = path});
+  std::vector<Record> records;
+  std::string text;
+  for (int64_t line = 1; std::getline(in, text); ++line) {
+    if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
+      continue;
+    }
+    nlohmann::json value;
+    try {
+      value = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      policy.report("malformed JSON: " + json_error_text(e), path, line);
+      continue;
+    }
+    if (!value.is_object()) {
+      policy.report(std::string("expected a JSON object, found ") + value.type_name(), path, line);
+      continue;
+    }
+    records.push_back({std::move(value), path, line});
+  }
+  if (in.bad()) throw_error(ErrorKind::kIo, "cannot read dataset file", {.file = path});
+  return records;
+}
+
+int64_t line_of_offset(const std::string& text, size_t offset) {
+  return 1 + std::count(text.begin(), text.begin() + std::min(offset, text.size()), '\n');
+}
+
+// Byte offsets where the elements of a top-level JSON array start (text already known to parse).
+std::vector<size_t> array_element_offsets(const std::string& text) {
+  std::vector<size_t> offsets;
+  int depth = 0;
+  bool in_string = false, escaped = false, expecting_element = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    if (depth == 1 && expecting_element && c != ']') {
+      offsets.push_back(i);
+      expecting_element = false;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth == 1) expecting_element = true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    } else if (c == ',' && depth == 1) {
+      expecting_element = true;
+    }
+  }
+  return offsets;
+}
+
+std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& policy) {
+  const std::string text = read_whole_file(path);
+  nlohmann::json array;
+  try {
+    array = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw_error(ErrorKind::kFormat, "malformed JSON: " + json_error_text(e),
+                {.file = path, .line = line_of_offset(text, e.byte == 0 ? 0 : e.byte - 1)});
+  }
+  if (!array.is_array()) {
+    throw_error(ErrorKind::kFormat,
+                std::string("expected a JSON array of objects, found ") + array.type_name(),
+                {.file = path, .line = 1});
+  }
+  const std::vector<size_t> offsets = array_element_offsets(text);
+  std::vector<Record> records;
+  int64_t line = 1;
+  size_t counted_to = 0;
+  for (size_t i = 0; i < array.size(); ++i) {
+    if (i < offsets.size()) {  // always, unless the scan and the parser disagree
+      line += std::count(text.begin() + counted_to, text.begin() + offsets[i], '\n');
+      counted_to = offsets[i];
+    }
+    if (!array[i].is_object()) {
+      policy.report(
+          "element " + std::to_string(i) + " is not a JSON object but " + array[i].type_name(),
+          path, line);
+      continue;
+    }
+    records.push_back({std::move(array[i]), path, line});
+  }
+  return records;
+}
+
+std::vector<Record> read_text_files(const std::string& path) {
+  std::vector<std::string> files;
+  if (fs::is_directory(path)) {
+    for (const auto& entry : fs::directory_iterator(path)) {
+      const std::string name = entry.path().string();
+      if (entry.is_regular_file() && ends_with(name, ".txt")) files.push_back(name);
+    }
+    std::sort(files.begin(), files.end());
+  } else {
+    files.push_back(path);
+  }
+  std::vector<Record> records;
+  for (const auto& file : files) {
+    std::string text = read_whole_file(file);
+    if (text.empty()) continue;
+    records.push_back({nlohmann::json{{"text", std::move(text)}}, file, 1});
+  }
+  return records;
+}
+
+}  // namespace
+
+std::vector<Record> read_records(const std::string& path, bool skip_bad_lines, int64_t* skipped) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw_error(ErrorKind::kIo, "dataset not found", {.file = path});
+  BadLinePolicy policy(skip_bad_lines, skipped);
+  std::vector<Record> records;
+  if (fs::is_directory(path, ec) || ends_with(path, ".txt")) {
+    records = read_text_files(path);
+  } else if (ends_with(path, ".jsonl")) {
+    records = read_jsonl(path, policy);
+  } else if (ends_with(path, ".json")) {
+    records = read_json_array(path, policy);
+  } else {
+    throw_error(ErrorKind::kConfig,
+                "unknown dataset file type; expected .jsonl, .json, .txt or a directory of .txt",
+                {.file = path});
+  }
+  if (records.empty()) throw_error(ErrorKind::kConfig, "no samples in " + path);
+  return records;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,76 @@
+#include "data/tokenizer.h"
+
+#include "core/error.h"
+#include "data/sentencepiece_tokenizer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace qtrain {
+
+namespace fs = std::filesystem;
+
+Tokenizer::~Tokenizer() = default;
+
+int64_t padding_id(const Tokenizer& tokenizer) {
+  return tokenizer.pad_id() >= 0 ? tokenizer.pad_id() : 0;
+}
+
+namespace {
+
+// add_bos_token / add_eos_token of tokenizer_config.json; absent keys keep the defaults.
+void read_special_token_defaults(const std::string& path, Tokenizer& tokenizer) {
+  std::ifstream in(path);
+  if (!in) throw_error(ErrorKind::kIo, "cannot open tokenizer config", {.file = path});
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
+  }
+  if (!config.is_object()) {
+    throw_error(ErrorKind::kFormat, "tokenizer config is not a JSON object", {.file = path});
+  }
+  auto flag = [&](const char* key, bool fallback) {
+    const auto it = config.find(key);
+    if (it == config.end() || it->is_null()) return fallback;
+    if (!it->is_boolean()) {
+      throw_error(ErrorKind::kFormat, "must be true or false", {.file = path, .field = key});
+    }
+    return it->get<bool>();
+  };
+  tokenizer.set_special_token_defaults(flag("add_bos_token", tokenizer.add_bos_default()),
+                                       flag("add_eos_token", tokenizer.add_eos_default()));
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
+  std::error_code ec;
+  if (fs::is_regular_file(model_dir, ec)) {
+    return std::make_unique<SentencePieceTokenizer>(SentencePieceTokenizer::load(model_dir));
+  }
+  const fs::path dir(model_dir);
+  const fs::path spm = dir / "tokenizer.model";
+  const fs::path hf_json = dir / "tokenizer.json";
+  const fs::path config = dir / "tokenizer_config.json";
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (fs::exists(spm, ec)) {
+    tokenizer =
+        std::make_unique<SentencePieceTokenizer>(SentencePieceTokenizer::load(spm.string()));
+  } else if (fs::exists(hf_json, ec)) {
+    throw_error(ErrorKind::kUnsupported,
+                "HF tokenizer.json BPE is not supported yet (only SentencePiece tokenizer.model)",
+                {.file = hf_json.string()});
+  } else {
+    throw_error(ErrorKind::kIo, "no tokenizer.model or tokenizer.json in the directory",
+                {.file = model_dir});
+  }
+  if (fs::exists(config, ec)) read_special_token_defaults(config.string(), *tokenizer);
+  return tokenizer;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,55 @@
+// The tokenizer interface the data pipeline uses, and the loader that picks the implementation a
+// model directory needs. Today that is SentencePiece (tokenizer.model: Llama 2, Mistral,
+// TinyLlama, qtrain's tiny models); Hugging Face tokenizer.json BPE (Llama 3, Qwen) comes later
+// behind the same interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qtrain {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer();
+
+  // Token ids of `text` (UTF-8), optionally framed by BOS / EOS (skipped when the model has none).
+  virtual std::vector<int64_t> encode(const std::string& text, bool add_bos,
+                                      bool add_eos) const = 0;
+  // Text of `ids`; special tokens decode to nothing.
+  virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+
+  virtual int64_t vocab_size() const = 0;
+  // Special ids; -1 when the model has none (pad, in Llama-style models).
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+  virtual int64_t pad_id() const = 0;
+
+  // Whether the model's inputs start with BOS / end with EOS: tokenizer_config.json's
+  // add_bos_token / add_eos_token when load_tokenizer found them, else Llama's true / false.
+  bool add_bos_default() const { return add_bos_default_; }
+  bool add_eos_default() const { return add_eos_default_; }
+  void set_special_token_defaults(bool add_bos, bool add_eos) {
+    add_bos_default_ = add_bos;
+    add_eos_default_ = add_eos;
+  }
+
+ private:
+  bool add_bos_default_ = true;
+  bool add_eos_default_ = false;
+};
+
+// The id batches pad with: the tokenizer's pad id, or 0 when it has none. Any valid id works,
+// since padding carries no loss and no real token attends to it.
+int64_t padding_id(const Tokenizer& tokenizer);
+
+// The tokenizer of an HF model directory: tokenizer.model (SentencePiece) when present; `model_dir`
+// may also be the path of a tokenizer.model itself. tokenizer_config.json, when present, sets
+// add_bos_default / add_eos_default. Throws Error(kUnsupported) for a directory with only a
+// tokenizer.json, Error(kIo) naming the directory when it has neither, Error(kFormat) naming
+// tokenizer_config.json when it is malformed or its add_*_token is not a boolean.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
+
+}  // namespace qtrain
