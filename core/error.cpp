@@ -44,6 +44,8 @@ const char* error_kind_name(ErrorKind kind) {
       return "shape error";
     case ErrorKind::kUnsupported:
       return "unsupported";
+    case ErrorKind::kDiverged:
+      return "training diverged";
     case ErrorKind::kInternal:
       return "internal error";
   }

@@ -15,6 +15,7 @@ enum class ErrorKind {
   kFormat = 5,       // corrupt or malformed file (safetensors, GGUF, JSON)
   kShape = 6,        // tensor missing, extra or mis-shaped
   kUnsupported = 7,  // valid input that qtrain cannot handle (yet)
+  kDiverged = 8,     // training produced a NaN/Inf loss or gradient
   kInternal = 70,    // a bug in qtrain
 };
 
