@@ -63,7 +63,6 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
   check_prompt_format(format, fields, options.chat_template);
   ExampleStats counts;
   counts.length_histogram.assign(kHistogramBins, 0);
-  const int64_t bin_width = (options.max_seq_len + kHistogramBins - 1) / kHistogramBins;
   std::vector<Example> examples;
   examples.reserve(records.size());
   for (const Record& record : records) {
@@ -76,26 +75,26 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
       continue;
     }
     Example example = tokenize_turns(turns, tokenizer, options);
-    const auto length = static_cast<int64_t>(example.ids.size());
-    if (length > options.max_seq_len) {
-      if (options.overlong == "drop") {
-        ++counts.dropped;
-        continue;
-      }
+    const bool overlong = static_cast<int64_t>(example.ids.size()) > options.max_seq_len;
+    if (overlong && options.overlong == "drop") {
+      ++counts.dropped;
+      continue;
+    }
+    if (overlong) {
       example.ids.resize(options.max_seq_len);
       example.labels.resize(options.max_seq_len);
-      ++counts.truncated;
     }
     const int64_t loss_tokens = count_loss_tokens(example);
     if (loss_tokens == 0) {
       ++counts.dropped;
       continue;
     }
+    if (overlong) ++counts.truncated;
     const auto kept_length = static_cast<int64_t>(example.ids.size());
     ++counts.samples;
     counts.total_tokens += kept_length;
     counts.loss_tokens += loss_tokens;
-    ++counts.length_histogram[std::min(kHistogramBins - 1, (kept_length - 1) / bin_width)];
+    ++counts.length_histogram[(kept_length - 1) * kHistogramBins / options.max_seq_len];
     examples.push_back(std::move(example));
   }
   if (examples.empty()) {

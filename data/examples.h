@@ -44,7 +44,8 @@ struct ExampleStats {
   int64_t skipped_lines = 0;  // bad records skipped (skip_bad_lines)
   int64_t total_tokens = 0;   // over the kept examples
   int64_t loss_tokens = 0;
-  // Kept examples by length: bin b counts lengths in (b * w, (b + 1) * w], w = max_seq_len / 8.
+  // Kept examples by length in 8 equal bins over (0, max_seq_len]: bin b counts lengths L with
+  // (L - 1) * 8 / max_seq_len == b (integer division), so full-length ones land in bin 7.
   std::vector<int64_t> length_histogram;
 
   // One line for the log: "1500 samples, 0 truncated, ...".

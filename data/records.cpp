@@ -28,14 +28,21 @@ bool ends_with(const std::string& text, const std::string& suffix) {
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// nlohmann's messages start with "[json.exception.parse_error.101] "; the rest is what matters.
-std::string json_error_text(const std::exception& e) {
+// "malformed JSON at column 7: syntax error ...": nlohmann's message without its exception id
+// ("[json.exception.parse_error.101] ") and its own line number, which counts from the parsed
+// text rather than the file (the error context carries the file's line).
+std::string malformed_json_message(const nlohmann::json::parse_error& e) {
   std::string text = e.what();
-  if (!text.empty() && text[0] == '[') {
-    const auto end = text.find("] ");
-    if (end != std::string::npos) text = text.substr(end + 2);
+  const auto id_end = text.find("] ");
+  if (!text.empty() && text[0] == '[' && id_end != std::string::npos)
+    text = text.substr(id_end + 2);
+  const auto column = text.find("column ");
+  const auto colon = text.find(": ", column);
+  if (text.rfind("parse error at ", 0) == 0 && column != std::string::npos &&
+      colon != std::string::npos) {
+    return "malformed JSON at " + text.substr(column, colon - column) + text.substr(colon);
   }
-  return text;
+  return "malformed JSON: " + text;
 }
 
 // Reports a bad line: throws, or (skip_bad_lines) logs it and counts it.
@@ -72,7 +79,7 @@ std::vector<Record> read_jsonl(const std::string& path, BadLinePolicy& policy) {
     try {
       value = nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
-      policy.report("malformed JSON: " + json_error_text(e), path, line);
+      policy.report(malformed_json_message(e), path, line);
       continue;
     }
     if (!value.is_object()) {
@@ -130,7 +137,7 @@ std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& poli
   try {
     array = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    throw_error(ErrorKind::kFormat, "malformed JSON: " + json_error_text(e),
+    throw_error(ErrorKind::kFormat, malformed_json_message(e),
                 {.file = path, .line = line_of_offset(text, e.byte == 0 ? 0 : e.byte - 1)});
   }
   if (!array.is_array()) {

@@ -1,9 +1,11 @@
 // qtiny: writes a tiny random Llama-family model directory (HF format: config.json, safetensors,
-// tokenizer files) for tests and demos, deterministic from a seed.
+// tokenizer files) for tests and demos, deterministic from a seed; and/or the tiny instruction
+// dataset (Alpaca JSONL) that goes with it.
 //
 //   qtiny --arch llama --preset tiny --seed 0 --out DIR [--dtype float32] [--max-shard-bytes N]
-//         [--overwrite]
+//         [--overwrite] [--dataset PATH [--samples N]]
 #include "core/error.h"
+#include "data/tiny_instruct.h"
 #include "models/config.h"
 #include "models/hf_names.h"
 #include "models/tiny_model.h"
@@ -36,19 +38,38 @@ std::string join(const std::vector<std::string>& items) {
 int main(int argc, char** argv) {
   qtrain::TinyModelOptions options;
   std::string out;
-  CLI::App app{"Writes a tiny random Llama-family model directory (HF format) for tests and demos.",
-               "qtiny"};
+  std::string dataset;
+  int64_t samples = 1500;
+  CLI::App app{
+      "Writes a tiny random Llama-family model directory (HF format) and/or a tiny instruction "
+      "dataset for tests and demos.",
+      "qtiny"};
   app.add_option("--arch", options.arch, join(qtrain::tiny_model_archs()))->capture_default_str();
   app.add_option("--preset", options.preset, join(qtrain::tiny_model_presets()))
       ->capture_default_str();
-  app.add_option("--seed", options.seed, "weights seed")->capture_default_str();
-  app.add_option("--out", out, "output directory (must not exist or be empty)")->required();
+  app.add_option("--seed", options.seed, "weights and dataset seed")->capture_default_str();
+  app.add_option("--out", out, "model directory to write (must not exist or be empty)");
+  app.add_option("--dataset", dataset,
+                 "also (or only) write the tiny instruct dataset (Alpaca JSONL) to this file");
+  app.add_option("--samples", samples, "samples in the dataset")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--dtype", options.dtype, "float32 | bfloat16 | float16")->capture_default_str();
   app.add_option("--max-shard-bytes", options.max_shard_bytes,
                  "shard the weights into files of at most N bytes (0: one file)")
       ->capture_default_str();
   app.add_flag("--overwrite", options.overwrite, "replace a non-empty output directory");
   return qtrain::run_cli("qtiny", app, argc, argv, [&] {
+    if (out.empty() && dataset.empty()) {
+      throw qtrain::Error(qtrain::ErrorKind::kUsage,
+                          "nothing to write: give --out and/or --dataset");
+    }
+    if (!dataset.empty()) {
+      qtrain::write_tiny_instruct_dataset(dataset, samples, options.seed);
+      std::cout << "qtiny: wrote " << dataset << " (" << samples << " samples, seed "
+                << options.seed << ")\n";
+    }
+    if (out.empty()) return 0;
     try {
       qtrain::tiny_model_config(options);
     } catch (const qtrain::Error& e) {

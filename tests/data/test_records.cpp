@@ -1,0 +1,121 @@
+// Dataset files -> records: JSONL, JSON arrays and text files, with the line numbers later errors
+// quote, and the errors for bad files.
+#include "core/error.h"
+#include "data/records.h"
+#include "tests/support/test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+namespace qtrain {
+namespace {
+
+using testing::ScratchDir;
+using testing::write_file;
+
+Error error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no error";
+  return Error(ErrorKind::kInternal, "none");
+}
+
+TEST(Records, JsonlKeepsLineNumbersAndSkipsBlankLines) {
+  ScratchDir dir;
+  const std::string path = dir.file("d.jsonl");
+  write_file(path, "{\"a\": 1}\n\n  \r\n{\"a\": 2}\r\n{\"a\": 3}");  // no final newline
+  const auto records = read_records(path);
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0].value["a"], 1);
+  EXPECT_EQ(records[0].line, 1);
+  EXPECT_EQ(records[1].line, 4);
+  EXPECT_EQ(records[2].line, 5);
+  EXPECT_EQ(records[2].value["a"], 3);
+  EXPECT_EQ(records[2].file, path);
+}
+
+TEST(Records, JsonArrayElementsGetTheLineOfTheirOpeningBrace) {
+  ScratchDir dir;
+  const std::string path = dir.file("d.json");
+  write_file(path, "[\n  {\"a\": \"x, [y] {z}\"},\n\n  {\n    \"a\": 2\n  },  {\"a\": 3}\n]\n");
+  const auto records = read_records(path);
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_EQ(records[0].line, 2);
+  EXPECT_EQ(records[1].line, 4);
+  EXPECT_EQ(records[2].line, 6);
+  EXPECT_EQ(records[0].value["a"], "x, [y] {z}");
+}
+
+TEST(Records, TextFilesAreOneRecordEach) {
+  ScratchDir dir;
+  std::filesystem::create_directory(dir.file("texts"));
+  write_file(dir.file("texts/b.txt"), "second\nfile\n");
+  write_file(dir.file("texts/a.txt"), "first");
+  write_file(dir.file("texts/skip.md"), "not text");
+  const auto records = read_records(dir.file("texts"));
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].value["text"], "first");
+  EXPECT_EQ(records[1].value["text"], "second\nfile\n");
+  EXPECT_EQ(records[1].file, dir.file("texts/b.txt"));
+  const auto single = read_records(dir.file("texts/a.txt"));
+  ASSERT_EQ(single.size(), 1u);
+  EXPECT_EQ(single[0].value["text"], "first");
+}
+
+TEST(Records, SkipBadLinesCountsThem) {
+  ScratchDir dir;
+  const std::string path = dir.file("d.jsonl");
+  write_file(path, "{\"a\": 1}\n{\"a\": \n[1, 2]\n{\"a\": 4}\n");
+  int64_t skipped = 0;
+  const auto records = read_records(path, /*skip_bad_lines=*/true, &skipped);
+  EXPECT_EQ(skipped, 2);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].line, 4);
+}
+
+struct BadFile {
+  std::string name;
+  std::string contents;
+  ErrorKind kind;
+  std::string expected;  // substring of the message, with {} for the file's path
+};
+
+TEST(Records, BadFilesNameFileAndLine) {
+  ScratchDir dir;
+  const std::vector<BadFile> cases = {
+      {"malformed.jsonl", "{\"a\": 1}\n\n{\"a\": 1,}\n", ErrorKind::kFormat,
+       "{}:3: malformed JSON at column"},
+      {"not_object.jsonl", "{\"a\": 1}\n\"just a string\"\n", ErrorKind::kFormat,
+       "{}:2: expected a JSON object, found string"},
+      {"empty.jsonl", "", ErrorKind::kConfig, "no samples in {}"},
+      {"blank.jsonl", "\n  \n", ErrorKind::kConfig, "no samples in {}"},
+      {"empty.json", "[]", ErrorKind::kConfig, "no samples in {}"},
+      {"malformed.json", "[\n {\"a\": 1},\n {\"a\" 2}\n]", ErrorKind::kFormat,
+       "{}:3: malformed JSON at column"},
+      {"object.json", "{\"a\": 1}", ErrorKind::kFormat, "{}:1: expected a JSON array"},
+      {"element.json", "[\n {\"a\": 1},\n 5\n]", ErrorKind::kFormat,
+       "{}:3: element 1 is not a JSON object"},
+      {"data.csv", "a,b\n", ErrorKind::kConfig, "{}: unknown dataset file type"},
+      {"empty.txt", "", ErrorKind::kConfig, "no samples in {}"},
+  };
+  for (const auto& c : cases) {
+    const std::string path = dir.file(c.name);
+    write_file(path, c.contents);
+    const Error e = error_of([&] { read_records(path); });
+    std::string expected = c.expected;
+    expected.replace(expected.find("{}"), 2, path);
+    EXPECT_EQ(e.kind(), c.kind) << c.name << ": " << e.what();
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos)
+        << c.name << ": " << e.what() << "\nexpected: " << expected;
+  }
+  const Error missing = error_of([&] { read_records(dir.file("missing.jsonl")); });
+  EXPECT_EQ(missing.kind(), ErrorKind::kIo);
+  EXPECT_EQ(missing.context().file, dir.file("missing.jsonl"));
+}
+
+}  // namespace
+}  // namespace qtrain
