@@ -1,0 +1,184 @@
+#include "trainer/memory_estimate.h"
+
+#include "core/dtype.h"
+#include "models/hf_names.h"
+#include "models/quantized_loader.h"
+#include "models/quantized_memory.h"
+#include "trainer/adapter_targets.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace qtrain {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+int64_t dtype_bytes(const std::string& name) {
+  return static_cast<int64_t>(element_size(scalar_type_from_name(name)));
+}
+
+// One linear [out, in] as quant/int4_group.h holds it: codes uint8 [out, in/2], scales and
+// zeros float32 [out, in/group_size].
+int64_t int4_linear_bytes(int64_t in, int64_t out, int64_t group_size) {
+  return out * ceil_div(in, 2) + 2 * 4 * out * ceil_div(in, group_size);
+}
+
+// int4 and none: the linear weights priced by `linear_bytes`, the rest dense in the compute dtype.
+template <class LinearBytes>
+int64_t dense_rest_plus(const ModelConfig& config, const QuantizationSection& q, int64_t a,
+                        LinearBytes&& linear_bytes) {
+  int64_t total = 0;
+  std::vector<LinearModule> linears = linear_modules(config);
+  for (const LinearModule& m : linears) {
+    const bool quantized = q.type != "none" && !is_skipped_module(m.name, q.skip_modules);
+    total += quantized ? linear_bytes(m) : m.in_features * m.out_features * a;
+  }
+  int64_t all_params = 0;
+  for (const TensorSpec& spec : hf_tensor_specs(config)) {
+    int64_t numel = 1;
+    for (int64_t d : spec.shape) numel *= d;
+    all_params += numel;
+  }
+  int64_t linear_params = 0;
+  for (const LinearModule& m : linears) linear_params += m.in_features * m.out_features;
+  return total + (all_params - linear_params) * a;
+}
+
+int64_t base_weight_bytes(const Recipe& recipe, const ModelConfig& config) {
+  const QuantizationSection& q = recipe.quantization;
+  const int64_t a = dtype_bytes(recipe.model.dtype);
+  if (q.type == "int4") {
+    return dense_rest_plus(config, q, a, [&](const LinearModule& m) {
+      return int4_linear_bytes(m.in_features, m.out_features, q.group_size);
+    });
+  }
+  if (q.type == "none") return dense_rest_plus(config, q, a, [](const LinearModule&) { return 0; });
+  QuantConfig quant;
+  quant.type = quant_type_from_name(q.type);
+  quant.blocksize = q.blocksize;
+  quant.double_quant = q.double_quant;
+  return quantized_model_bytes(config, quant, q.skip_modules,
+                               scalar_type_from_name(recipe.model.dtype))
+      .total();
+}
+
+// Optimizer bytes for one trainable tensor of `n` values.
+int64_t optimizer_bytes(int64_t n, const std::string& optimizer) {
+  constexpr int64_t kMin8bitSize = 4096;
+  constexpr int64_t kStateBlocksize = 256;
+  const bool eight_bit = optimizer == "adamw_8bit" || optimizer == "paged_adamw_8bit";
+  if (!eight_bit || n < kMin8bitSize) return 2 * 4 * n;
+  return 2 * (n + ceil_div(n, kStateBlocksize) * 4);
+}
+
+// Bytes the adapters of `targets` save for backward per token (see the header's formula).
+int64_t adapter_bytes_per_token(const Recipe& recipe, const std::vector<LinearModule>& targets) {
+  const int64_t a = dtype_bytes(recipe.model.dtype);
+  const int64_t ad = dtype_bytes(recipe.adapter.dtype);
+  const AdapterSection& adapter = recipe.adapter;
+  int64_t bytes = 0;
+  for (const LinearModule& m : targets) {
+    bytes += adapter.r * ad;
+    if (adapter.dropout > 0 || ad != a) bytes += m.in_features * ad;
+    if (adapter.dropout > 0) bytes += m.in_features;
+    if (adapter.type == "qalora")
+      bytes += ceil_div(m.in_features, recipe.quantization.group_size) * ad;
+  }
+  return bytes;
+}
+
+// Bytes saved for backward per token by one full decoder layer without its adapters.
+int64_t base_layer_bytes_per_token(const Recipe& recipe, const ModelConfig& c) {
+  const int64_t a = dtype_bytes(recipe.model.dtype);
+  const int64_t h = c.hidden_size;
+  const int64_t hd = c.head_dim;
+  return a * (2 * h + (c.num_attention_heads + 2 * c.num_key_value_heads) * hd +
+              c.num_attention_heads * hd + 2 * h + 4 * c.intermediate_size) +
+         4 * c.num_attention_heads + 2 * 4;
+}
+
+// Activation bytes per token of the whole model.
+int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& config,
+                                   const std::vector<LinearModule>& targets) {
+  const int64_t layers = config.num_hidden_layers;
+  std::vector<std::vector<LinearModule>> layer_targets(layers);
+  std::vector<LinearModule> outside_layers;  // lm_head
+  for (const LinearModule& m : targets) {
+    int64_t layer = 0;
+    while (layer < layers && m.name.rfind(hf_layer_prefix(layer), 0) != 0) ++layer;
+    (layer < layers ? layer_targets[layer] : outside_layers).push_back(m);
+  }
+  const int64_t a = dtype_bytes(recipe.model.dtype);
+  const int64_t base_layer = base_layer_bytes_per_token(recipe, config);
+  int64_t all_layers = 0;
+  int64_t largest_layer = 0;
+  for (const auto& in_layer : layer_targets) {
+    const int64_t full = base_layer + adapter_bytes_per_token(recipe, in_layer);
+    all_layers += full;
+    largest_layer = std::max(largest_layer, full);
+  }
+  const int64_t final_norm = a * 2 * config.hidden_size + 4;
+  const int64_t head = final_norm + adapter_bytes_per_token(recipe, outside_layers);
+  if (!recipe.training.gradient_checkpointing) return all_layers + head;
+  return layers * a * config.hidden_size + largest_layer + head;
+}
+
+std::string gib(int64_t bytes) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.2f", static_cast<double>(bytes) / (1LL << 30));
+  return buffer;
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config) {
+  MemoryEstimate e;
+  e.base_weights = base_weight_bytes(recipe, config);
+
+  const std::vector<LinearModule> targets = adapter_targets(config, recipe.adapter);
+  const int64_t r = recipe.adapter.r;
+  const bool qalora = recipe.adapter.type == "qalora";
+  const std::string& optimizer = recipe.training.optimizer;
+  for (const LinearModule& m : targets) {
+    const int64_t a_in =
+        qalora ? ceil_div(m.in_features, recipe.quantization.group_size) : m.in_features;
+    const int64_t a_numel = r * a_in;            // lora_A [r, in] (qalora: [r, in/group])
+    const int64_t b_numel = m.out_features * r;  // lora_B [out, r]
+    e.adapter_param_count += a_numel + b_numel;
+    e.optimizer_states += optimizer_bytes(a_numel, optimizer) + optimizer_bytes(b_numel, optimizer);
+  }
+  e.adapter_params = e.adapter_param_count * dtype_bytes(recipe.adapter.dtype);
+  e.adapter_grads = e.adapter_params;
+
+  const int64_t tokens = recipe.training.micro_batch_size * recipe.data.max_seq_len;
+  e.activations = tokens * activation_bytes_per_token(recipe, config, targets);
+  e.logits = tokens * config.vocab_size * 4 * 2;
+
+  e.total = e.base_weights + e.adapter_params + e.adapter_grads + e.optimizer_states +
+            e.activations + e.logits;
+  return e;
+}
+
+std::string MemoryEstimate::to_table() const {
+  const std::pair<const char*, int64_t> rows[] = {
+      {"base weights", base_weights},   {"adapter params", adapter_params},
+      {"adapter grads", adapter_grads}, {"optimizer states", optimizer_states},
+      {"activations", activations},     {"logits", logits},
+  };
+  std::string table;
+  char line[96];
+  std::snprintf(line, sizeof line, "%-18s %10s\n", "component", "GiB");
+  table += line;
+  for (const auto& [name, bytes] : rows) {
+    std::snprintf(line, sizeof line, "%-18s %10s\n", name, gib(bytes).c_str());
+    table += line;
+  }
+  std::snprintf(line, sizeof line, "%-18s %10s\n", "total", gib(total).c_str());
+  table += line;
+  return table;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,58 @@
+// What a recipe will hold in device memory, from the model's config alone (no weight is read):
+// the numbers --dry-run prints before a long job is scheduled.
+//
+// base_weights      exact: quantized linears + dense rest (models/quantized_memory.h); int4 as
+//                   quant/int4_group.h stores it (packed codes, float32 scales and zeros per
+//                   group); none: everything in model.dtype.
+// adapter_params    exact, in adapter.dtype: LoRA r*(in+out) per targeted linear; QA-LoRA
+//                   r*(in/group_size + out) (its A acts on the group-pooled input).
+// adapter_grads     same size as the adapter parameters.
+// optimizer_states  AdamW: two float32 states per parameter; 8-bit: two uint8 states plus a
+//                   float32 absmax per 256 values per state, except tensors under 4096 values,
+//                   which keep float32 states (bitsandbytes' min_8bit_size). Paged variants hold
+//                   the same bytes (evictable to host).
+// activations       what autograd keeps for backward for B = micro_batch_size sequences of
+//                   T = max_seq_len tokens, with a = bytes of model.dtype, ad = of adapter.dtype;
+//                   per token of one decoder layer ("full layer"):
+//                     a * (2H [input norm in/out] + (nH + 2 nKV) hd [q, k after RoPE, v]
+//                          + nH hd [attention out] + 2H [post-attention norm in/out]
+//                          + 4I [gate, silu(gate), up, their product])
+//                     + 4 nH [attention logsumexp] + 8 [two RMSNorm rstd]
+//                     + per targeted linear: r ad [lora_A out] + (dropout > 0 or ad != a:
+//                       in ad [dropped/cast input]) + (dropout > 0: in [bool mask])
+//                       + (qalora: in/group_size ad [pooled input])
+//                   plus a * 2H + 4 for the final norm. Attention is the memory-efficient kind
+//                   (no T x T scores). Without checkpointing every layer keeps its full layer;
+//                   with checkpointing each layer keeps only its input (a H), and backward
+//                   recomputes one full layer at a time (the largest counts). Adapters on
+//                   lm_head add their terms to the final norm's.
+// logits            B * T * vocab float32, twice (logits and their gradient).
+// Not counted: CUDA context, allocator fragmentation, temporary dequantized weights, the
+// batch's token ids.
+#pragma once
+
+#include "models/config.h"
+#include "trainer/recipe.h"
+
+#include <cstdint>
+#include <string>
+
+namespace qtrain {
+
+struct MemoryEstimate {
+  int64_t base_weights = 0;  // bytes, like every field but adapter_param_count
+  int64_t adapter_params = 0;
+  int64_t adapter_grads = 0;
+  int64_t optimizer_states = 0;
+  int64_t activations = 0;
+  int64_t logits = 0;
+  int64_t total = 0;
+  int64_t adapter_param_count = 0;  // trainable parameters (elements)
+
+  // One line per component and the total, in GiB with 2 decimals.
+  std::string to_table() const;
+};
+
+MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config);
+
+}  // namespace qtrain
