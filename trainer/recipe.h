@@ -52,11 +52,14 @@ struct AdapterSection {
 };
 
 struct DataSection {
-  std::string path;                           // JSONL, JSON or .txt
-  std::string eval_path;                      // optional; else eval_fraction of `path` is held out
-  std::string format = "alpaca";              // alpaca | completion | text | chat
-  std::string template_name = "alpaca";       // YAML key "template"; see recipe_data_templates()
-  std::map<std::string, std::string> fields;  // renames of the format's fields: {instruction: q}
+  std::string path;               // JSONL, JSON or .txt
+  std::string eval_path;          // optional; else eval_fraction of `path` is held out
+  std::string format = "alpaca";  // alpaca | completion | text | chat
+  // YAML key "template". Format chat: the chat template (data/prompt_format.h chat_templates());
+  // alpaca, completion and text have their own fixed layout and ignore it.
+  std::string template_name = "alpaca";
+  // Renames of the format's fields (data/prompt_format.h prompt_format_fields): {output: answer}.
+  std::map<std::string, std::string> fields;
   int64_t max_seq_len = 512;
   bool packing = false;
   std::string overlong = "truncate";  // truncate | drop
@@ -139,7 +142,7 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
 // parse_recipe(recipe_to_yaml(r), ...) == r.
 std::string recipe_to_yaml(const Recipe& recipe);
 
-// The accepted data.template names.
+// The accepted data.template names: "alpaca" and the chat templates.
 const std::vector<std::string>& recipe_data_templates();
 
 }  // namespace qtrain

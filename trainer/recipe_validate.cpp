@@ -1,5 +1,6 @@
 #include "trainer/recipe_validate.h"
 
+#include "data/prompt_format.h"
 #include "trainer/known_models.h"
 
 #include <algorithm>
@@ -141,27 +142,15 @@ void check_adapter(const AdapterSection& a, const Checks& c) {
   }
 }
 
-const Names& format_fields(const std::string& format) {
-  static const std::map<std::string, Names> kFields = {
-      {"alpaca", {"instruction", "input", "output"}},
-      {"completion", {"prompt", "completion"}},
-      {"text", {"text"}},
-      {"chat", {"messages", "role", "content"}},
-  };
-  return kFields.at(format);
-}
-
 void check_data(const DataSection& d, const Checks& c) {
   c.required("data.path", d.path, "the training data (JSONL, JSON or .txt)");
   c.one_of("data.format", d.format, {"alpaca", "completion", "text", "chat"});
   c.one_of("data.template", d.template_name, recipe_data_templates());
-  if (d.format == "chat" && (d.template_name == "alpaca" || d.template_name == "none")) {
-    c.fail("data.template",
-           "format chat needs a chat template (chatml, llama2, llama3, mistral), "
-           "not " +
-               d.template_name);
+  if (d.format == "chat" && !contains(chat_templates(), d.template_name)) {
+    c.fail("data.template", "format chat needs a chat template (" + join(chat_templates()) +
+                                "), not " + d.template_name);
   }
-  const Names& fields = format_fields(d.format);
+  const Names& fields = prompt_format_fields(d.format);
   for (const auto& [field, renamed] : d.fields) {
     if (!contains(fields, field)) {
       c.fail("data.fields",
@@ -225,7 +214,11 @@ void check_distributed(const DistributedSection& dist, const ModelSection& m, co
 }  // namespace
 
 const std::vector<std::string>& recipe_data_templates() {
-  static const Names kTemplates = {"alpaca", "chatml", "llama2", "llama3", "mistral", "none"};
+  static const Names kTemplates = [] {
+    Names names = {"alpaca"};
+    names.insert(names.end(), chat_templates().begin(), chat_templates().end());
+    return names;
+  }();
   return kTemplates;
 }
 

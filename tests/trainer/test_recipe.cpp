@@ -134,7 +134,7 @@ const std::vector<BadCase>& bad_cases() {
       {"empty_targets", kValid + "adapter:\n  target_modules: []\n", "adapter.target_modules", 6,
        "names no module"},
       {"chat_needs_chat_template", "model:\n  path: m\ndata:\n  path: d\n  format: chat\n",
-       "data.template", 3, "chat template"},
+       "data.template", 3, "needs a chat template (chatml"},
       {"unknown_data_field", "model:\n  path: m\ndata:\n  path: d\n  fields: {question: q}\n",
        "data.fields", 5, "not a field of format alpaca"},
       {"eval_without_data", kValid + "  eval_fraction: 0\ntraining:\n  eval_every: 10\n",
@@ -307,7 +307,7 @@ data:
   path: "true"
   eval_path: null.jsonl
   format: chat
-  template: llama3
+  template: chatml
   fields: {messages: conversations, role: from}
   max_seq_len: 8
   packing: true
