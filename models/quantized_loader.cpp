@@ -27,14 +27,53 @@ bool is_skipped_module(const std::string& module, const std::vector<std::string>
   return false;
 }
 
-std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
-                                                   const QuantizedLoadOptions& options) {
-  options.quant.validate();
+ModelConfig read_model_dir_config(const std::string& dir) {
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   if (!std::filesystem::exists(config_path)) {
     throw_error(ErrorKind::kIo, "not a model directory: config.json is missing", {.file = dir});
   }
-  ModelConfig config = ModelConfig::from_file(config_path);
+  return ModelConfig::from_file(config_path);
+}
+
+at::Tensor read_projection_weight(const CheckpointReader& checkpoint, const std::string& dir,
+                                  const std::string& name, int64_t in, int64_t out) {
+  const std::string weight_name = name + ".weight";
+  if (!checkpoint.contains(weight_name)) {
+    throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                {.file = dir, .tensor = weight_name});
+  }
+  const TensorInfo& info = checkpoint.info(weight_name);
+  if (info.shape != std::vector<int64_t>{out, in}) {
+    throw_error(ErrorKind::kShape,
+                "checkpoint has a different shape than the model's [" + std::to_string(out) + ", " +
+                    std::to_string(in) + "]",
+                {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
+  }
+  if (!at::isFloatingType(info.scalar_type)) {
+    throw_error(ErrorKind::kShape, "expected a floating-point weight, found " + info.dtype,
+                {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
+  }
+  return checkpoint.tensor(weight_name);
+}
+
+at::Tensor read_projection_bias(const CheckpointReader& checkpoint, const std::string& dir,
+                                const std::string& name, const at::TensorOptions& options,
+                                std::set<std::string>& consumed) {
+  const std::string bias_name = name + ".bias";
+  if (!checkpoint.contains(bias_name)) {
+    throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                {.file = dir, .tensor = bias_name});
+  }
+  at::Tensor bias = checkpoint.tensor(bias_name).to(options);
+  checkpoint.evict(bias_name);
+  consumed.insert(bias_name);
+  return bias;
+}
+
+std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
+                                                   const QuantizedLoadOptions& options) {
+  options.quant.validate();
+  ModelConfig config = read_model_dir_config(dir);
   CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
   const auto dense_options = at::TensorOptions().dtype(options.dtype).device(options.device);
   std::set<std::string> consumed;
@@ -49,15 +88,7 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
     for (const auto& module : bnb_4bit_modules(checkpoint)) bnb_modules.insert(module);
   }
   auto load_bias = [&](const std::string& name) {
-    const std::string bias_name = name + ".bias";
-    if (!checkpoint.contains(bias_name)) {
-      throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
-                  {.file = dir, .tensor = bias_name});
-    }
-    at::Tensor bias = checkpoint.tensor(bias_name).to(dense_options);
-    checkpoint.evict(bias_name);
-    consumed.insert(bias_name);
-    return bias;
+    return read_projection_bias(checkpoint, dir, name, dense_options, consumed);
   };
   auto prequantized_slot = [&](const std::string& name, int64_t in, int64_t out,
                                bool bias) -> std::shared_ptr<LinearSlot> {
@@ -87,23 +118,8 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
       return std::make_shared<DenseLinear>(in, out, bias, dense_options);
     }
     const std::string weight_name = name + ".weight";
-    if (!checkpoint.contains(weight_name)) {
-      throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
-                  {.file = dir, .tensor = weight_name});
-    }
-    const TensorInfo& info = checkpoint.info(weight_name);
-    if (info.shape != std::vector<int64_t>{out, in}) {
-      throw_error(ErrorKind::kShape,
-                  "checkpoint has a different shape than the model's [" + std::to_string(out) +
-                      ", " + std::to_string(in) + "]",
-                  {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
-    }
-    if (!at::isFloatingType(info.scalar_type)) {
-      throw_error(ErrorKind::kShape, "expected a floating-point weight, found " + info.dtype,
-                  {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
-    }
-    QuantizedTensor weight =
-        quantize(checkpoint.tensor(weight_name).to(options.device), options.quant);
+    QuantizedTensor weight = quantize(
+        read_projection_weight(checkpoint, dir, name, in, out).to(options.device), options.quant);
     checkpoint.evict(weight_name);
     consumed.insert(weight_name);
     quantized_bytes += weight.nbytes();

@@ -3,12 +3,14 @@
 // target device, release the source pages, move on. Host memory never holds the dense model.
 #pragma once
 
+#include "core/safetensors.h"
 #include "models/llama.h"
 #include "quant/quantized_tensor.h"
 
 #include <c10/core/Device.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,20 @@ struct QuantizedLoadOptions {
 
 // True when `module` (an HF module name) is named by `skip_modules`.
 bool is_skipped_module(const std::string& module, const std::vector<std::string>& skip_modules);
+
+// Steps shared by the quantize-on-load paths (this one and int4_loader.h).
+// The config of a model directory; Error(kIo) naming the directory when config.json is missing.
+ModelConfig read_model_dir_config(const std::string& dir);
+// The dense weight [out, in] of projection `name` ("<name>.weight") as stored (mmap-backed on
+// CPU). Error(kShape) naming the tensor when it is missing, mis-shaped or not floating point. The
+// caller quantizes it, then evicts its pages and records it as consumed.
+at::Tensor read_projection_weight(const CheckpointReader& checkpoint, const std::string& dir,
+                                  const std::string& name, int64_t in, int64_t out);
+// The bias [out] of projection `name` in `options`; its pages are evicted and it is recorded in
+// `consumed`. Error(kShape) naming it when missing.
+at::Tensor read_projection_bias(const CheckpointReader& checkpoint, const std::string& dir,
+                                const std::string& name, const at::TensorOptions& options,
+                                std::set<std::string>& consumed);
 
 // A directory whose config.json carries a bitsandbytes 4-bit quantization_config loads its 4-bit
 // weights as they are (options.quant and skip_modules are then the file's business).
