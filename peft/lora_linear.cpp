@@ -8,7 +8,6 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
-#include <mutex>
 #include <sstream>
 
 namespace qtrain {
@@ -49,15 +48,12 @@ LoraLinear::LoraLinear(std::shared_ptr<LinearSlot> base, const LoraConfig& confi
 
   const int64_t in = base_->in_features(), out = base_->out_features(), r = config.r;
   at::Tensor a = at::empty({r, in}, at::kFloat);
-  {
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    if (config.init == "gaussian") {
-      a.normal_(0.0, 1.0 / static_cast<double>(r), generator);
-    } else {
-      // kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/(1+5)), bound gain*sqrt(3/in).
-      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-      a.uniform_(-bound, bound, generator);
-    }
+  if (config.init == "gaussian") {
+    a.normal_(0.0, 1.0 / static_cast<double>(r), generator);
+  } else {
+    // kaiming_uniform_(a=sqrt(5)) on [r, in]: gain sqrt(2/(1+5)), bound gain*sqrt(3/in).
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+    a.uniform_(-bound, bound, generator);
   }
   const auto options = at::TensorOptions().dtype(config.dtype).device(slot_device(*base_));
   lora_A_ = register_module("lora_A", std::make_shared<torch::nn::Module>())
