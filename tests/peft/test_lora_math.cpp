@@ -288,6 +288,33 @@ TEST(LoraMath, QuantizedBaseForwardAndBackwardMatchDequantizedDense) {
             1e-5);
 }
 
+TEST(LoraMath, CudaBaseGetsCudaAdaptersWithTheCpuDraws) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  auto cpu_base = dense_base(32, 16, 61, at::kFloat);
+  auto cuda_base =
+      std::make_shared<DenseLinear>(32, 16, true, at::TensorOptions().device(at::kCUDA));
+  {
+    torch::NoGradGuard no_grad;
+    cuda_base->weight().copy_(cpu_base->weight());
+    cuda_base->bias().copy_(cpu_base->bias());
+  }
+  LoraConfig c;
+  c.dtype = at::kFloat;
+  LoraLinear on_cpu(cpu_base, c, seeded(62));
+  LoraLinear on_cuda(cuda_base, c, seeded(62));
+  EXPECT_TRUE(on_cuda.lora_A().is_cuda());
+  EXPECT_TRUE(on_cuda.lora_B().is_cuda());
+  EXPECT_TRUE(at::equal(on_cuda.lora_A().cpu(), on_cpu.lora_A()));
+  at::Tensor b = at::randn({16, 8}, seeded(63));
+  on_cpu.load_adapter_tensor("lora_B.weight", b);
+  on_cuda.load_adapter_tensor("lora_B.weight", b);
+  at::Tensor x = at::randn({4, 32}, seeded(64));
+  torch::NoGradGuard no_grad;
+  EXPECT_LT((on_cuda.forward(x.cuda()).cpu() - on_cpu.forward(x)).abs().max().item<double>(), 1e-4);
+  on_cuda.merge();
+  EXPECT_LT((on_cuda.forward(x.cuda()).cpu() - on_cpu.forward(x)).abs().max().item<double>(), 1e-4);
+}
+
 TEST(LoraMath, LoadAdapterTensorChecksNameAndShape) {
   LoraLinear lora(dense_base(6, 5, 1), f64_config(2, 4.0), seeded(2));
   EXPECT_EQ(kind_of([&] {
