@@ -1,0 +1,56 @@
+// qtrain: fine-tunes a quantized base model with LoRA / QA-LoRA adapters as a YAML recipe says.
+//
+//   qtrain RECIPE.yaml [section.key=value ...] [--dry-run] [--resume]
+//
+// Exit codes: 0 done, 2 bad command line, 3 bad recipe, 4 I/O, 5 malformed file, 6 shape
+// mismatch, 7 unsupported, 8 training diverged, 75 stopped by SIGTERM/SIGINT after writing a
+// checkpoint (continue with --resume), 70 internal error.
+#include "core/error.h"
+#include "core/log.h"
+#include "tools/cli_main.h"
+#include "trainer/dry_run.h"
+#include "trainer/interrupt.h"
+#include "trainer/memory_estimate.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+int main(int argc, char** argv) {
+  std::string recipe_path;
+  std::vector<std::string> overrides;
+  bool dry_run = false;
+  bool resume = false;
+  int64_t stop_after = 0;
+  CLI::App app{"Fine-tunes a 4-bit quantized LLM with LoRA / QA-LoRA adapters from a YAML recipe.",
+               "qtrain"};
+  app.add_option("recipe", recipe_path, "recipe file (recipes/*.yaml)")->required();
+  app.add_option("overrides", overrides, "recipe overrides: section.key=value (training.lr=1e-4)");
+  app.add_flag("--dry-run", dry_run,
+               "print the resolved recipe and the memory estimate, then exit");
+  app.add_flag("--resume", resume,
+               "continue the run in output.dir from its newest checkpoint (fresh if it has none)");
+  app.add_option("--stop-after", stop_after,
+                 "stop after this optimizer step as if pre-empted (checkpoint, exit 75)");
+  const std::vector<std::string> command_line(argv, argv + argc);
+  return qtrain::run_cli("qtrain", app, argc, argv, [&] {
+    const qtrain::Recipe recipe = qtrain::load_recipe(recipe_path, overrides);
+    if (dry_run) {
+      const auto estimate = qtrain::estimate_memory(recipe, qtrain::recipe_model_config(recipe));
+      std::fputs(qtrain::describe_recipe(recipe, estimate).c_str(), stdout);
+      return 0;
+    }
+    const qtrain::TrainResult result = qtrain::train(
+        recipe, {.resume = resume, .command_line = command_line, .stop_after_step = stop_after});
+    if (result.interrupted) return qtrain::kInterruptedExitCode;
+    if (result.first_eval_loss > 0) {
+      qtrain::log::info("held-out loss ", result.first_eval_loss, " -> ", result.last_eval_loss);
+    }
+    qtrain::log::info("done: ", result.steps_done, " steps in ", result.run_dir);
+    return 0;
+  });
+}

@@ -1,0 +1,45 @@
+#include "trainer/evaluate.h"
+
+#include "data/batcher.h"
+#include "models/llama.h"
+#include "trainer/causal_lm_loss.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <cmath>
+
+namespace qtrain {
+
+EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
+                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches) {
+  EvalResult result;
+  if (examples.empty()) return result;
+  torch::NoGradGuard no_grad;
+  model.eval();
+  Batcher batcher(examples, {.micro_batch_size = micro_batch_size,
+                             .seq_len = max_seq_len,
+                             .packing = false,
+                             .seed = 0,
+                             .shuffle = false,
+                             .pad_id = pad_id});
+  int64_t batches = batcher.batches_per_epoch();
+  if (max_batches > 0) batches = std::min(batches, max_batches);
+  double loss_sum = 0;
+  const auto device = model.model->embed_tokens.device();
+  for (int64_t i = 0; i < batches; ++i) {
+    Batch batch = batcher.next();
+    at::Tensor logits = model.forward(
+        {.input_ids = batch.input_ids.to(device), .position_ids = batch.position_ids.to(device)});
+    loss_sum += causal_lm_loss_sum(logits, batch.labels).item<double>();
+    result.tokens += count_loss_tokens(batch.labels);
+  }
+  model.train();
+  if (result.tokens > 0) {
+    result.loss = loss_sum / static_cast<double>(result.tokens);
+    result.perplexity = std::exp(result.loss);
+  }
+  return result;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,24 @@
+// Held-out evaluation: the mean next-token loss over every loss-carrying token, and perplexity.
+#pragma once
+
+#include "data/examples.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace qtrain {
+
+class CausalLM;
+
+struct EvalResult {
+  double loss = 0;        // mean over loss tokens
+  double perplexity = 0;  // exp(loss)
+  int64_t tokens = 0;     // loss tokens evaluated
+};
+
+// Runs the examples in their order, `micro_batch_size` at a time, in eval mode without
+// gradients, at most `max_batches` batches (0: all), then puts the model back in training mode.
+EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
+                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches);
+
+}  // namespace qtrain

@@ -1,0 +1,160 @@
+#include "trainer/train_checkpoint.h"
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "core/staging_dir.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/Generator.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+namespace qtrain {
+namespace fs = std::filesystem;
+namespace {
+
+std::string step_dir_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
+  return name;
+}
+
+c10::Device device_of(const std::string& name) {
+  return name == "cpu" ? c10::Device(c10::kCPU) : c10::Device(name);
+}
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::map<std::string, at::Tensor> read_tensor_file(const std::string& path) {
+  auto file = SafetensorsFile::open(path);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& name : file->names()) out[name] = file->tensor(name).clone();
+  return out;
+}
+
+std::vector<std::string> checkpoint_names(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("step-", 0) == 0) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> capture_rng_states(const std::optional<int64_t>& cuda_device) {
+  std::map<std::string, at::Tensor> states;
+  std::vector<c10::Device> devices = {c10::Device(c10::kCPU)};
+  if (cuda_device) devices.emplace_back(c10::kCUDA, static_cast<c10::DeviceIndex>(*cuda_device));
+  for (const auto& device : devices) {
+    at::Generator gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    states[device.is_cpu() ? "cpu" : device.str()] = gen.get_state().clone();
+  }
+  return states;
+}
+
+void restore_rng_states(const std::map<std::string, at::Tensor>& states) {
+  for (const auto& [name, state] : states) {
+    const c10::Device device = device_of(name);
+    if (device.is_cuda() && device.index() >= static_cast<int64_t>(at::getNumGPUs())) {
+      throw_error(ErrorKind::kUnsupported, "the checkpoint holds the random state of " + name +
+                                               ", which this machine lacks");
+    }
+    at::Generator gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state);
+  }
+}
+
+std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpoint& state,
+                                  const std::function<void(const std::string&)>& write_adapter,
+                                  int64_t keep_last) {
+  const std::string root = run_dir + "/checkpoints";
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) throw_error(ErrorKind::kIo, "cannot create directory: " + ec.message(), {.file = root});
+  const std::string target = root + "/" + step_dir_name(state.step);
+  const fs::path staging = make_staging_dir(target);
+  try {
+    write_adapter(staging.string());
+    NamedTensors optimizer(state.optimizer.begin(), state.optimizer.end());
+    write_safetensors((staging / "optimizer.safetensors").string(), optimizer);
+    NamedTensors rng(state.rng.begin(), state.rng.end());
+    write_safetensors((staging / "rng.safetensors").string(), rng);
+    nlohmann::json info = state.trainer_state;
+    info["step"] = state.step;
+    write_file_atomically((staging / "trainer_state.json").string(), info.dump(2) + "\n");
+    if (fs::exists(target)) remove_tree(target);  // a re-save of the same step replaces it
+    fs::rename(staging, target);
+  } catch (...) {
+    remove_tree(staging);
+    throw;
+  }
+  fsync_dir(root);
+  write_file_atomically(root + "/latest", step_dir_name(state.step) + "\n");
+
+  const std::vector<std::string> names = checkpoint_names(root);
+  const int64_t excess = static_cast<int64_t>(names.size()) - std::max<int64_t>(keep_last, 1);
+  for (int64_t i = 0; i < excess; ++i) {
+    if (names[i] == step_dir_name(state.step)) continue;
+    remove_tree(root + "/" + names[i]);
+  }
+  return target;
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
+  const std::string root = run_dir + "/checkpoints";
+  std::ifstream in(root + "/latest");
+  std::string name;
+  if (in && std::getline(in, name) && !name.empty() && fs::is_directory(root + "/" + name)) {
+    return root + "/" + name;
+  }
+  // `latest` missing (killed between the rename and its update): the newest complete directory.
+  const std::vector<std::string> names = checkpoint_names(root);
+  if (names.empty()) return std::nullopt;
+  return root + "/" + names.back();
+}
+
+TrainCheckpoint load_train_checkpoint(const std::string& dir) {
+  TrainCheckpoint state;
+  const std::string info_path = dir + "/trainer_state.json";
+  std::ifstream in(info_path);
+  if (!in)
+    throw_error(ErrorKind::kIo, "cannot read the checkpoint's trainer state", {.file = info_path});
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    state.trainer_state = nlohmann::json::parse(text.str());
+    state.step = state.trainer_state.at("step").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw_error(ErrorKind::kFormat, std::string("malformed trainer state: ") + e.what(),
+                {.file = info_path});
+  }
+  state.optimizer = read_tensor_file(dir + "/optimizer.safetensors");
+  state.rng = read_tensor_file(dir + "/rng.safetensors");
+  return state;
+}
+
+}  // namespace qtrain

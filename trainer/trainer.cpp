@@ -1,0 +1,346 @@
+#include "trainer/trainer.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/batcher.h"
+#include "models/llama.h"
+#include "peft/peft_files.h"
+#include "trainer/causal_lm_loss.h"
+#include "trainer/evaluate.h"
+#include "trainer/interrupt.h"
+#include "trainer/memory_usage.h"
+#include "trainer/optim/grad_clip.h"
+#include "trainer/optim/lr_scheduler.h"
+#include "trainer/optim/optimizer.h"
+#include "trainer/progress.h"
+#include "trainer/recipe.h"
+#include "trainer/run_directory.h"
+#include "trainer/tensorboard_writer.h"
+#include "trainer/train_checkpoint.h"
+#include "trainer/training_data.h"
+#include "trainer/training_model.h"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+namespace qtrain {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+NamedParameters named_adapter_parameters(const NamedAdapters& adapters) {
+  NamedParameters named;
+  for (const auto& [module, adapter] : adapters) {
+    for (const auto& [name, tensor] : adapter->adapter_tensors()) {
+      named.emplace_back(module + "." + name, tensor);
+    }
+  }
+  return named;
+}
+
+nlohmann::json extra_adapter_config(const TrainingModel& m) {
+  nlohmann::json extra = nlohmann::json::object();
+  if (m.qalora_group_size > 0) {
+    extra["use_qalora"] = true;
+    extra["qalora_group_size"] = m.qalora_group_size;
+  }
+  return extra;
+}
+
+// Everything one run holds while it trains.
+class TrainingRun {
+ public:
+  TrainingRun(const Recipe& recipe, const TrainOptions& options)
+      : recipe_(recipe), options_(options), run_dir_(recipe.output.dir) {}
+
+  TrainResult run();
+
+ private:
+  void setup();
+  void resume_from(const std::string& checkpoint_dir);
+  void run_eval(int64_t step);
+  void save(int64_t step);
+  // One optimizer step; returns false when it was skipped (non-finite, on_nonfinite = skip).
+  bool optimizer_step(int64_t step);
+
+  const Recipe& recipe_;
+  TrainOptions options_;
+  std::string run_dir_;
+  TrainingModel m_;
+  TrainingData data_;
+  std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::vector<at::Tensor> params_;
+  ScheduleOptions schedule_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  std::optional<int64_t> cuda_index_;
+  int64_t start_step_ = 0, total_steps_ = 0, pad_id_ = 0;
+  int64_t last_saved_step_ = -1;
+  TrainResult result_;
+};
+
+void TrainingRun::setup() {
+  const auto& t = recipe_.training;
+  at::manual_seed(t.seed);
+  m_ = build_training_model(recipe_);
+  if (m_.device.is_cuda()) cuda_index_ = m_.device.index();
+  m_.model->set_gradient_checkpointing(t.gradient_checkpointing);
+  m_.model->train();
+  log::info("model ", m_.model_dir, ": ", m_.model->config().num_hidden_layers, " layers, ",
+            m_.adapters.size(), " adapters, on ", m_.device.str());
+
+  data_ = load_training_data(recipe_, m_.model_dir);
+  pad_id_ = padding_id(*data_.tokenizer);
+  batcher_ =
+      std::make_unique<Batcher>(data_.train, BatchOptions{.micro_batch_size = t.micro_batch_size,
+                                                          .seq_len = recipe_.data.max_seq_len,
+                                                          .packing = recipe_.data.packing,
+                                                          .seed = t.seed,
+                                                          .shuffle = true,
+                                                          .pad_id = pad_id_});
+  total_steps_ = t.max_steps > 0
+                     ? t.max_steps
+                     : t.epochs * ceil_div(batcher_->batches_per_epoch(), t.grad_accum_steps);
+
+  NamedParameters named = named_adapter_parameters(m_.adapters);
+  for (const auto& [name, p] : named) params_.push_back(p);
+  optimizer_ = make_optimizer(t.optimizer, named,
+                              {.lr = t.lr,
+                               .beta1 = t.beta1,
+                               .beta2 = t.beta2,
+                               .eps = t.eps,
+                               .weight_decay = t.weight_decay});
+  const int64_t warmup = t.warmup_steps > 0
+                             ? t.warmup_steps
+                             : static_cast<int64_t>(std::ceil(t.warmup_ratio * total_steps_));
+  schedule_ = {.kind = t.scheduler,
+               .base_lr = t.lr,
+               .warmup_steps = warmup,
+               .total_steps = total_steps_,
+               .min_lr_ratio = t.min_lr_ratio};
+  validate_schedule(schedule_);
+  int64_t trainable = 0;
+  for (const auto& p : params_) trainable += p.numel();
+  log::info(trainable, " trainable parameters; ", total_steps_, " steps of ", t.grad_accum_steps,
+            " x ", t.micro_batch_size, " samples; optimizer ", t.optimizer, " (",
+            format_bytes(optimizer_->state_bytes()), " of state)");
+}
+
+void TrainingRun::resume_from(const std::string& dir) {
+  log::info("resuming from ", dir);
+  TrainCheckpoint state = load_train_checkpoint(dir);
+  LoadedAdapter adapter = load_peft_adapter(dir);
+  for (const auto& [module, slot] : m_.adapters) {
+    auto found = adapter.tensors.find(module);
+    if (found == adapter.tensors.end()) {
+      throw_error(ErrorKind::kShape, "the checkpoint has no adapter for this module",
+                  {.file = adapter.weights_file, .tensor = module});
+    }
+    for (const auto& [name, value] : found->second) slot->load_adapter_tensor(name, value);
+  }
+  optimizer_->load_state_dict(state.optimizer);
+  const auto& cursor = state.trainer_state.at("cursor");
+  batcher_->restore({cursor.at("epoch").get<int64_t>(), cursor.at("position").get<int64_t>()});
+  restore_rng_states(state.rng);
+  start_step_ = state.step;
+  result_.skipped_steps = state.trainer_state.value("skipped_steps", int64_t{0});
+  result_.first_eval_loss = state.trainer_state.value("first_eval_loss", 0.0);
+  last_saved_step_ = state.step;
+}
+
+void TrainingRun::run_eval(int64_t step) {
+  if (data_.eval.empty()) return;
+  const EvalResult eval =
+      evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size, recipe_.data.max_seq_len,
+               pad_id_, recipe_.training.eval_batches);
+  if (step == 0 || result_.first_eval_loss == 0) result_.first_eval_loss = eval.loss;
+  result_.last_eval_loss = eval.loss;
+  log::info("eval at step ", step, ": loss ", eval.loss, ", perplexity ", eval.perplexity, " (",
+            eval.tokens, " tokens)");
+  metrics_->append({{"step", step},
+                    {"eval_loss", eval.loss},
+                    {"eval_perplexity", eval.perplexity},
+                    {"eval_tokens", eval.tokens}});
+  if (tensorboard_) {
+    tensorboard_->add_scalar("eval/loss", eval.loss, step);
+    tensorboard_->add_scalar("eval/perplexity", eval.perplexity, step);
+    tensorboard_->flush();
+  }
+}
+
+void TrainingRun::save(int64_t step) {
+  TrainCheckpoint state;
+  state.step = step;
+  const DataCursor cursor = batcher_->cursor();
+  state.trainer_state = {{"cursor", {{"epoch", cursor.epoch}, {"position", cursor.position}}},
+                         {"skipped_steps", result_.skipped_steps},
+                         {"first_eval_loss", result_.first_eval_loss},
+                         {"total_steps", total_steps_}};
+  state.optimizer = optimizer_->state_dict();
+  state.rng = capture_rng_states(cuda_index_);
+  const std::string base = recipe_.model.path;
+  const nlohmann::json extra = extra_adapter_config(m_);
+  const std::string dir = save_train_checkpoint(
+      run_dir_, state,
+      [&](const std::string& staging) {
+        save_peft_adapter(staging, m_.adapters, m_.lora, base, at::kFloat, extra);
+      },
+      recipe_.output.keep_last);
+  last_saved_step_ = step;
+  log::info("checkpoint ", dir);
+}
+
+bool TrainingRun::optimizer_step(int64_t step) {
+  const auto& t = recipe_.training;
+  const double lr = lr_at(schedule_, step);
+  optimizer_->set_lr(lr);
+  const auto started = Clock::now();
+
+  std::vector<Batch> micro;
+  int64_t loss_tokens = 0, tokens = 0;
+  for (int64_t i = 0; i < t.grad_accum_steps; ++i) {
+    micro.push_back(batcher_->next());
+    loss_tokens += count_loss_tokens(micro.back().labels);
+    tokens += micro.back().tokens;
+  }
+  // Normalising every micro-batch by the step's loss tokens makes the accumulated gradient that
+  // of one big batch, whatever the micro-batches' lengths.
+  const double norm = static_cast<double>(std::max<int64_t>(loss_tokens, 1));
+  double loss_sum = 0;
+  const auto device = m_.device;
+  for (const Batch& batch : micro) {
+    ForwardInputs inputs{.input_ids = batch.input_ids.to(device),
+                         .position_ids = batch.position_ids.to(device)};
+    if (batch.segment_ids.defined()) inputs.segment_ids = batch.segment_ids.to(device);
+    at::Tensor logits = m_.model->forward(inputs);
+    at::Tensor sum = causal_lm_loss_sum(logits, batch.labels);
+    (sum / norm).backward();
+    loss_sum += sum.item<double>();
+  }
+  const double loss = loss_sum / norm;
+  const GradNormResult clip = clip_grad_norm(params_, t.max_grad_norm);
+  if (!std::isfinite(loss) || !clip.finite) {
+    const std::string what = "non-finite " +
+                             std::string(std::isfinite(loss) ? "gradient" : "loss") + " at step " +
+                             std::to_string(step + 1) + " (loss " + std::to_string(loss) +
+                             ", grad norm " + std::to_string(clip.total_norm) + ")";
+    if (t.on_nonfinite == "stop") {
+      throw_error(ErrorKind::kDiverged,
+                  what + "; lower training.lr, check the data, or set training.on_nonfinite=skip",
+                  {.field = "training.on_nonfinite"});
+    }
+    log::warn(what, ": step skipped (training.on_nonfinite=skip)");
+    optimizer_->zero_grad();
+    ++result_.skipped_steps;
+    metrics_->append({{"step", step + 1}, {"skipped", true}, {"lr", lr}});
+    return false;
+  }
+  optimizer_->step();
+  optimizer_->zero_grad();
+  const double seconds = seconds_since(started);
+  result_.last_loss = loss;
+
+  const int64_t done = step + 1;
+  if (done % std::max<int64_t>(t.log_every, 1) == 0 || done == total_steps_) {
+    const MemoryUsage mem = memory_usage(device);
+    StepReport report{.step = done,
+                      .total = total_steps_,
+                      .loss = loss,
+                      .lr = lr,
+                      .grad_norm = clip.total_norm,
+                      .tokens_per_second = tokens / seconds,
+                      .seconds_per_step = seconds,
+                      .memory_bytes = mem.current};
+    std::fprintf(stderr, "%s\n", format_progress(report).c_str());
+    metrics_->append({{"step", done},
+                      {"loss", loss},
+                      {"lr", lr},
+                      {"grad_norm", clip.total_norm},
+                      {"tokens", tokens},
+                      {"loss_tokens", loss_tokens},
+                      {"tokens_per_second", tokens / seconds},
+                      {"step_seconds", seconds},
+                      {"memory_bytes", mem.current},
+                      {"peak_memory_bytes", mem.peak}});
+    if (tensorboard_) {
+      tensorboard_->add_scalar("train/loss", loss, done);
+      tensorboard_->add_scalar("train/lr", lr, done);
+      tensorboard_->add_scalar("train/grad_norm", clip.total_norm, done);
+      tensorboard_->add_scalar("train/tokens_per_second", tokens / seconds, done);
+      tensorboard_->add_scalar("train/memory_bytes", static_cast<double>(mem.current), done);
+      tensorboard_->flush();
+    }
+  }
+  return true;
+}
+
+TrainResult TrainingRun::run() {
+  InterruptGuard interrupt;
+  std::optional<std::string> checkpoint;
+  if (options_.resume) {
+    checkpoint = latest_checkpoint(run_dir_);
+    if (!checkpoint) log::warn("--resume: ", run_dir_, " has no checkpoint; starting fresh");
+  }
+  const RunStart start = checkpoint ? RunStart::kResume : RunStart::kFresh;
+  check_run_directory(recipe_, start);
+  setup();
+  prepare_run_directory(recipe_, start, options_.command_line);
+  if (checkpoint) resume_from(*checkpoint);
+  metrics_ = std::make_unique<MetricsLog>(run_dir_, start_step_);
+  if (recipe_.output.tensorboard) {
+    tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ + "/tensorboard");
+  }
+  result_.run_dir = run_dir_;
+  result_.total_steps = total_steps_;
+  if (start_step_ == 0) run_eval(0);
+
+  const auto& t = recipe_.training;
+  for (int64_t step = start_step_; step < total_steps_; ++step) {
+    optimizer_step(step);
+    const int64_t done = step + 1;
+    result_.steps_done = done;
+    if (t.eval_every > 0 && done % t.eval_every == 0 && done != total_steps_) run_eval(done);
+    const bool stop = InterruptGuard::requested() ||
+                      (options_.stop_after_step > 0 && done == options_.stop_after_step);
+    if ((recipe_.output.save_every > 0 && done % recipe_.output.save_every == 0) || stop) {
+      save(done);
+    }
+    if (stop && done != total_steps_) {
+      result_.interrupted = true;
+      log::warn("stopped after step ", done, InterruptGuard::requested() ? " (signal)" : "",
+                "; continue with --resume");
+      return result_;
+    }
+  }
+  result_.steps_done = total_steps_;
+  run_eval(total_steps_);
+  if (last_saved_step_ != total_steps_) save(total_steps_);
+  save_peft_adapter(run_dir_ + "/adapter", m_.adapters, m_.lora, recipe_.model.path, at::kFloat,
+                    extra_adapter_config(m_));
+  log::info("adapter written to ", run_dir_, "/adapter");
+  return result_;
+}
+
+}  // namespace
+
+TrainResult train(const Recipe& recipe, const TrainOptions& options) {
+  TrainingRun run(recipe, options);
+  return run.run();
+}
+
+}  // namespace qtrain

@@ -1,0 +1,35 @@
+// The training loop a recipe drives: load the quantized base and attach adapters, tokenize the
+// data, then optimizer steps of grad_accum_steps micro-batches each, with clipping, scheduling,
+// held-out evaluation, metrics, checkpoints, resume and clean stops on SIGTERM/SIGINT.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qtrain {
+
+struct Recipe;
+
+struct TrainOptions {
+  bool resume = false;  // continue from the run directory's newest checkpoint
+  std::vector<std::string> command_line;
+  // Stop (as if signalled) once this optimizer step is done; for tests of interruption.
+  int64_t stop_after_step = 0;
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;  // optimizer steps completed in the run (including resumed ones)
+  int64_t total_steps = 0;
+  double last_loss = 0;
+  double first_eval_loss = 0, last_eval_loss = 0;  // 0 when the run had no evaluation
+  int64_t skipped_steps = 0;                       // non-finite steps skipped
+  bool interrupted = false;                        // stopped by a signal after a checkpoint
+  std::string run_dir;
+};
+
+// Throws qtrain::Error for bad input (see the recipe, data and model loaders) and
+// Error(kDiverged) for a non-finite loss or gradient with training.on_nonfinite = stop.
+TrainResult train(const Recipe& recipe, const TrainOptions& options);
+
+}  // namespace qtrain

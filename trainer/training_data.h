@@ -1,0 +1,29 @@
+// The recipe's data section, applied: tokenizer, tokenized train and held-out examples.
+#pragma once
+
+#include "data/examples.h"
+#include "data/tokenizer.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qtrain {
+
+struct Recipe;
+
+struct TrainingData {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<Example> train;
+  std::vector<Example> eval;  // empty when eval_fraction is 0 and there is no eval_path
+  ExampleStats train_stats;
+};
+
+// Example options from the recipe and the tokenizer's BOS rule.
+ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer);
+
+// Tokenizes data.path (and data.eval_path, or holds out data.eval_fraction of data.path, by
+// training.seed), with the tokenizer of `model_dir`. Errors name the data file and line.
+TrainingData load_training_data(const Recipe& recipe, const std::string& model_dir);
+
+}  // namespace qtrain

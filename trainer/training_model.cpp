@@ -1,0 +1,149 @@
+#include "trainer/training_model.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "models/hf_loader.h"
+#include "models/int4_loader.h"
+#include "models/llama.h"
+#include "models/quantized_loader.h"
+#include "models/tiny_model.h"
+#include "peft/apply_qalora.h"
+#include "peft/peft_files.h"
+#include "quant/quantized_tensor.h"
+#include "trainer/recipe.h"
+
+#include <ATen/Context.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+namespace qtrain {
+namespace fs = std::filesystem;
+namespace {
+
+std::string cache_root() {
+  if (const char* dir = std::getenv("QTRAIN_CACHE_DIR"); dir && *dir) return dir;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
+    return std::string(xdg) + "/qtrain";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/tmp") + "/.cache/qtrain";
+}
+
+std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir,
+                                    const c10::Device& device, at::ScalarType dtype) {
+  const auto& q = recipe.quantization;
+  if (q.type == "none") return load_causal_lm(dir, {.dtype = dtype, .device = device});
+  if (q.type == "int4") {
+    return load_int4_causal_lm(dir, {.dtype = dtype,
+                                     .device = device,
+                                     .group_size = q.group_size,
+                                     .skip_modules = q.skip_modules});
+  }
+  QuantizedLoadOptions options;
+  options.dtype = dtype;
+  options.device = device;
+  options.quant.type = quant_type_from_name(q.type);
+  options.quant.blocksize = q.blocksize;
+  options.quant.double_quant = q.double_quant;
+  options.skip_modules = q.skip_modules;
+  return load_quantized_causal_lm(dir, options);
+}
+
+}  // namespace
+
+c10::Device resolve_device(const std::string& name) {
+  const bool have_cuda = at::hasCUDA() && at::getNumGPUs() > 0;
+  if (name == "auto") return have_cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (name == "cpu") return c10::kCPU;
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+    throw_error(ErrorKind::kConfig, "not a device: '" + name + "' (auto, cpu, cuda or cuda:N)",
+                {.field = "model.device"});
+  }
+  const int64_t index = device.has_index() ? device.index() : 0;
+  if (device.is_cuda() && (!have_cuda || index >= at::getNumGPUs())) {
+    throw_error(ErrorKind::kConfig,
+                "this machine has no " + name + " (" +
+                    std::to_string(have_cuda ? at::getNumGPUs() : 0) +
+                    " CUDA devices); use model.device=cpu or auto",
+                {.field = "model.device"});
+  }
+  if (device.is_cuda()) return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  return device;
+}
+
+at::ScalarType resolve_dtype(const std::string& name, const std::string& field) {
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  if (name == "float32") return at::kFloat;
+  throw_error(ErrorKind::kConfig, "unknown dtype '" + name + "' (bfloat16, float16, float32)",
+              {.field = field});
+}
+
+std::string resolve_model_dir(const std::string& path) {
+  const std::string builtin = "builtin:";
+  if (path.rfind(builtin, 0) == 0) {
+    TinyModelOptions options;
+    options.preset = path.substr(builtin.size());
+    tiny_model_config(options);  // Error(kConfig) for an unknown preset, before touching disk
+    const std::string dir = cache_root() + "/models/builtin-" + options.preset + "-llama-seed0";
+    if (!fs::exists(dir + "/config.json")) {
+      log::info("generating the built-in ", options.preset, " model into ", dir);
+      std::error_code ec;
+      fs::create_directories(fs::path(dir).parent_path(), ec);
+      options.overwrite = true;
+      write_tiny_model(options, dir);
+    }
+    return dir;
+  }
+  if (!fs::exists(path + "/config.json")) {
+    throw_error(ErrorKind::kIo, "not a model directory (no config.json): " + path,
+                {.field = "model.path"});
+  }
+  return path;
+}
+
+LoraConfig lora_config_of(const Recipe& recipe) {
+  const auto& a = recipe.adapter;
+  LoraConfig config;
+  config.r = a.r;
+  config.alpha = a.alpha;
+  config.dropout = a.dropout;
+  config.rslora = a.rslora;
+  config.dtype = resolve_dtype(a.dtype, "adapter.dtype");
+  config.target_modules = a.target_modules;
+  config.target_regex = a.target_regex;
+  return config;
+}
+
+TrainingModel build_training_model(const Recipe& recipe) {
+  TrainingModel out;
+  out.device = resolve_device(recipe.model.device);
+  out.dtype = resolve_dtype(recipe.model.dtype, "model.dtype");
+  out.model_dir = resolve_model_dir(recipe.model.path);
+  out.lora = lora_config_of(recipe);
+  out.model = load_base(recipe, out.model_dir, out.device, out.dtype);
+  if (!recipe.adapter.init_from.empty()) {
+    if (recipe.adapter.type == "qalora") {
+      throw_error(ErrorKind::kUnsupported, "adapter.init_from holds LoRA adapters only",
+                  {.field = "adapter.init_from"});
+    }
+    LoadedAdapter loaded = load_peft_adapter(recipe.adapter.init_from);
+    // The file decides the adapter's shape; the recipe decides how it trains.
+    loaded.config.dropout = recipe.adapter.dropout;
+    loaded.config.dtype = out.lora.dtype;
+    out.lora = loaded.config;
+    out.adapters = attach_peft_adapter(*out.model, loaded);
+  } else if (recipe.adapter.type == "qalora") {
+    out.qalora_group_size = recipe.quantization.group_size;
+    out.adapters = apply_qalora(*out.model, out.lora, out.qalora_group_size, recipe.training.seed);
+  } else {
+    out.adapters = apply_lora(*out.model, out.lora, recipe.training.seed);
+  }
+  return out;
+}
+
+}  // namespace qtrain

@@ -1,0 +1,46 @@
+// The model a recipe trains: the base loaded and quantized as `quantization` says, on the
+// recipe's device and compute dtype, with trainable adapters attached as `adapter` says.
+#pragma once
+
+#include "peft/apply_lora.h"
+#include "peft/lora_config.h"
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+
+namespace qtrain {
+
+class CausalLM;
+struct Recipe;
+
+struct TrainingModel {
+  std::shared_ptr<CausalLM> model;
+  NamedAdapters adapters;
+  LoraConfig lora;
+  int64_t qalora_group_size = 0;  // > 0 for QA-LoRA adapters
+  std::string model_dir;          // resolved (builtin models live in the cache)
+  c10::Device device = c10::kCPU;
+  at::ScalarType dtype = at::kFloat;
+};
+
+// model.device: "auto" picks CUDA when available. Throws Error(kConfig) naming model.device for a
+// CUDA device this machine lacks.
+c10::Device resolve_device(const std::string& name);
+at::ScalarType resolve_dtype(const std::string& name, const std::string& field);
+
+// A model directory for model.path: "builtin:<preset>" is generated once (deterministically) into
+// $QTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/qtrain, else ~/.cache/qtrain; anything else is a
+// directory that must hold config.json (Error(kIo) naming model.path otherwise).
+std::string resolve_model_dir(const std::string& path);
+
+// The recipe's LoRA settings for peft/.
+LoraConfig lora_config_of(const Recipe& recipe);
+
+// Loads the base and attaches fresh adapters (seeded by training.seed), or the adapter of
+// adapter.init_from.
+TrainingModel build_training_model(const Recipe& recipe);
+
+}  // namespace qtrain
