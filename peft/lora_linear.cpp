@@ -2,13 +2,13 @@
 
 #include "core/error.h"
 #include "models/quantized_linear_slot.h"
+#include "peft/lora_pair.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
 #include <cmath>
-#include <sstream>
 
 namespace qtrain {
 namespace {
@@ -24,12 +24,6 @@ c10::Device slot_device(const LinearSlot& slot) {
   for (const auto& p : slot.parameters()) return p.device();
   for (const auto& b : slot.buffers()) return b.device();
   return c10::kCPU;
-}
-
-std::string shape_string(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
 }
 
 }  // namespace
@@ -73,31 +67,12 @@ at::Tensor LoraLinear::forward(const at::Tensor& x) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LoraLinear::adapter_tensors() const {
-  return {{"lora_A.weight", lora_A_}, {"lora_B.weight", lora_B_}};
+  return lora_pair_tensors(lora_A_, lora_B_);
 }
 
 void LoraLinear::load_adapter_tensor(const std::string& name, const at::Tensor& value) {
-  at::Tensor target;
-  if (name == "lora_A.weight") {
-    target = lora_A_;
-  } else if (name == "lora_B.weight") {
-    target = lora_B_;
-  } else {
-    throw_error(ErrorKind::kShape, "not a LoRA tensor (expected lora_A.weight or lora_B.weight)",
-                {.tensor = name});
-  }
-  if (merged_) {
-    throw_error(ErrorKind::kInternal, "cannot load an adapter tensor while merged; unmerge first",
-                {.tensor = name});
-  }
-  if (value.sizes() != target.sizes()) {
-    throw_error(ErrorKind::kShape,
-                "shape " + shape_string(value.sizes()) + " does not fit this module's " +
-                    shape_string(target.sizes()) + " (adapter made for another model or rank?)",
-                {.tensor = name});
-  }
-  at::NoGradGuard no_grad;
-  target.copy_(value);
+  load_lora_pair_tensor(lora_A_, lora_B_, merged_, name, value,
+                        "adapter made for another model or rank?");
 }
 
 at::Tensor LoraLinear::delta_weight() const {

@@ -1,24 +1,14 @@
 #include "peft/qalora_linear.h"
 
 #include "core/error.h"
+#include "peft/lora_pair.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
 #include <cmath>
-#include <sstream>
 
 namespace qtrain {
-namespace {
-
-std::string shape_string(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
-
-}  // namespace
-
 QaLoraLinear::QaLoraLinear(std::shared_ptr<Int4LinearSlot> base, const LoraConfig& config,
                            int64_t group_size, at::Generator generator)
     : group_size_(group_size), scaling_(config.scaling()), dropout_(config.dropout) {
@@ -71,33 +61,13 @@ at::Tensor QaLoraLinear::forward(const at::Tensor& x) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> QaLoraLinear::adapter_tensors() const {
-  return {{"lora_A.weight", lora_A_}, {"lora_B.weight", lora_B_}};
+  return lora_pair_tensors(lora_A_, lora_B_);
 }
 
 void QaLoraLinear::load_adapter_tensor(const std::string& name, const at::Tensor& value) {
-  at::Tensor target;
-  if (name == "lora_A.weight") {
-    target = lora_A_;
-  } else if (name == "lora_B.weight") {
-    target = lora_B_;
-  } else {
-    throw_error(ErrorKind::kShape, "not a QA-LoRA tensor (expected lora_A.weight or lora_B.weight)",
-                {.tensor = name});
-  }
-  if (merged_) {
-    throw_error(ErrorKind::kInternal, "cannot load an adapter tensor while merged; unmerge first",
-                {.tensor = name});
-  }
-  if (value.sizes() != target.sizes()) {
-    throw_error(ErrorKind::kShape,
-                "shape " + shape_string(value.sizes()) + " does not fit this module's " +
-                    shape_string(target.sizes()) +
-                    " (QA-LoRA lora_A is [r, in/group_size]; adapter made for another model, "
-                    "rank or group size?)",
-                {.tensor = name});
-  }
-  at::NoGradGuard no_grad;
-  target.copy_(value);
+  load_lora_pair_tensor(
+      lora_A_, lora_B_, merged_, name, value,
+      "QA-LoRA lora_A is [r, in/group_size]; adapter made for another model, rank or group size?");
 }
 
 at::Tensor QaLoraLinear::group_delta() const {

@@ -235,6 +235,45 @@ TEST_F(TrainCli, BadInputExitsWithItsCode) {
   EXPECT_EQ(testing::run_command(qtrain_binary(), &out), 2) << out;
 }
 
+// QLoRA's claim: adapters trained on the NF4 base reach the loss of adapters on the
+// full-precision base, although the two bases start apart.
+TEST_F(TrainCli, Nf4BaseEndsCloseToTheFullPrecisionBase) {
+  std::string out;
+  const std::string nf4 = run_dir("nf4"), full = run_dir("full");
+  ASSERT_EQ(run("output.dir=" + nf4, &out), 0) << out;
+  ASSERT_EQ(
+      run("output.dir=" + full + " quantization.type=none quantization.double_quant=false", &out),
+      0)
+      << out;
+  const auto a = eval_losses(read_metrics(nf4)), b = eval_losses(read_metrics(full));
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_NE(a.front(), b.front()) << "the NF4 base should differ from the full-precision one";
+  EXPECT_NEAR(a.back(), b.back(), 0.05 * b.back());
+}
+
+TEST_F(TrainCli, QaLoraTrainsOnAnInt4BaseAndWritesAPeftQaLoraAdapter) {
+  std::string out;
+  const std::string dir = run_dir("qalora");
+  ASSERT_EQ(run("output.dir=" + dir +
+                    " quantization.type=int4 quantization.group_size=32 adapter.type=qalora",
+                &out),
+            0)
+      << out;
+  const auto losses = train_losses(read_metrics(dir));
+  ASSERT_EQ(losses.size(), 10u);
+  EXPECT_LT(losses.back(), losses.front()) << "training loss did not fall";
+
+  const auto config =
+      nlohmann::json::parse(testing::read_file(dir + "/adapter/adapter_config.json"));
+  EXPECT_EQ(config["use_qalora"], true);
+  EXPECT_EQ(config["qalora_group_size"], 32);
+  const LoadedAdapter adapter = load_peft_adapter(dir + "/adapter");
+  const at::Tensor a = adapter.tensors.at("model.layers.0.self_attn.q_proj").at("lora_A.weight");
+  const at::Tensor b = adapter.tensors.at("model.layers.0.self_attn.q_proj").at("lora_B.weight");
+  EXPECT_EQ(a.size(0), 8);
+  EXPECT_EQ(a.size(1) * 32, b.size(0));  // q_proj is square: lora_A is [r, hidden / group]
+}
+
 TEST_F(TrainCli, ExistingRunIsKeptUnlessOverwriteIsAsked) {
   const std::string dir = run_dir("existing");
   std::string out;
