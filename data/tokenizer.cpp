@@ -1,6 +1,7 @@
 #include "data/tokenizer.h"
 
 #include "core/error.h"
+#include "data/bpe_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -62,9 +63,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
     tokenizer =
         std::make_unique<SentencePieceTokenizer>(SentencePieceTokenizer::load(spm.string()));
   } else if (fs::exists(hf_json, ec)) {
-    throw_error(ErrorKind::kUnsupported,
-                "HF tokenizer.json BPE is not supported yet (only SentencePiece tokenizer.model)",
-                {.file = hf_json.string()});
+    // Its special tokens (bos_token, ...) live in tokenizer_config.json too.
+    tokenizer = std::make_unique<BpeTokenizer>(
+        BpeTokenizer::load(hf_json.string(), fs::exists(config, ec) ? config.string() : ""));
   } else {
     throw_error(ErrorKind::kIo, "no tokenizer.model or tokenizer.json in the directory",
                 {.file = model_dir});

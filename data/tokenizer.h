@@ -1,7 +1,7 @@
 // The tokenizer interface the data pipeline uses, and the loader that picks the implementation a
-// model directory needs. Today that is SentencePiece (tokenizer.model: Llama 2, Mistral,
-// TinyLlama, qtrain's tiny models); Hugging Face tokenizer.json BPE (Llama 3, Qwen) comes later
-// behind the same interface.
+// model directory needs: SentencePiece (tokenizer.model: Llama 2, Mistral, TinyLlama, qtrain's
+// tiny models) or Hugging Face tokenizer.json byte-level BPE (Llama 3.x, Qwen2/2.5/3;
+// data/bpe_tokenizer.h).
 #pragma once
 
 #include <cstdint>
@@ -28,7 +28,8 @@ class Tokenizer {
   virtual int64_t pad_id() const = 0;
 
   // Whether the model's inputs start with BOS / end with EOS: tokenizer_config.json's
-  // add_bos_token / add_eos_token when load_tokenizer found them, else Llama's true / false.
+  // add_bos_token / add_eos_token when load_tokenizer found them, else the tokenizer's own
+  // default (SentencePiece: Llama's true / false; tokenizer.json: what its post-processor adds).
   bool add_bos_default() const { return add_bos_default_; }
   bool add_eos_default() const { return add_eos_default_; }
   void set_special_token_defaults(bool add_bos, bool add_eos) {
@@ -45,11 +46,13 @@ class Tokenizer {
 // since padding carries no loss and no real token attends to it.
 int64_t padding_id(const Tokenizer& tokenizer);
 
-// The tokenizer of an HF model directory: tokenizer.model (SentencePiece) when present; `model_dir`
+// The tokenizer of an HF model directory: tokenizer.model (SentencePiece) when present, else
+// tokenizer.json (byte-level BPE, with tokenizer_config.json's bos/eos/pad tokens); `model_dir`
 // may also be the path of a tokenizer.model itself. tokenizer_config.json, when present, sets
-// add_bos_default / add_eos_default. Throws Error(kUnsupported) for a directory with only a
-// tokenizer.json, Error(kIo) naming the directory when it has neither, Error(kFormat) naming
-// tokenizer_config.json when it is malformed or its add_*_token is not a boolean.
+// add_bos_default / add_eos_default. Throws Error(kIo) naming the directory when it has neither
+// file, Error(kFormat) naming tokenizer_config.json when it is malformed or its add_*_token is not
+// a boolean, and BpeTokenizer::load's errors (kUnsupported for a tokenizer.json that is not a
+// byte-level BPE).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
 
 }  // namespace qtrain
