@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <numeric>
 
 namespace qtrain {
@@ -43,18 +44,47 @@ void Batcher::plan_epoch(int64_t epoch) {
   if (!options_.packing) {
     for (int64_t i = 0; i < n; ++i) rows_.push_back({i, 1});
   } else {
-    int64_t row_tokens = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const auto length = static_cast<int64_t>(examples_[order_[i]].ids.size());
-      if (rows_.empty() || row_tokens + length > options_.seq_len) {
-        rows_.push_back({i, 0});
-        row_tokens = 0;
-      }
-      ++rows_.back().count;
-      row_tokens += length;
-    }
+    pack_rows(n);
   }
   planned_epoch_ = epoch;
+}
+
+void Batcher::pack_rows(int64_t n) {
+  struct OpenRow {
+    std::vector<int64_t> members;  // example indices
+    int64_t tokens = 0;
+  };
+  std::vector<int64_t> packed_order;
+  packed_order.reserve(n);
+  auto emit = [&](const OpenRow& row) {
+    rows_.push_back(
+        {static_cast<int64_t>(packed_order.size()), static_cast<int64_t>(row.members.size())});
+    packed_order.insert(packed_order.end(), row.members.begin(), row.members.end());
+  };
+  std::vector<OpenRow> open;  // oldest first
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t example = order_[i];
+    const auto length = static_cast<int64_t>(examples_[example].ids.size());
+    auto fits = std::find_if(open.begin(), open.end(), [&](const OpenRow& row) {
+      return row.tokens + length <= options_.seq_len;
+    });
+    if (fits == open.end()) {
+      if (static_cast<int64_t>(open.size()) == kPackingOpenRows) {
+        emit(open.front());
+        open.erase(open.begin());
+      }
+      open.emplace_back();
+      fits = open.end() - 1;
+    }
+    fits->members.push_back(example);
+    fits->tokens += length;
+    if (fits->tokens == options_.seq_len) {
+      emit(*fits);
+      open.erase(fits);
+    }
+  }
+  for (const OpenRow& row : open) emit(row);
+  order_ = std::move(packed_order);
 }
 
 int64_t Batcher::batches_per_epoch() const {

@@ -4,10 +4,12 @@
 // Padding mode: one example per row, padded on the right to the longest example of the batch (T
 // is that length, not seq_len). Right padding under causal attention needs no mask: real tokens
 // never look right.
-// Packing mode: rows of exactly seq_len tokens, filled greedily with whole examples in the
-// epoch's order (an example is never split; when the next one does not fit, the row is closed and
-// its tail padded). Positions restart at 0 for each example and segment ids keep the examples of
-// a row from attending to each other (models/attention_mask.h).
+// Packing mode: rows of exactly seq_len tokens, filled first-fit with whole examples in the
+// epoch's order: each example goes into the oldest of up to kPackingOpenRows open rows it fits
+// (a new row when none has room; the oldest is closed, its tail padded, when the window is
+// full). A row is handed out when it closes: exactly full, evicted, or at the epoch's end.
+// An example is never split. Positions restart at 0 for each example and segment ids keep the
+// examples of a row from attending to each other (models/attention_mask.h).
 //
 // Every epoch visits every example exactly once; the last batch of an epoch may have fewer rows.
 // In packing mode the number of rows, and so of batches, follows each epoch's order.
@@ -33,6 +35,9 @@ struct Batch {
   int64_t loss_tokens = 0;  // labels != -100
   int64_t samples = 0;      // examples in the batch
 };
+
+// Open rows first-fit packing considers; bounds its cost at O(examples * kPackingOpenRows).
+constexpr int64_t kPackingOpenRows = 64;
 
 struct BatchOptions {
   int64_t micro_batch_size = 1;
@@ -74,6 +79,7 @@ class Batcher {
     int64_t count;
   };
   void plan_epoch(int64_t epoch);
+  void pack_rows(int64_t n);  // rows_ from order_, which it rewrites row by row
   Batch build(int64_t first_row, int64_t rows) const;
 
   std::vector<Example> examples_;

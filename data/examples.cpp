@@ -28,15 +28,71 @@ void append(Example& example, const std::vector<int64_t>& ids, bool with_loss) {
   for (int64_t id : ids) example.labels.push_back(with_loss ? id : kIgnoreLabel);
 }
 
+// A stretch of the sample: text, or a special id placed by the template.
+struct Piece {
+  std::string text;
+  int64_t special = -1;
+  bool loss = false;
+};
+
+size_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+// Tokenizes consecutive text pieces as one text, the way the model will see it served (a
+// tokenizer can merge across a piece boundary, and SentencePiece marks only the start of a text
+// with its dummy-prefix space). Each token takes the loss flag of the piece it starts in: the
+// boundary is where the tokens of the text up to it stop agreeing with the whole.
+void append_text_run(Example& example, const std::vector<Piece>& run, const Tokenizer& tokenizer) {
+  std::string whole;
+  for (const Piece& piece : run) whole += piece.text;
+  const std::vector<int64_t> ids = tokenizer.encode(whole, false, false);
+  std::string prefix;
+  size_t start = 0;
+  for (size_t p = 0; p < run.size(); ++p) {
+    prefix += run[p].text;
+    const size_t end =
+        p + 1 == run.size()
+            ? ids.size()
+            : std::max(start, common_prefix(ids, tokenizer.encode(prefix, false, false)));
+    append(example, std::vector<int64_t>(ids.begin() + start, ids.begin() + end), run[p].loss);
+    start = end;
+  }
+}
+
 Example tokenize_turns(const std::vector<PromptParts>& turns, const Tokenizer& tokenizer,
                        const ExampleOptions& options) {
-  Example example;
-  if (options.add_bos && tokenizer.bos_id() >= 0) append(example, {tokenizer.bos_id()}, false);
+  std::vector<Piece> pieces;
+  auto special = [&](int64_t id, bool loss) {
+    if (id >= 0) pieces.push_back({"", id, loss});
+  };
+  auto text = [&](const std::string& value, bool loss) {
+    if (!value.empty()) pieces.push_back({value, -1, loss});
+  };
+  if (options.add_bos) special(tokenizer.bos_id(), false);
   for (const auto& turn : turns) {
-    append(example, tokenizer.encode(turn.prompt, false, false), options.train_on_inputs);
-    append(example, tokenizer.encode(turn.response, false, false), true);
+    if (turn.bos_before_prompt) special(tokenizer.bos_id(), options.train_on_inputs);
+    text(turn.prompt, options.train_on_inputs);
+    text(turn.response, true);
+    if (turn.eos_after_response) special(tokenizer.eos_id(), true);
   }
-  if (options.add_eos && tokenizer.eos_id() >= 0) append(example, {tokenizer.eos_id()}, true);
+  const bool ends_with_eos = !turns.empty() && turns.back().eos_after_response;
+  if (options.add_eos && !ends_with_eos) special(tokenizer.eos_id(), true);
+
+  Example example;
+  std::vector<Piece> run;
+  for (const Piece& piece : pieces) {
+    if (piece.special < 0) {
+      run.push_back(piece);
+      continue;
+    }
+    if (!run.empty()) append_text_run(example, run, tokenizer);
+    run.clear();
+    append(example, {piece.special}, piece.loss);
+  }
+  if (!run.empty()) append_text_run(example, run, tokenizer);
   if (!example.labels.empty()) example.labels[0] = kIgnoreLabel;
   return example;
 }

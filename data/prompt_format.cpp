@@ -77,25 +77,47 @@ std::vector<PromptParts> format_alpaca(const FieldReader& reader) {
   return {{std::move(prompt), reader.required_string("output")}};
 }
 
+std::string trim(const std::string& text) {
+  const char* space = " \t\n\r\f\v";
+  const size_t first = text.find_first_not_of(space);
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(space) - first + 1);
+}
+
+// A template where each message is header(role) + content + footer.
 struct ChatTemplate {
   std::string name;
   std::string (*header)(const std::string& role);
   std::string footer;
+  bool trim_content = false;
 };
 
 std::string chatml_header(const std::string& role) {
   return "<|im_start|>" + role + "\n";
 }
 
+std::string llama3_header(const std::string& role) {
+  return "<|start_header_id|>" + role + "<|end_header_id|>\n\n";
+}
+
 const std::vector<ChatTemplate>& chat_template_table() {
-  static const std::vector<ChatTemplate> table = {{"chatml", chatml_header, "<|im_end|>\n"}};
+  static const std::vector<ChatTemplate> table = {
+      {"chatml", chatml_header, "<|im_end|>\n"},
+      {"llama3", llama3_header, "<|eot_id|>", /*trim_content=*/true},
+  };
   return table;
 }
 
-const ChatTemplate& find_chat_template(const std::string& name) {
+// [INST] templates: exchanges of a user and an assistant message.
+bool is_inst_template(const std::string& name) {
+  return name == "llama2" || name == "mistral";
+}
+
+const ChatTemplate* find_chat_template(const std::string& name) {
   for (const auto& entry : chat_template_table()) {
-    if (entry.name == name) return entry;
+    if (entry.name == name) return &entry;
   }
+  if (is_inst_template(name)) return nullptr;
   throw_error(ErrorKind::kConfig,
               "unknown chat template '" + name + "'; known: " + join(chat_templates()));
 }
@@ -107,7 +129,13 @@ std::string canonical_role(const std::string& role) {
   return "";
 }
 
-std::vector<PromptParts> format_chat(const FieldReader& reader, const ChatTemplate& chat) {
+struct Message {
+  std::string role;  // system | user | assistant
+  std::string content;
+  std::string where;  // the record field, for errors
+};
+
+std::vector<Message> read_messages(const FieldReader& reader) {
   // OpenAI-style messages, else ShareGPT conversations.
   const bool openai = reader.find("messages") != nullptr || reader.find("conversations") == nullptr;
   const std::string list_field = reader.name(openai ? "messages" : "conversations");
@@ -120,8 +148,7 @@ std::vector<PromptParts> format_chat(const FieldReader& reader, const ChatTempla
   if (!messages->is_array() || messages->empty()) {
     reader.fail("expected a non-empty list of messages", list_field);
   }
-  std::vector<PromptParts> turns;
-  std::string pending_prompt;
+  std::vector<Message> out;
   for (size_t i = 0; i < messages->size(); ++i) {
     const nlohmann::json& message = (*messages)[i];
     const std::string where = list_field + "[" + std::to_string(i) + "]";
@@ -140,14 +167,85 @@ std::vector<PromptParts> format_chat(const FieldReader& reader, const ChatTempla
                       "'; expected system, user or assistant (ShareGPT: human, gpt)",
                   where + "." + role_key);
     }
-    if (role == "assistant") {
-      turns.push_back({pending_prompt + chat.header(role), content + chat.footer});
+    out.push_back({role, content, where + "." + role_key});
+  }
+  return out;
+}
+
+std::vector<PromptParts> format_header_chat(const FieldReader& reader,
+                                            const std::vector<Message>& messages,
+                                            const ChatTemplate& chat) {
+  std::vector<PromptParts> turns;
+  std::string pending_prompt;
+  for (const Message& message : messages) {
+    const std::string content = chat.trim_content ? trim(message.content) : message.content;
+    if (message.role == "assistant") {
+      turns.push_back({pending_prompt + chat.header(message.role), content + chat.footer});
       pending_prompt.clear();
     } else {
-      pending_prompt += chat.header(role) + content + chat.footer;
+      pending_prompt += chat.header(message.role) + content + chat.footer;
     }
   }
-  if (turns.empty()) reader.fail("conversation has no assistant message", list_field);
+  return turns;
+}
+
+// llama2: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s>" and
+// mistral: "<s>[INST] {user} [/INST]{assistant}</s>", contents trimmed for llama2 as its Jinja
+// template does. The sample's first <s> is the tokenizer's BOS; later ones are bos_before_prompt.
+std::vector<PromptParts> format_inst_chat(const FieldReader& reader,
+                                          const std::vector<Message>& messages,
+                                          const std::string& name) {
+  const bool llama2 = name == "llama2";
+  size_t first = 0;
+  std::string system;
+  if (messages[0].role == "system") {
+    if (!llama2) {
+      reader.fail("the mistral template has no system role (use llama2, chatml or llama3)",
+                  messages[0].where);
+    }
+    system = messages[0].content;
+    first = 1;
+  }
+  std::vector<PromptParts> turns;
+  std::string pending_user;
+  for (size_t i = first; i < messages.size(); ++i) {
+    const Message& message = messages[i];
+    const bool expect_user = (i - first) % 2 == 0;
+    if (message.role != (expect_user ? "user" : "assistant")) {
+      reader.fail("the " + name + " template needs user and assistant messages to alternate, " +
+                      "starting with user (a system message may come first" +
+                      (llama2 ? "" : " only for llama2") + "); found " + message.role,
+                  message.where);
+    }
+    if (expect_user) {
+      std::string user = llama2 ? trim(message.content) : message.content;
+      if (i == first && !system.empty()) {
+        user = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user;
+      }
+      pending_user = "[INST] " + user + " [/INST]";
+      continue;
+    }
+    PromptParts turn;
+    turn.prompt = pending_user;
+    turn.response = llama2 ? " " + trim(message.content) + " " : message.content;
+    turn.bos_before_prompt = llama2 && !turns.empty();
+    turn.eos_after_response = true;
+    turns.push_back(std::move(turn));
+  }
+  return turns;
+}
+
+std::vector<PromptParts> format_chat(const FieldReader& reader, const std::string& name) {
+  const std::vector<Message> messages = read_messages(reader);
+  const ChatTemplate* chat = find_chat_template(name);
+  std::vector<PromptParts> turns =
+      chat ? format_header_chat(reader, messages, *chat) : format_inst_chat(reader, messages, name);
+  if (turns.empty()) {
+    reader.fail(
+        "conversation has no assistant message",
+        reader.name(reader.find("messages") || !reader.find("conversations") ? "messages"
+                                                                             : "conversations"));
+  }
   return turns;
 }
 
@@ -162,6 +260,8 @@ const std::vector<std::string>& chat_templates() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> out;
     for (const auto& entry : chat_template_table()) out.push_back(entry.name);
+    out.push_back("llama2");
+    out.push_back("mistral");
     return out;
   }();
   return names;
@@ -194,6 +294,20 @@ void check_prompt_format(const std::string& format, const FieldMap& fields,
   if (format == "chat") find_chat_template(chat_template);
 }
 
+std::string recognize_chat_template(const std::string& jinja, const std::string& source) {
+  auto has = [&](const char* marker) { return jinja.find(marker) != std::string::npos; };
+  if (has("<|im_start|>") && has("<|im_end|>")) return "chatml";
+  if (has("<|start_header_id|>") && has("<|eot_id|>")) return "llama3";
+  if (has("[INST]") && has("<<SYS>>")) return "llama2";
+  if (has("[INST]") && !has("[AVAILABLE_TOOLS]") && !has("[SYSTEM_PROMPT]")) return "mistral";
+  throw_error(ErrorKind::kUnsupported,
+              "the model's chat_template is none of the shapes qtrain renders exactly (" +
+                  join(chat_templates()) +
+                  "); set data.template to the one the model was "
+                  "trained with",
+              {.file = source, .field = "chat_template"});
+}
+
 std::vector<PromptParts> format_record(const Record& record, const std::string& format,
                                        const FieldMap& fields, const std::string& chat_template) {
   const FieldReader reader(record, fields);
@@ -202,7 +316,7 @@ std::vector<PromptParts> format_record(const Record& record, const std::string& 
     return {{reader.required_string("prompt"), reader.required_string("completion")}};
   }
   if (format == "text") return {{"", reader.required_string("text")}};
-  if (format == "chat") return format_chat(reader, find_chat_template(chat_template));
+  if (format == "chat") return format_chat(reader, chat_template);
   prompt_format_fields(format);  // throws the unknown-format error
   throw_error(ErrorKind::kInternal, "format '" + format + "' has no formatter");
 }

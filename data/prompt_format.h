@@ -6,11 +6,17 @@
 //   completion  prompt, completion: no template
 //   text        text: all of it is response (trained on)
 //   chat        messages [{role, content}] or ShareGPT conversations [{from, value}], rendered
-//               with a chat template (chatml: "<|im_start|>{role}\n{content}<|im_end|>\n");
-//               one PromptParts per assistant message: the prompt holds the messages before it
-//               and the assistant header, the response its content and footer. Roles: system,
-//               user, assistant (ShareGPT's human / gpt mean user / assistant). Messages after the
-//               last assistant message are dropped (nothing to learn from them).
+//               with a chat template as the model's own Jinja template renders it:
+//                 chatml  "<|im_start|>{role}\n{content}<|im_end|>\n" (Qwen)
+//                 llama3  "<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|>"
+//                 llama2  "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user|trim} [/INST]
+//                         {assistant|trim} </s>" per exchange (system only in the first)
+//                 mistral "[INST] {user} [/INST]{assistant}</s>" per exchange, no system role
+//               (the tokenizer's BOS opens every sample). One PromptParts per assistant message:
+//               the prompt holds the messages before it and the assistant header, the response
+//               its content and footer. Roles: system, user, assistant (ShareGPT's human / gpt
+//               mean user / assistant); llama2 and mistral need user and assistant to alternate.
+//               Messages after the last assistant message are dropped (nothing to learn).
 #pragma once
 
 #include "data/records.h"
@@ -24,13 +30,22 @@ namespace qtrain {
 struct PromptParts {
   std::string prompt;
   std::string response;
+  // Special tokens the template places as ids, not text (llama2's per-exchange "<s>" and "</s>",
+  // mistral's "</s>"): a SentencePiece model would read "<s>" as three characters.
+  bool bos_before_prompt = false;
+  bool eos_after_response = false;  // the EOS carries loss like the response
 };
 
 // Field renames, canonical name -> the name used in the records ({"output": "answer"}).
 using FieldMap = std::map<std::string, std::string>;
 
 const std::vector<std::string>& prompt_formats();  // alpaca, completion, text, chat
-const std::vector<std::string>& chat_templates();  // chatml
+const std::vector<std::string>& chat_templates();  // chatml, llama3, llama2, mistral
+
+// Which known template a model's own Jinja chat_template (tokenizer_config.json) is, by the
+// markers only that template uses; Error(kUnsupported) naming `source` when it is none of them
+// (qtrain never renders a template it cannot reproduce exactly).
+std::string recognize_chat_template(const std::string& jinja, const std::string& source);
 // The canonical field names of a format (what FieldMap keys may be).
 const std::vector<std::string>& prompt_format_fields(const std::string& format);
 

@@ -1,6 +1,7 @@
 // qtrain: fine-tunes a quantized base model with LoRA / QA-LoRA adapters as a YAML recipe says.
 //
 //   qtrain RECIPE.yaml [section.key=value ...] [--dry-run] [--resume]
+//   qtrain data-check RECIPE.yaml [section.key=value ...]
 //
 // Exit codes: 0 done, 2 bad command line, 3 bad recipe, 4 I/O, 5 malformed file, 6 shape
 // mismatch, 7 unsupported, 8 training diverged, 75 stopped by SIGTERM/SIGINT after writing a
@@ -8,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "tools/cli_main.h"
+#include "trainer/data_check.h"
 #include "trainer/dry_run.h"
 #include "trainer/interrupt.h"
 #include "trainer/memory_estimate.h"
@@ -17,10 +19,19 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 int main(int argc, char** argv) {
+  const std::vector<std::string> command_line(argv, argv + argc);
+  // `qtrain data-check RECIPE` reads like a subcommand; it is the --data-check flag.
+  std::vector<char*> args(argv, argv + argc);
+  bool data_check = false;
+  if (args.size() > 1 && std::strcmp(args[1], "data-check") == 0) {
+    data_check = true;
+    args.erase(args.begin() + 1);
+  }
   std::string recipe_path;
   std::vector<std::string> overrides;
   bool dry_run = false;
@@ -34,11 +45,17 @@ int main(int argc, char** argv) {
                "print the resolved recipe and the memory estimate, then exit");
   app.add_flag("--resume", resume,
                "continue the run in output.dir from its newest checkpoint (fresh if it has none)");
+  app.add_flag("--data-check", data_check,
+               "tokenize the dataset as the recipe says and print counts, lengths, truncation "
+               "and masking statistics, then exit (loads no weights)");
   app.add_option("--stop-after", stop_after,
                  "stop after this optimizer step as if pre-empted (checkpoint, exit 75)");
-  const std::vector<std::string> command_line(argv, argv + argc);
-  return qtrain::run_cli("qtrain", app, argc, argv, [&] {
+  return qtrain::run_cli("qtrain", app, static_cast<int>(args.size()), args.data(), [&] {
     const qtrain::Recipe recipe = qtrain::load_recipe(recipe_path, overrides);
+    if (data_check) {
+      std::fputs(qtrain::data_check_report(recipe).c_str(), stdout);
+      return 0;
+    }
     if (dry_run) {
       const auto estimate = qtrain::estimate_memory(recipe, qtrain::recipe_model_config(recipe));
       std::fputs(qtrain::describe_recipe(recipe, estimate).c_str(), stdout);

@@ -55,8 +55,9 @@ struct DataSection {
   std::string path;               // JSONL, JSON or .txt
   std::string eval_path;          // optional; else eval_fraction of `path` is held out
   std::string format = "alpaca";  // alpaca | completion | text | chat
-  // YAML key "template". Format chat: the chat template (data/prompt_format.h chat_templates());
-  // alpaca, completion and text have their own fixed layout and ignore it.
+  // YAML key "template". Format chat: the chat template (data/prompt_format.h chat_templates()),
+  // or auto: the one the model's tokenizer_config.json chat_template is (an error when it is none
+  // qtrain knows); alpaca, completion and text have their own fixed layout and ignore it.
   std::string template_name = "alpaca";
   // Renames of the format's fields (data/prompt_format.h prompt_format_fields): {output: answer}.
   std::map<std::string, std::string> fields;

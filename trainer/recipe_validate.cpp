@@ -146,9 +146,10 @@ void check_data(const DataSection& d, const Checks& c) {
   c.required("data.path", d.path, "the training data (JSONL, JSON or .txt)");
   c.one_of("data.format", d.format, {"alpaca", "completion", "text", "chat"});
   c.one_of("data.template", d.template_name, recipe_data_templates());
-  if (d.format == "chat" && !contains(chat_templates(), d.template_name)) {
+  if (d.format == "chat" && !contains(chat_templates(), d.template_name) &&
+      d.template_name != "auto") {
     c.fail("data.template", "format chat needs a chat template (" + join(chat_templates()) +
-                                "), not " + d.template_name);
+                                ", or auto: the model's own), not " + d.template_name);
   }
   const Names& fields = prompt_format_fields(d.format);
   for (const auto& [field, renamed] : d.fields) {
@@ -217,6 +218,7 @@ const std::vector<std::string>& recipe_data_templates() {
   static const Names kTemplates = [] {
     Names names = {"alpaca"};
     names.insert(names.end(), chat_templates().begin(), chat_templates().end());
+    names.push_back("auto");
     return names;
   }();
   return kTemplates;

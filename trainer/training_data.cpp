@@ -5,9 +5,39 @@
 #include "data/split.h"
 #include "trainer/recipe.h"
 
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
 namespace qtrain {
 
-ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer) {
+std::string model_chat_template(const std::string& model_dir) {
+  const std::string path = model_dir + "/tokenizer_config.json";
+  std::ifstream in(path);
+  if (!in) {
+    throw_error(ErrorKind::kIo, "cannot open it (data.template auto reads the model's template)",
+                {.file = path});
+  }
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
+  }
+  const auto it = config.is_object() ? config.find("chat_template") : config.end();
+  if (it == config.end() || !it->is_string()) {
+    throw_error(ErrorKind::kFormat,
+                "no chat_template string (data.template auto needs one; name the template "
+                "instead)",
+                {.file = path, .field = "chat_template"});
+  }
+  const std::string name = recognize_chat_template(it->get<std::string>(), path);
+  log::info("data.template auto: the model's chat template is ", name);
+  return name;
+}
+
+ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer,
+                                  const std::string& model_dir) {
   const auto& d = recipe.data;
   ExampleOptions options;
   options.max_seq_len = d.max_seq_len;
@@ -15,7 +45,10 @@ ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokeniz
   options.train_on_inputs = d.train_on_inputs;
   options.add_bos = tokenizer.add_bos_default();
   options.add_eos = d.add_eos;
-  if (d.format == "chat") options.chat_template = d.template_name;
+  if (d.format == "chat") {
+    options.chat_template =
+        d.template_name == "auto" ? model_chat_template(model_dir) : d.template_name;
+  }
   options.skip_bad_lines = d.skip_bad_lines;
   return options;
 }
@@ -24,7 +57,7 @@ TrainingData load_training_data(const Recipe& recipe, const std::string& model_d
   const auto& d = recipe.data;
   TrainingData out;
   out.tokenizer = load_tokenizer(model_dir);
-  const ExampleOptions options = example_options_of(recipe, *out.tokenizer);
+  const ExampleOptions options = example_options_of(recipe, *out.tokenizer, model_dir);
   std::vector<Example> all =
       load_examples(d.path, d.format, d.fields, *out.tokenizer, options, &out.train_stats);
   log::info("data ", d.path, ": ", out.train_stats.summary());

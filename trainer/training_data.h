@@ -19,8 +19,15 @@ struct TrainingData {
   ExampleStats train_stats;
 };
 
-// Example options from the recipe and the tokenizer's BOS rule.
-ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer);
+// Example options from the recipe and the tokenizer's BOS rule; data.template auto resolves to
+// the template of `model_dir`/tokenizer_config.json's chat_template.
+ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer,
+                                  const std::string& model_dir);
+
+// The known chat template (data/prompt_format.h) the model's own chat_template is. Error(kIo) or
+// Error(kFormat) naming tokenizer_config.json when it is missing, malformed or has no template;
+// Error(kUnsupported) for a template qtrain cannot reproduce.
+std::string model_chat_template(const std::string& model_dir);
 
 // Tokenizes data.path (and data.eval_path, or holds out data.eval_fraction of data.path, by
 // training.seed), with the tokenizer of `model_dir`. Errors name the data file and line.

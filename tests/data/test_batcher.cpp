@@ -136,9 +136,9 @@ TEST(Batcher, PackingKeepsSamplesWholeAndApart) {
   EXPECT_EQ(batcher.cursor().epoch, 1);
 }
 
-TEST(Batcher, PackingIsGreedyInOrder) {
-  // Without shuffling, rows follow the examples' order and close only when the next one does not
-  // fit: lengths 5 4 6 3 8 1 in rows of 10 -> [5 4] [6 3] [8 1].
+TEST(Batcher, PackingIsFirstFitInOrder) {
+  // Without shuffling, each example goes into the oldest open row it fits: lengths 5 4 6 3 8 1 in
+  // rows of 10 -> [5 4 1] (handed out as soon as it is full), then [6 3] and [8].
   std::vector<Example> examples;
   for (int64_t length : {5, 4, 6, 3, 8, 1}) {
     examples.push_back({std::vector<int64_t>(length, 9), std::vector<int64_t>(length, 9)});
@@ -150,10 +150,24 @@ TEST(Batcher, PackingIsGreedyInOrder) {
   ASSERT_EQ(batch.input_ids.size(0), 3);
   EXPECT_EQ(row_of(batch.segment_ids, 0), (std::vector<int64_t>{0, 0, 0, 0, 0, 1, 1, 1, 1, 2}));
   EXPECT_EQ(row_of(batch.segment_ids, 1), (std::vector<int64_t>{0, 0, 0, 0, 0, 0, 1, 1, 1, 2}));
-  EXPECT_EQ(row_of(batch.segment_ids, 2), (std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0, 0, 1, 2}));
-  EXPECT_EQ(row_of(batch.position_ids, 2), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 0, 0}));
+  EXPECT_EQ(row_of(batch.segment_ids, 2), (std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0, 0, 1, 1}));
+  EXPECT_EQ(row_of(batch.position_ids, 2), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 0, 1}));
   EXPECT_EQ(batch.samples, 6);
   EXPECT_EQ(batch.tokens, 27);
+}
+
+TEST(Batcher, PackingWindowBoundsTheOpenRows) {
+  // Examples of 6 tokens in rows of 10 never share a row: every example opens one. Once the window
+  // is full the oldest row is closed, so rows still come out in the examples' order.
+  const int64_t n = kPackingOpenRows + 5;
+  std::vector<Example> examples;
+  for (int64_t k = 0; k < n; ++k) {
+    examples.push_back({std::vector<int64_t>(6, k + 1), std::vector<int64_t>(6, k + 1)});
+  }
+  Batcher batcher(examples,
+                  {.micro_batch_size = 1, .seq_len = 10, .packing = true, .shuffle = false});
+  ASSERT_EQ(batcher.batches_per_epoch(), n);
+  for (int64_t k = 0; k < n; ++k) EXPECT_EQ(row_of(batcher.next().input_ids, 0)[0], k + 1);
 }
 
 TEST(Batcher, PaddingPadsToTheLongestInTheBatch) {

@@ -95,8 +95,8 @@ TEST_F(ExamplesTest, AlpacaWithInputLearnsOnlyTheOutputAndEos) {
   const std::string prompt = std::string(kAlpacaIntroWithInput) +
                              "### Instruction:\nReverse the words.\n\n### Input:\nred fox\n\n"
                              "### Response:\n";
-  EXPECT_EQ(example.ids,
-            concat({{tok().bos_id()}, encode(prompt), encode("fox red"), {tok().eos_id()}}));
+  // The whole text is tokenized at once, as a served model sees it.
+  EXPECT_EQ(example.ids, concat({{tok().bos_id()}, encode(prompt + "fox red"), {tok().eos_id()}}));
   EXPECT_EQ(labelled_spans(example), std::vector<std::string>{"fox red"});
   EXPECT_EQ(example.labels.back(), tok().eos_id());
   EXPECT_EQ(example.labels.front(), kIgnoreLabel);  // BOS
@@ -114,18 +114,23 @@ TEST_F(ExamplesTest, AlpacaWithoutInput) {
       "Below is an instruction that describes a task. Write a response that appropriately "
       "completes the request.\n\n### Instruction:\nWhat day comes after Monday?\n\n"
       "### Response:\n";
-  EXPECT_EQ(example.ids,
-            concat({{tok().bos_id()}, encode(prompt), encode("Tuesday"), {tok().eos_id()}}));
+  EXPECT_EQ(example.ids, concat({{tok().bos_id()}, encode(prompt + "Tuesday"), {tok().eos_id()}}));
   EXPECT_EQ(labelled_spans(example), std::vector<std::string>{"Tuesday"});
 }
 
 TEST_F(ExamplesTest, CompletionLearnsTheCompletion) {
-  const Example example =
-      build_one(R"({"prompt": "The day after Monday is", "completion": "Tuesday."})", "completion");
+  Example example = build_one(R"({"prompt": "The day after Monday is", "completion": " Tuesday."})",
+                              "completion");
   EXPECT_EQ(labelled_spans(example), std::vector<std::string>{"Tuesday."});
-  // Each part is tokenized on its own, so SentencePiece gives the response its own dummy-prefix
-  // space: the sample reads "... is Tuesday." although the texts join without one.
   EXPECT_EQ(tok().decode(example.ids), "The day after Monday is Tuesday.");
+  // The texts join as written: no space appears that the data does not have (tokenizing the
+  // completion on its own would give it SentencePiece's dummy-prefix space).
+  example =
+      build_one(R"({"prompt": "The day after Monday is", "completion": "Tuesday."})", "completion");
+  EXPECT_EQ(tok().decode(example.ids), "The day after Monday isTuesday.");
+  EXPECT_EQ(
+      example.ids,
+      concat({{tok().bos_id()}, encode("The day after Monday isTuesday."), {tok().eos_id()}}));
 }
 
 TEST_F(ExamplesTest, TextLearnsEverythingButTheFirstToken) {
@@ -161,10 +166,8 @@ TEST_F(ExamplesTest, ChatMultiTurnLearnsOnlyAssistantTurns) {
   const std::string second_prompt =
       "<|im_start|>user\nAnd after that?<|im_end|>\n<|im_start|>assistant\n";
   EXPECT_EQ(example.ids, concat({{tok().bos_id()},
-                                 encode(first_prompt),
-                                 encode("Tuesday<|im_end|>\n"),
-                                 encode(second_prompt),
-                                 encode("Wednesday<|im_end|>\n"),
+                                 encode(first_prompt + "Tuesday<|im_end|>\n" + second_prompt +
+                                        "Wednesday<|im_end|>\n"),
                                  {tok().eos_id()}}));
 }
 
@@ -181,7 +184,7 @@ TEST_F(ExamplesTest, NoEosWhenAskedNot) {
   ExampleOptions options;
   options.add_eos = false;
   const Example example = build_one(R"({"prompt": "a", "completion": "b"})", "completion", options);
-  EXPECT_EQ(example.ids, concat({{tok().bos_id()}, encode("a"), encode("b")}));
+  EXPECT_EQ(example.ids, concat({{tok().bos_id()}, encode("ab")}));
 }
 
 TEST_F(ExamplesTest, TruncateAndDropCounts) {
@@ -294,9 +297,9 @@ TEST_F(ExamplesTest, LoaderErrors) {
     load_tokenizer(hf_only);
     ADD_FAILURE() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("HF tokenizer.json BPE is not supported yet"),
-              std::string::npos);
+    // A tokenizer.json-only directory is read as HF BPE; "{}" has no model in it.
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
   }
   const std::string empty = dir_->file("empty");
   fs::create_directory(empty);
