@@ -2,6 +2,8 @@
 # Real tokenizer vocabularies for the tokenizer tests, from PyPI (the only source CI reaches):
 # llama-cpp-python's source distribution carries llama.cpp's models/ggml-vocab-*.gguf, the
 # Llama 3 and Qwen2 vocabularies with the ids Hugging Face tokenizers gave for their test texts.
+# mistral-common's wheel carries Mistral 7B v0.1's SentencePiece model (tokenizer.model.v1, 32000
+# pieces, Llama 2 style), copied as mistral-tokenizer.model.v1.
 # Prints the directory that holds them; idempotent. Needs the setup venv (pip).
 set -euo pipefail
 version=0.3.36
@@ -28,5 +30,22 @@ if ! have_all; then
   for f in "${files[@]}"; do
     cp "$tmp/llama_cpp_python-$version/vendor/llama.cpp/models/$f" "$dest/$f"
   done
+fi
+mistral_version=1.13.1
+mistral_model="$dest/mistral-tokenizer.model.v1"
+if [[ ! -s "$mistral_model" ]]; then
+  mtmp="$(mktemp -d)"
+  trap 'rm -rf "${tmp:-}" "$mtmp"' EXIT
+  "$venv/bin/python3" -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: \
+    "mistral-common==$mistral_version" -d "$mtmp" >&2
+  mkdir -p "$dest"
+  "$venv/bin/python3" - "$mtmp" "$mistral_model" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/mistral_common-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open("mistral_common/data/tokenizer.model.v1") as src:
+    with open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+  mv "$mistral_model.part" "$mistral_model"
 fi
 echo "$dest"
