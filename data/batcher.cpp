@@ -18,6 +18,11 @@ Batcher::Batcher(std::vector<Example> examples, BatchOptions options)
                                         std::to_string(options_.micro_batch_size) + " and " +
                                         std::to_string(options_.seq_len));
   }
+  if (options_.num_shards < 1 || options_.shard < 0 || options_.shard >= options_.num_shards) {
+    throw_error(ErrorKind::kConfig, "shard " + std::to_string(options_.shard) + " of " +
+                                        std::to_string(options_.num_shards) +
+                                        " shards does not exist");
+  }
   for (size_t i = 0; i < examples_.size(); ++i) {
     const auto length = static_cast<int64_t>(examples_[i].ids.size());
     if (length < 1 || length > options_.seq_len ||
@@ -46,6 +51,7 @@ void Batcher::plan_epoch(int64_t epoch) {
   } else {
     pack_rows(n);
   }
+  if (options_.num_shards > 1) keep_shard_rows();
   planned_epoch_ = epoch;
 }
 
@@ -85,6 +91,15 @@ void Batcher::pack_rows(int64_t n) {
   }
   for (const OpenRow& row : open) emit(row);
   order_ = std::move(packed_order);
+}
+
+void Batcher::keep_shard_rows() {
+  const int64_t shards = options_.num_shards;
+  const auto rows = static_cast<int64_t>(rows_.size());
+  const int64_t padded = (rows + shards - 1) / shards * shards;
+  std::vector<Row> mine;
+  for (int64_t r = options_.shard; r < padded; r += shards) mine.push_back(rows_[r % rows]);
+  rows_ = std::move(mine);
 }
 
 int64_t Batcher::batches_per_epoch() const {

@@ -46,6 +46,12 @@ struct BatchOptions {
   uint64_t seed = 0;
   bool shuffle = true;  // false: the examples' own order every epoch
   int64_t pad_id = 0;   // padding_id(tokenizer)
+  // Data-parallel sharding: this batcher hands out rows shard, shard + num_shards, ... of the
+  // epoch's rows. The row list is first padded, by repeating its first rows, to a multiple of
+  // num_shards, so every shard has the same number of batches (as torch's DistributedSampler
+  // pads). All shards must share seed, seq_len and packing.
+  int64_t num_shards = 1;
+  int64_t shard = 0;
 };
 
 // Where the batcher stands: `position` batches of epoch `epoch` have been handed out.
@@ -56,8 +62,8 @@ struct DataCursor {
 
 class Batcher {
  public:
-  // Throws Error(kConfig) for no examples, a micro_batch_size or seq_len below 1, or an example
-  // longer than seq_len.
+  // Throws Error(kConfig) for no examples, a micro_batch_size or seq_len below 1, an example
+  // longer than seq_len, or a shard outside [0, num_shards).
   Batcher(std::vector<Example> examples, BatchOptions options);
 
   // The next batch; after the epoch's last batch the next epoch starts with a new order.
@@ -80,6 +86,7 @@ class Batcher {
   };
   void plan_epoch(int64_t epoch);
   void pack_rows(int64_t n);  // rows_ from order_, which it rewrites row by row
+  void keep_shard_rows();     // rows_ -> this shard's rows
   Batch build(int64_t first_row, int64_t rows) const;
 
   std::vector<Example> examples_;

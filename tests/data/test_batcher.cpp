@@ -170,6 +170,42 @@ TEST(Batcher, PackingWindowBoundsTheOpenRows) {
   for (int64_t k = 0; k < n; ++k) EXPECT_EQ(row_of(batcher.next().input_ids, 0)[0], k + 1);
 }
 
+TEST(Batcher, ShardsSplitTheEpochEvenly) {
+  // 23 examples over 4 shards: the rows are padded to 24 by repeating the first one, each shard
+  // takes every 4th, and together they see every example (one twice) with equal batch counts.
+  const auto examples = synthetic_examples(23, 12, 3);
+  for (bool packing : {false, true}) {
+    std::map<int64_t, int64_t> seen;  // example -> times seen
+    int64_t total_rows = 0, batches = -1;
+    for (int64_t shard = 0; shard < 4; ++shard) {
+      Batcher batcher(examples, {.micro_batch_size = 2,
+                                 .seq_len = 24,
+                                 .packing = packing,
+                                 .seed = 9,
+                                 .num_shards = 4,
+                                 .shard = shard});
+      if (batches < 0) batches = batcher.batches_per_epoch();
+      EXPECT_EQ(batcher.batches_per_epoch(), batches) << "shard " << shard;
+      for (int64_t b = 0; b < batches; ++b) {
+        const Batch batch = batcher.next();
+        total_rows += batch.input_ids.size(0);
+        for (int64_t r = 0; r < batch.input_ids.size(0); ++r) {
+          for (int64_t token : row_of(batch.input_ids, r)) {
+            if (token != 0 && token % 1000 == 0) ++seen[example_of(token)];
+          }
+        }
+      }
+    }
+    EXPECT_EQ(total_rows % 4, 0) << "packing " << packing;
+    EXPECT_EQ(static_cast<int64_t>(seen.size()), 23) << "packing " << packing;
+    int64_t repeats = 0;
+    for (const auto& [example, times] : seen) repeats += times - 1;
+    EXPECT_LT(repeats, 4 * 12) << "only the padding rows repeat";
+    if (!packing) EXPECT_EQ(repeats, 1);
+  }
+  EXPECT_THROW(Batcher(examples, {.num_shards = 2, .shard = 2}), Error);
+}
+
 TEST(Batcher, PaddingPadsToTheLongestInTheBatch) {
   const auto examples = synthetic_examples(10, 12, 2);
   Batcher batcher(examples, {.micro_batch_size = 4, .seq_len = 16, .seed = 3});
