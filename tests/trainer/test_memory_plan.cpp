@@ -1,0 +1,74 @@
+// qmem's plan: memory sizes, the fit verdict, that every suggested change really fits when
+// applied, and the CLI's exit codes.
+#include "core/error.h"
+#include "tests/support/test_support.h"
+#include "trainer/memory_plan.h"
+#include "trainer/recipe.h"
+
+#include <gtest/gtest.h>
+
+namespace qtrain {
+namespace {
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+
+std::string recipe_path(const std::string& name) {
+  return testing::source_dir() + "/recipes/" + name;
+}
+
+TEST(MemoryPlan, ParsesMemorySizes) {
+  EXPECT_EQ(parse_memory_size("48G"), 48 * kGiB);
+  EXPECT_EQ(parse_memory_size("48GB"), 48 * kGiB);
+  EXPECT_EQ(parse_memory_size("80GiB"), 80 * kGiB);
+  EXPECT_EQ(parse_memory_size("512M"), int64_t{512} << 20);
+  EXPECT_EQ(parse_memory_size("1.5T"), int64_t{3} << 39);
+  EXPECT_EQ(parse_memory_size("4096"), 4096);
+  for (const char* bad : {"", "G", "48X", "-1G", "0", "nanG"}) {
+    EXPECT_THROW(parse_memory_size(bad), Error) << bad;
+  }
+}
+
+TEST(MemoryPlan, VerdictAndSuggestionsAgreeWithTheEstimate) {
+  const Recipe recipe = load_recipe(recipe_path("llama70b_qlora.yaml"), {});
+  const MemoryPlan roomy = plan_memory(recipe, 80 * kGiB);
+  EXPECT_TRUE(roomy.fits);
+  EXPECT_EQ(roomy.needed, roomy.estimate.total + roomy.runtime);
+  EXPECT_GT(roomy.activations_other_mode, roomy.estimate.activations)  // checkpointing is on
+      << "turning checkpointing off must cost activation memory";
+
+  const int64_t budget = roomy.needed - kGiB;
+  const MemoryPlan tight = plan_memory(recipe, budget);
+  EXPECT_FALSE(tight.fits);
+  ASSERT_FALSE(tight.suggestions.empty());
+  // The 8-bit optimizer is one of them, and applying it really fits.
+  const Recipe eight_bit =
+      load_recipe(recipe_path("llama70b_qlora.yaml"), {"training.optimizer=paged_adamw_8bit"});
+  EXPECT_TRUE(plan_memory(eight_bit, budget).fits);
+  bool suggested = false;
+  for (const auto& s : tight.suggestions) suggested |= s.rfind("training.optimizer=", 0) == 0;
+  EXPECT_TRUE(suggested);
+
+  EXPECT_TRUE(plan_memory(recipe, std::nullopt).fits);
+}
+
+TEST(MemoryPlan, CliExitCodes) {
+  const std::string qmem = testing::binary_dir() + "/tools/qmem ";
+  std::string out;
+  EXPECT_EQ(
+      testing::run_command(qmem + recipe_path("llama70b_qlora.yaml") + " --gpu-mem 80G", &out), 0)
+      << out;
+  EXPECT_NE(out.find("fits in 80.00 GiB"), std::string::npos) << out;
+  EXPECT_EQ(
+      testing::run_command(qmem + recipe_path("llama70b_qlora.yaml") + " --gpu-mem 24G", &out), 1)
+      << out;
+  EXPECT_NE(out.find("does NOT fit"), std::string::npos) << out;
+  EXPECT_EQ(
+      testing::run_command(qmem + recipe_path("llama70b_qlora.yaml") + " --gpu-mem 24X", &out), 2)
+      << out;
+  EXPECT_EQ(
+      testing::run_command(qmem + recipe_path("llama70b_qlora.yaml") + " training.lr=-1", &out), 3)
+      << out;
+}
+
+}  // namespace
+}  // namespace qtrain
