@@ -5,6 +5,7 @@
 #include "data/sentencepiece_trainer.h"
 #include "data/tiny_instruct.h"
 #include "data/tokenizer.h"
+#include "models/tiny_model.h"
 #include "tests/support/test_support.h"
 #include "trainer/data_check.h"
 
@@ -23,13 +24,8 @@ class LossMask : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::ScratchDir("qtrain-loss-mask");
-    std::vector<std::string> corpus;
-    for (const auto& entry : fs::directory_iterator("/usr/share/common-licenses")) {
-      if (entry.is_regular_file() && !entry.is_symlink()) corpus.push_back(entry.path().string());
-    }
-    std::sort(corpus.begin(), corpus.end());
     fs::create_directory(dir_->file("model"));
-    train_sentencepiece(corpus, 512, dir_->file("model/tokenizer.model"));
+    train_sentencepiece(default_tokenizer_corpus(), 512, dir_->file("model/tokenizer.model"));
     tokenizer_ = load_tokenizer(dir_->file("model")).release();
   }
   static void TearDownTestSuite() {

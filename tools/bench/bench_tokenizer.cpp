@@ -21,6 +21,7 @@
 // corpus and the Llama 3 vocabulary: 1.7 MiB/s.
 #include "data/sentencepiece_trainer.h"
 #include "data/tokenizer.h"
+#include "models/tiny_model.h"
 
 #include <benchmark/benchmark.h>
 
@@ -37,19 +38,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<std::string> license_files() {
-  std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator("/usr/share/common-licenses")) {
-    if (entry.is_regular_file() && !entry.is_symlink()) files.push_back(entry.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 const std::vector<std::string>& corpus() {
   static const std::vector<std::string> documents = [] {
     std::vector<std::string> paragraphs;
-    for (const auto& path : license_files()) {
+    for (const auto& path : default_tokenizer_corpus()) {
       std::ifstream in(path);
       std::stringstream text;
       text << in.rdbuf();
@@ -107,8 +99,8 @@ std::unique_ptr<Tokenizer> sentencepiece() {
   fs::create_directories(dir);
   SentencePieceTrainOptions options;
   options.hard_vocab_limit = false;
-  const std::string model =
-      train_sentencepiece(license_files(), 4000, (dir / "tokenizer.model").string(), options);
+  const std::string model = train_sentencepiece(default_tokenizer_corpus(), 4000,
+                                                (dir / "tokenizer.model").string(), options);
   auto tokenizer = load_tokenizer(model);
   fs::remove_all(dir);
   return tokenizer;
