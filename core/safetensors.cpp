@@ -508,36 +508,54 @@ at::Tensor CheckpointReader::tensor(const std::string& name) const {
 namespace {
 
 struct Planned {
-  const std::string* name;
-  const at::Tensor* tensor;
-  at::ScalarType type;
+  const StreamedTensor* spec;
   uint64_t bytes;
 };
 
 // Checks every input before anything touches the disk.
-std::vector<Planned> plan_tensors(const std::string& path, const NamedTensors& tensors) {
+std::vector<Planned> plan_specs(const std::string& path, const std::vector<StreamedTensor>& specs) {
   std::vector<Planned> planned;
   std::set<std::string> seen;
-  for (const auto& [name, tensor] : tensors) {
-    ErrorContext where{.file = path, .tensor = name};
-    if (name == "__metadata__") {
+  for (const StreamedTensor& spec : specs) {
+    ErrorContext where{.file = path, .tensor = spec.name};
+    if (spec.name == "__metadata__") {
       throw_error(ErrorKind::kShape, "__metadata__ is reserved and cannot name a tensor", where);
     }
-    if (!seen.insert(name).second) throw_error(ErrorKind::kShape, "duplicate tensor name", where);
+    if (!seen.insert(spec.name).second) {
+      throw_error(ErrorKind::kShape, "duplicate tensor name", where);
+    }
+    try {
+      safetensors_dtype_name(spec.dtype);
+    } catch (const Error& e) {
+      throw e.with_context(where);
+    }
+    uint64_t elements = 1;
+    for (int64_t d : spec.shape) {
+      if (d < 0) throw_error(ErrorKind::kShape, "negative dimension", where);
+      elements *= static_cast<uint64_t>(d);
+    }
+    planned.push_back({&spec, elements * element_size(spec.dtype)});
+  }
+  return planned;
+}
+
+std::vector<StreamedTensor> specs_of(const std::string& path, const NamedTensors& tensors) {
+  std::vector<StreamedTensor> specs;
+  for (const auto& [name, tensor] : tensors) {
+    ErrorContext where{.file = path, .tensor = name};
     if (!tensor.defined()) throw_error(ErrorKind::kShape, "tensor is undefined", where);
     if (tensor.layout() != at::kStrided || tensor.is_meta()) {
       throw_error(ErrorKind::kUnsupported, "only dense tensors with data can be saved", where);
     }
-    at::ScalarType type = tensor.scalar_type();
-    try {
-      safetensors_dtype_name(type);
-    } catch (const Error& e) {
-      throw e.with_context(where);
-    }
-    planned.push_back(
-        {&name, &tensor, type, static_cast<uint64_t>(tensor.numel()) * element_size(type)});
+    specs.push_back({name, tensor.scalar_type(), tensor.sizes().vec()});
   }
-  return planned;
+  return specs;
+}
+
+TensorProducer producer_of(const NamedTensors& tensors) {
+  auto index = std::make_shared<std::map<std::string, const at::Tensor*>>();
+  for (const auto& [name, tensor] : tensors) (*index)[name] = &tensor;
+  return [index](const StreamedTensor& spec) { return *index->at(spec.name); };
 }
 
 std::string build_header(const std::string& path, const std::vector<Planned>& planned,
@@ -547,10 +565,10 @@ std::string build_header(const std::string& path, const std::vector<Planned>& pl
   uint64_t offset = 0;
   for (const Planned& p : planned) {
     nlohmann::ordered_json entry;
-    entry["dtype"] = safetensors_dtype_name(p.type);
-    entry["shape"] = p.tensor->sizes().vec();
+    entry["dtype"] = safetensors_dtype_name(p.spec->dtype);
+    entry["shape"] = p.spec->shape;
     entry["data_offsets"] = {offset, offset + p.bytes};
-    header[*p.name] = std::move(entry);
+    header[p.spec->name] = std::move(entry);
     offset += p.bytes;
   }
   std::string text;
@@ -565,6 +583,7 @@ std::string build_header(const std::string& path, const std::vector<Planned>& pl
 }
 
 void write_planned(const std::string& path, const std::vector<Planned>& planned,
+                   const TensorProducer& produce,
                    const std::map<std::string, std::string>& metadata) {
   const std::string header = build_header(path, planned, metadata);
   AtomicFile file(path);
@@ -573,8 +592,16 @@ void write_planned(const std::string& path, const std::vector<Planned>& planned,
   file.write(header);
   for (const Planned& p : planned) {
     if (p.bytes == 0) continue;
+    const at::Tensor produced = produce(*p.spec);
+    if (!produced.defined() || produced.scalar_type() != p.spec->dtype ||
+        produced.sizes().vec() != p.spec->shape) {
+      throw_error(ErrorKind::kShape,
+                  "produced tensor does not match its announced dtype and shape " +
+                      c10::str(at::IntArrayRef(p.spec->shape)),
+                  {.file = path, .tensor = p.spec->name});
+    }
     // One tensor at a time: a device tensor is copied to host only while it is written.
-    at::Tensor host = p.tensor->detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
+    at::Tensor host = produced.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
     file.write(host.data_ptr(), p.bytes);
   }
   file.commit();
@@ -590,12 +617,21 @@ std::string shard_name(const std::string& base, size_t index, size_t count) {
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  write_planned(path, plan_tensors(path, tensors), metadata);
+  const std::vector<StreamedTensor> specs = specs_of(path, tensors);
+  write_planned(path, plan_specs(path, specs), producer_of(tensors), metadata);
 }
 
 std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTensors& tensors,
                                           const ShardOptions& options) {
-  const std::vector<Planned> planned = plan_tensors(dir, tensors);
+  const std::vector<StreamedTensor> specs = specs_of(dir, tensors);
+  return write_checkpoint_streaming(dir, specs, producer_of(tensors), options);
+}
+
+std::vector<std::string> write_checkpoint_streaming(const std::string& dir,
+                                                    const std::vector<StreamedTensor>& specs,
+                                                    const TensorProducer& produce,
+                                                    const ShardOptions& options) {
+  const std::vector<Planned> planned = plan_specs(dir, specs);
   make_directories(dir);
 
   // Greedy in order; a tensor over the limit is flushed into a shard of its own.
@@ -623,7 +659,8 @@ std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTen
 
   if (shards.size() <= 1) {
     std::string path = join_path(dir, options.base_name + ".safetensors");
-    write_planned(path, shards.empty() ? std::vector<Planned>{} : shards[0], options.metadata);
+    write_planned(path, shards.empty() ? std::vector<Planned>{} : shards[0], produce,
+                  options.metadata);
     return {path};
   }
 
@@ -632,8 +669,8 @@ std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTen
   for (size_t i = 0; i < shards.size(); ++i) {
     std::string name = shard_name(options.base_name, i + 1, shards.size());
     written.push_back(join_path(dir, name));
-    write_planned(written.back(), shards[i], options.metadata);
-    for (const Planned& p : shards[i]) weight_map[*p.name] = name;
+    write_planned(written.back(), shards[i], produce, options.metadata);
+    for (const Planned& p : shards[i]) weight_map[p.spec->name] = name;
   }
   json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
   std::string text;

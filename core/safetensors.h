@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -112,5 +113,21 @@ struct ShardOptions {
 // own. Returns the paths of the files written (index last). Files already in `dir` are left alone.
 std::vector<std::string> write_checkpoint(const std::string& dir, const NamedTensors& tensors,
                                           const ShardOptions& options = {});
+
+// Streaming form of write_checkpoint for outputs too large to hold: `specs` name every tensor's
+// dtype and shape up front (they fix the shard plan and the headers), and `produce(spec)` is
+// called once per tensor, in order, while its shard is written; the returned tensor must have
+// that dtype and shape (else Error(kShape) naming it) and can be released right after. Host
+// memory stays near one tensor.
+struct StreamedTensor {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+using TensorProducer = std::function<at::Tensor(const StreamedTensor&)>;
+std::vector<std::string> write_checkpoint_streaming(const std::string& dir,
+                                                    const std::vector<StreamedTensor>& specs,
+                                                    const TensorProducer& produce,
+                                                    const ShardOptions& options = {});
 
 }  // namespace qtrain

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/staging_dir.h"
 #include "models/config.h"
+#include "models/model_files.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -25,11 +26,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // Files of a model directory besides config.json and the weights that a 4-bit copy keeps.
-const char* const kCopiedFiles[] = {
-    "generation_config.json",  "tokenizer.json",    "tokenizer.model", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json",      "merges.txt",
-    "chat_template.jinja",     "chat_template.json"};
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -112,9 +108,7 @@ int64_t write_bnb_files(const std::string& src_hf_dir, const fs::path& dir,
   shards.max_shard_bytes = options.max_shard_bytes;
   write_checkpoint(dir.string(), tensors, shards);
   write_file_atomically((dir / "config.json").string(), config.dump(2) + "\n");
-  for (const char* file : kCopiedFiles) {
-    if (fs::exists(src / file)) fs::copy_file(src / file, dir / file);
-  }
+  copy_model_side_files(src, dir);
   return quantized;
 }
 

@@ -3,8 +3,10 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "models/int4_linear_slot.h"
 #include "peft/lora_linear.h"
 #include "peft/peft_config_json.h"
+#include "peft/qalora_linear.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -173,9 +175,11 @@ LoadedAdapter load_peft_adapter(const std::string& dir) {
 
 NamedAdapters attach_peft_adapter(CausalLM& model, const LoadedAdapter& adapter) {
   const nlohmann::json& raw = adapter.raw_config;
-  if (raw.is_object() && raw.contains("use_qalora") && raw.at("use_qalora") == true) {
-    throw_error(ErrorKind::kUnsupported, "a QA-LoRA adapter cannot attach as plain LoRA",
-                {.file = adapter.weights_file, .field = "use_qalora"});
+  const bool qalora = raw.is_object() && raw.value("use_qalora", false);
+  const int64_t group = qalora ? raw.value("qalora_group_size", int64_t{0}) : 0;
+  if (qalora && group <= 0) {
+    throw_error(ErrorKind::kFormat, "use_qalora needs a positive qalora_group_size",
+                {.file = adapter.weights_file, .field = "qalora_group_size"});
   }
   std::map<std::string, std::shared_ptr<LinearSlot>> slots;
   for (auto& [name, slot] : model.named_linears()) slots[name] = slot;
@@ -192,10 +196,20 @@ NamedAdapters attach_peft_adapter(CausalLM& model, const LoadedAdapter& adapter)
       throw_error(ErrorKind::kUnsupported, "this projection already carries an adapter",
                   {.file = adapter.weights_file, .tensor = module});
     }
+    int64_t a_in = it->second->in_features();
+    if (qalora) {
+      auto int4 = std::dynamic_pointer_cast<Int4LinearSlot>(it->second);
+      if (!int4 || int4->weight().group_size != group) {
+        throw_error(ErrorKind::kUnsupported,
+                    "a QA-LoRA adapter (group " + std::to_string(group) +
+                        ") needs the base quantized to int4 with that group size",
+                    {.file = adapter.weights_file, .tensor = module});
+      }
+      a_in /= group;
+    }
     const int64_t r = adapter.config.r;
     const std::pair<const char*, std::vector<int64_t>> expected[] = {
-        {"lora_A.weight", {r, it->second->in_features()}},
-        {"lora_B.weight", {it->second->out_features(), r}}};
+        {"lora_A.weight", {r, a_in}}, {"lora_B.weight", {it->second->out_features(), r}}};
     for (const auto& [name, shape] : expected) {
       const at::Tensor& t = named.at(name);
       if (t.sizes() != at::IntArrayRef(shape)) {
@@ -213,12 +227,18 @@ NamedAdapters attach_peft_adapter(CausalLM& model, const LoadedAdapter& adapter)
   for (const auto& [name, slot] : model.named_linears()) {  // named_linears order
     auto found = adapter.tensors.find(name);
     if (found == adapter.tensors.end()) continue;
-    auto lora = std::make_shared<LoraLinear>(slot, adapter.config, unused_init);
-    for (const auto& [tensor_name, value] : found->second) {
-      lora->load_adapter_tensor(tensor_name, value);
+    std::shared_ptr<AdapterSlot> wrapped;
+    if (qalora) {
+      wrapped = std::make_shared<QaLoraLinear>(std::dynamic_pointer_cast<Int4LinearSlot>(slot),
+                                               adapter.config, group, unused_init);
+    } else {
+      wrapped = std::make_shared<LoraLinear>(slot, adapter.config, unused_init);
     }
-    model.replace_linear(name, lora);
-    adapters.emplace_back(name, std::move(lora));
+    for (const auto& [tensor_name, value] : found->second) {
+      wrapped->load_adapter_tensor(tensor_name, value);
+    }
+    model.replace_linear(name, wrapped);
+    adapters.emplace_back(name, std::move(wrapped));
   }
   return adapters;
 }

@@ -51,10 +51,11 @@ struct LoadedAdapter {
 LoadedAdapter load_peft_adapter(const std::string& dir);
 
 // Wraps exactly the modules of `adapter` in LoraLinear (in adapter.config.dtype, on the model's
-// device), after freezing every model parameter, and loads the tensors. Everything is checked
-// before the model changes: Error(kShape) naming the tensor for a module the model lacks or a
-// shape that does not fit (an adapter for another model size), Error(kUnsupported) for a
-// QA-LoRA adapter (use_qalora) or a module that already carries an adapter.
+// device), or in QaLoraLinear for a QA-LoRA adapter (use_qalora; qtrain's mean pooling), after
+// freezing every model parameter, and loads the tensors. Everything is checked before the model
+// changes: Error(kShape) naming the tensor for a module the model lacks or a shape that does not
+// fit (an adapter for another model size), Error(kUnsupported) for a module that already carries
+// an adapter or a QA-LoRA adapter on a projection that is not int4 with its group size.
 NamedAdapters attach_peft_adapter(CausalLM& model, const LoadedAdapter& adapter);
 
 }  // namespace qtrain

@@ -1,0 +1,205 @@
+#include "export/export_formats.h"
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/staging_dir.h"
+#include "export/gptq_export.h"
+#include "export/hf_merged_export.h"
+#include "models/bnb_checkpoint.h"
+#include "models/gguf_export.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace qtrain {
+namespace fs = std::filesystem;
+namespace {
+
+const std::pair<const char*, ExportFormat> kFormats[] = {{"adapter", ExportFormat::kAdapter},
+                                                         {"merged-bf16", ExportFormat::kMergedBf16},
+                                                         {"merged-fp16", ExportFormat::kMergedFp16},
+                                                         {"nf4", ExportFormat::kNf4},
+                                                         {"gguf", ExportFormat::kGguf},
+                                                         {"gptq-int4", ExportFormat::kGptqInt4}};
+
+// Removes a staging directory unless release()d.
+class StagingGuard {
+ public:
+  explicit StagingGuard(fs::path path) : path_(std::move(path)) {}
+  ~StagingGuard() {
+    if (!path_.empty()) remove_tree(path_);
+  }
+  const fs::path& path() const { return path_; }
+  void release() { path_.clear(); }
+
+ private:
+  fs::path path_;
+};
+
+// Moves the complete staged directory onto `out`, replacing an old one only now.
+void publish_dir(StagingGuard& staged, const fs::path& out) {
+  std::error_code ec;
+  if (fs::exists(out)) {
+    const fs::path old = make_staging_dir(out);
+    fs::remove(old, ec);
+    fs::rename(out, old, ec);
+    if (ec)
+      throw_error(ErrorKind::kIo, "cannot move the old output aside: " + ec.message(),
+                  {.file = out.string()});
+    fs::rename(staged.path(), out, ec);
+    if (ec) {
+      std::error_code ignored;
+      fs::rename(old, out, ignored);
+      throw_error(ErrorKind::kIo, "cannot rename the export into place: " + ec.message(),
+                  {.file = out.string()});
+    }
+    remove_tree(old);
+  } else {
+    fs::rename(staged.path(), out, ec);
+    if (ec)
+      throw_error(ErrorKind::kIo, "cannot rename the export into place: " + ec.message(),
+                  {.file = out.string()});
+  }
+  staged.release();
+}
+
+GgufOutType gguf_out_type(const std::string& name) {
+  if (name == "f32") return GgufOutType::kF32;
+  if (name == "f16") return GgufOutType::kF16;
+  throw_error(ErrorKind::kUsage,
+              "--gguf-type is f32, f16, q8_0, q4_0 or q4_k_m, not '" + name + "'");
+}
+
+void write_adapter(const ExportSource& source, const fs::path& dir) {
+  nlohmann::json config = source.adapter.raw_config;
+  // A builtin or relative base means nothing to PEFT elsewhere: name the directory it resolved to.
+  config["base_model_name_or_path"] = fs::absolute(source.model_dir).lexically_normal().string();
+  write_file_atomically((dir / "adapter_config.json").string(), config.dump(2) + "\n");
+  std::error_code ec;
+  fs::copy_file(fs::path(source.adapter_dir) / "adapter_model.safetensors",
+                dir / "adapter_model.safetensors", ec);
+  if (ec)
+    throw_error(ErrorKind::kIo, "cannot copy: " + ec.message(),
+                {.file = source.adapter_dir + "/adapter_model.safetensors"});
+}
+
+// The dtype the base stores its projections in (the merged staging copy keeps it).
+at::ScalarType base_projection_dtype(const MergedWeights& weights) {
+  for (const std::string& name : weights.names()) {
+    if (weights.shape(name).size() == 2 && at::isFloatingType(weights.stored_dtype(name))) {
+      return weights.stored_dtype(name);
+    }
+  }
+  return at::kBFloat16;
+}
+
+int64_t count_adapters(const MergedWeights& weights) {
+  int64_t n = 0;
+  for (const std::string& name : weights.names()) n += weights.has_adapter(name);
+  return n;
+}
+
+}  // namespace
+
+ExportFormat export_format_from_name(const std::string& name) {
+  std::string known;
+  for (const auto& [text, format] : kFormats) {
+    if (name == text) return format;
+    known += known.empty() ? text : std::string(", ") + text;
+  }
+  throw_error(ErrorKind::kUsage, "unknown export format '" + name + "' (" + known + ")");
+}
+
+std::string export_format_name(ExportFormat format) {
+  for (const auto& [text, f] : kFormats) {
+    if (f == format) return text;
+  }
+  return "?";
+}
+
+ExportReport run_export(const ExportSource& source, const std::string& out,
+                        const ExportOptions& options) {
+  const fs::path target = fs::absolute(out).lexically_normal();
+  if (fs::exists(target) && !options.overwrite) {
+    throw_error(ErrorKind::kIo, "the output exists; pass --overwrite to replace it",
+                {.file = target.string()});
+  }
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  ExportReport report;
+  report.output = target.string();
+  const GgufOutType gguf_type =
+      options.format == ExportFormat::kGguf ? gguf_out_type(options.gguf_type) : GgufOutType::kF16;
+
+  StagingGuard staged(make_staging_dir(target));
+  if (options.format == ExportFormat::kAdapter) {
+    write_adapter(source, staged.path());
+    report.merged_modules = static_cast<int64_t>(source.adapter.tensors.size());
+    publish_dir(staged, target);
+    return report;
+  }
+
+  // GPTQ re-derives the training codes from the original weights itself.
+  const BaseWeights mode =
+      options.format == ExportFormat::kGptqInt4 ? BaseWeights::kOriginal : options.base_weights;
+  const MergedWeights weights(source, mode);
+  report.base_description = weights.description();
+  report.merged_modules = count_adapters(weights);
+  log::info("merging ", report.merged_modules, " adapted projections into ", weights.description());
+
+  switch (options.format) {
+    case ExportFormat::kMergedBf16:
+    case ExportFormat::kMergedFp16:
+      write_merged_hf(weights, staged.path().string(),
+                      options.format == ExportFormat::kMergedBf16 ? at::kBFloat16 : at::kHalf,
+                      options.max_shard_bytes);
+      publish_dir(staged, target);
+      break;
+    case ExportFormat::kNf4: {
+      const fs::path merged = staged.path() / "merged";
+      fs::create_directories(merged);
+      write_merged_hf(weights, merged.string(), base_projection_dtype(weights),
+                      options.max_shard_bytes);
+      const fs::path quantized = staged.path() / "nf4";
+      QuantConfig quant;
+      quant.type = QuantType::kNF4;
+      quant.blocksize = 64;
+      quant.double_quant = true;
+      BnbSaveOptions bnb;
+      bnb.max_shard_bytes = options.max_shard_bytes;
+      save_bnb_4bit_checkpoint(merged.string(), quantized.string(), quant, at::kBFloat16, bnb);
+      remove_tree(merged);
+      StagingGuard inner(quantized);
+      publish_dir(inner, target);
+      break;
+    }
+    case ExportFormat::kGguf: {
+      write_merged_hf(weights, staged.path().string(), base_projection_dtype(weights),
+                      options.max_shard_bytes);
+      GgufExportOptions gguf;
+      gguf.outtype = gguf_type;
+      gguf.name = target.stem().string();
+      export_gguf(staged.path().string(), target.string(), gguf);
+      break;
+    }
+    case ExportFormat::kGptqInt4: {
+      const GptqExportReport gptq =
+          write_gptq_int4(weights, staged.path().string(), options.max_shard_bytes);
+      std::ostringstream details;
+      details << gptq.projections << " projections, " << gptq.groups
+              << " zero points; merged zeros rounded to integers: max |dz| "
+              << gptq.max_zero_rounding << ", mean " << gptq.mean_zero_rounding << ", "
+              << gptq.clamped_zeros << " clamped";
+      report.details = details.str();
+      publish_dir(staged, target);
+      break;
+    }
+    case ExportFormat::kAdapter:
+      break;
+  }
+  return report;
+}
+
+}  // namespace qtrain

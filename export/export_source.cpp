@@ -1,0 +1,91 @@
+#include "export/export_source.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "models/quantized_loader.h"
+#include "trainer/recipe.h"
+#include "trainer/training_model.h"
+
+#include <filesystem>
+#include <fstream>
+
+namespace qtrain {
+namespace fs = std::filesystem;
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// <run>/adapter when the run finished, else the checkpoint `latest` names.
+std::string run_adapter_dir(const fs::path& run) {
+  if (fs::exists(run / "adapter" / "adapter_config.json")) return (run / "adapter").string();
+  std::ifstream latest(run / "checkpoints" / "latest");
+  std::string name;
+  if (latest && std::getline(latest, name) && !name.empty() &&
+      fs::exists(run / "checkpoints" / name / "adapter_config.json")) {
+    log::warn("the run has no final adapter; exporting its newest checkpoint ", name);
+    return (run / "checkpoints" / name).string();
+  }
+  throw_error(ErrorKind::kIo, "the run has no adapter yet (no adapter/ and no checkpoint)",
+              {.file = run.string()});
+}
+
+}  // namespace
+
+bool is_quantized_projection(const std::string& name, const std::vector<int64_t>& shape,
+                             const std::vector<std::string>& skip_modules) {
+  if (!ends_with(name, ".weight") || shape.size() != 2) return false;
+  const std::string module = name.substr(0, name.size() - 7);
+  return !ends_with(module, "embed_tokens") && !is_skipped_module(module, skip_modules);
+}
+
+ExportSource open_export_source(const std::string& path, const std::string& base_override) {
+  const fs::path dir(path);
+  if (!fs::is_directory(dir)) throw_error(ErrorKind::kIo, "no such directory", {.file = path});
+  ExportSource source;
+  std::string base = base_override;
+  if (fs::exists(dir / "recipe.yaml")) {
+    const Recipe recipe = load_recipe((dir / "recipe.yaml").string());
+    source.adapter_dir = run_adapter_dir(dir);
+    if (base.empty()) base = recipe.model.path;
+    const auto& q = recipe.quantization;
+    source.trained_on = TrainedQuantization{.type = q.type,
+                                            .blocksize = q.blocksize,
+                                            .double_quant = q.double_quant,
+                                            .group_size = q.group_size,
+                                            .skip_modules = q.skip_modules};
+  } else if (fs::exists(dir / "adapter_config.json")) {
+    source.adapter_dir = path;
+  } else {
+    throw_error(ErrorKind::kIo,
+                "neither a qtrain run (recipe.yaml) nor a PEFT adapter (adapter_config.json)",
+                {.file = path});
+  }
+  source.adapter = load_peft_adapter(source.adapter_dir);
+  const nlohmann::json& raw = source.adapter.raw_config;
+  if (raw.value("use_qalora", false)) {
+    source.qalora_group_size = raw.value("qalora_group_size", int64_t{0});
+    if (source.qalora_group_size <= 0) {
+      throw_error(
+          ErrorKind::kFormat, "use_qalora needs a positive qalora_group_size",
+          {.file = source.adapter_dir + "/adapter_config.json", .field = "qalora_group_size"});
+    }
+  }
+  if (base.empty()) base = source.adapter.base_model_name_or_path;
+  if (base.empty()) {
+    throw_error(
+        ErrorKind::kIo, "the adapter names no base model; pass --base DIR",
+        {.file = source.adapter_dir + "/adapter_config.json", .field = "base_model_name_or_path"});
+  }
+  try {
+    source.model_dir = resolve_model_dir(base);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::kIo, "base model not found: " + base + " (pass --base DIR)",
+                {.file = source.adapter_dir});
+  }
+  return source;
+}
+
+}  // namespace qtrain

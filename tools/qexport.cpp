@@ -1,0 +1,77 @@
+// qexport: a fine-tune out of qtrain, as a PEFT adapter, a merged HF checkpoint, bitsandbytes NF4,
+// GGUF for llama.cpp or GPTQ INT4 (export/export_formats.h).
+//
+//   qexport RUN_OR_ADAPTER --format merged-bf16 [-o OUT] [--base DIR]
+//           [--base-weights original|trained] [--gguf-type q4_k_m] [--max-shard-size 5GB]
+//           [--overwrite]
+//
+// OUT defaults to RUN_OR_ADAPTER/export/<format> (a .gguf file for gguf).
+#include "core/log.h"
+#include "export/export_formats.h"
+#include "export/export_source.h"
+#include "tools/cli_main.h"
+#include "trainer/memory_plan.h"
+
+#include <sys/resource.h>
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+namespace {
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;  // KiB on Linux
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string input, out, base, format_name = "merged-bf16", base_weights = "original";
+  std::string shard_size = "5GB";
+  qtrain::ExportOptions options;
+  CLI::App app{
+      "Exports a qtrain run or PEFT adapter: adapter, merged-bf16, merged-fp16, nf4, "
+      "gguf, gptq-int4.",
+      "qexport"};
+  app.add_option("input", input, "a qtrain run directory or a PEFT adapter directory")->required();
+  app.add_option("--format,-f", format_name,
+                 "adapter | merged-bf16 | merged-fp16 | nf4 | gguf | gptq-int4")
+      ->capture_default_str();
+  app.add_option("--out,-o", out, "output directory (a file for gguf)");
+  app.add_option("--base", base, "the base model directory (default: the run's or adapter's)");
+  app.add_option("--base-weights", base_weights,
+                 "original: the base's own weights (default); trained: the base quantized and "
+                 "dequantized as in training")
+      ->capture_default_str();
+  app.add_option("--gguf-type", options.gguf_type, "f32 | f16 | q8_0 | q4_0 | q4_k_m")
+      ->capture_default_str();
+  app.add_option("--max-shard-size", shard_size, "largest safetensors shard, e.g. 5GB, 500MB")
+      ->capture_default_str();
+  app.add_flag("--overwrite", options.overwrite, "replace an existing output (once complete)");
+  return qtrain::run_cli("qexport", app, argc, argv, [&] {
+    const auto started = std::chrono::steady_clock::now();
+    options.format = qtrain::export_format_from_name(format_name);
+    options.base_weights = qtrain::base_weights_from_name(base_weights);
+    options.max_shard_bytes = static_cast<uint64_t>(qtrain::parse_memory_size(shard_size));
+    if (out.empty()) {
+      out = input + "/export/" + format_name;
+      if (options.format == qtrain::ExportFormat::kGguf) out += "-" + options.gguf_type + ".gguf";
+    }
+    const qtrain::ExportSource source = qtrain::open_export_source(input, base);
+    const qtrain::ExportReport report = qtrain::run_export(source, out, options);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::printf("qexport: %s -> %s\n", format_name.c_str(), report.output.c_str());
+    if (!report.base_description.empty()) {
+      std::printf("  base: %s\n", report.base_description.c_str());
+    }
+    std::printf("  adapted projections: %lld\n", static_cast<long long>(report.merged_modules));
+    if (!report.details.empty()) std::printf("  %s\n", report.details.c_str());
+    std::printf("  %.1f s, peak RSS %.0f MiB\n", seconds, peak_rss_mib());
+    return 0;
+  });
+}
