@@ -51,6 +51,12 @@ std::string gguf_tensor_name(const std::string& hf) {
   return "blk." + layer + "." + it->second + suffix;
 }
 
+// N of a "blk.N." name, -1 for the others.
+int64_t layer_of(const std::string& gguf_name) {
+  if (gguf_name.compare(0, 4, "blk.") != 0) return -1;
+  return std::stoll(gguf_name.substr(4, gguf_name.find('.', 4) - 4));
+}
+
 uint32_t to_u32(int64_t value, const char* field) {
   if (value < 0 || value > std::numeric_limits<uint32_t>::max()) {
     throw_error(ErrorKind::kConfig, "does not fit a GGUF u32: " + std::to_string(value),
@@ -160,9 +166,7 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
   const ModelConfig config = ModelConfig::from_file(config_path);
   const std::string arch = gguf_architecture(config.model_type);
   const bool permute = arch == "llama";
-  const GgmlType matrix_type =
-      options.outtype == GgufOutType::kF16 ? GgmlType::kF16 : GgmlType::kF32;
-  const uint32_t file_type = options.outtype == GgufOutType::kF16 ? 1 : 0;  // MOSTLY_F16, ALL_F32
+  const uint32_t file_type = gguf_file_type(options.outtype);
   if (config.rope_scaling.type == RopeType::kLlama3 && arch != "llama") {
     throw_error(ErrorKind::kUnsupported, "llama3 rope scaling is only exported for llama models",
                 {.file = config_path, .field = "rope_scaling"});
@@ -175,7 +179,9 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
   GgufWriter w;
   add_model_metadata(w, config, arch, options.name.empty() ? directory_name(hf_dir) : options.name,
                      file_type);
-  if (ggml_type_traits(matrix_type).quantized) w.add_u32("general.quantization_version", 2);
+  if (options.outtype != GgufOutType::kF32 && options.outtype != GgufOutType::kF16) {
+    w.add_u32("general.quantization_version", 2);
+  }
   if (!options.skip_tokenizer) add_gguf_tokenizer_metadata(w, hf_dir, config);
 
   if (config.rope_scaling.type == RopeType::kLlama3) {
@@ -208,7 +214,13 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
     } else if (permute && spec.name.find("self_attn.k_proj.") != std::string::npos) {
       heads = config.num_key_value_heads;
     }
-    const GgmlType type = spec.shape.size() == 1 ? GgmlType::kF32 : matrix_type;
+    GgufMixTensor mix{.name = name,
+                      .n_dims = static_cast<int64_t>(spec.shape.size()),
+                      .ne0 = spec.shape.back(),
+                      .layer = layer_of(name),
+                      .n_layers = config.num_hidden_layers,
+                      .tied = config.tie_word_embeddings};
+    const GgmlType type = gguf_tensor_type(options.outtype, mix);
     w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads] {
       at::Tensor t = reader.tensor(hf_name);
       return heads > 0 ? permute_qk_for_gguf(t, heads) : t;

@@ -3,6 +3,7 @@
 // interleaved RoPE pairing), qwen2/qwen3 as themselves (no permutation).
 #pragma once
 
+#include "models/gguf_mix.h"
 #include "models/gguf_writer.h"
 
 #include <ATen/core/Tensor.h>
@@ -12,10 +13,9 @@
 
 namespace qtrain {
 
-enum class GgufOutType { kF32, kF16 };
-
 struct GgufExportOptions {
-  // Type of the 2-D weights; 1-D tensors (norms, biases, rope_freqs) are always F32.
+  // Type of the 2-D weights (per tensor for the quantized mixes: models/gguf_mix.h); 1-D tensors
+  // (norms, biases, rope_freqs) are always F32.
   GgufOutType outtype = GgufOutType::kF16;
   // general.name; empty = the checkpoint directory's name.
   std::string name;
@@ -24,10 +24,11 @@ struct GgufExportOptions {
   bool skip_tokenizer = false;
 };
 
-// Converts the HF checkpoint in `hf_dir` (config.json, safetensors, tokenizer.model) into a GGUF
-// file at `out_path`, streaming one tensor at a time; written atomically. Throws Error: kConfig /
-// kUnsupported for the config, kShape for missing or unexpected tensors, kUnsupported when the
-// directory has only tokenizer.json (BPE) and skip_tokenizer is off, kIo for I/O.
+// Converts the HF checkpoint in `hf_dir` (config.json, safetensors, tokenizer.model or a byte-level
+// BPE tokenizer.json) into a GGUF file at `out_path`, streaming one tensor at a time (quantized
+// from the checkpoint's values, like convert_hf_to_gguf --outtype q8_0); written atomically.
+// Throws Error: kConfig / kUnsupported for the config, kShape for missing or unexpected tensors,
+// kUnsupported for a tokenizer it cannot convert (unless skip_tokenizer), kIo for I/O.
 void export_gguf(const std::string& hf_dir, const std::string& out_path,
                  const GgufExportOptions& options = {});
 

@@ -1,9 +1,13 @@
 #include "models/gguf_types.h"
 
 #include "core/error.h"
+#include "models/gguf_kquants.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace qtrain {
@@ -13,23 +17,23 @@ namespace {
 const GgmlTypeTraits kTraits[] = {
     {GgmlType::kF32, "F32", 1, 4, false, true},
     {GgmlType::kF16, "F16", 1, 2, false, true},
-    {GgmlType::kQ4_0, "Q4_0", 32, 18, true, false},
+    {GgmlType::kQ4_0, "Q4_0", 32, 18, true, true},
     {GgmlType::kQ4_1, "Q4_1", 32, 20, true, false},
-    {GgmlType::kQ5_0, "Q5_0", 32, 22, true, false},
+    {GgmlType::kQ5_0, "Q5_0", 32, 22, true, true},
     {GgmlType::kQ5_1, "Q5_1", 32, 24, true, false},
-    {GgmlType::kQ8_0, "Q8_0", 32, 34, true, false},
+    {GgmlType::kQ8_0, "Q8_0", 32, 34, true, true},
     {GgmlType::kQ8_1, "Q8_1", 32, 36, true, false},
     {GgmlType::kQ2_K, "Q2_K", 256, 84, true, false},
     {GgmlType::kQ3_K, "Q3_K", 256, 110, true, false},
-    {GgmlType::kQ4_K, "Q4_K", 256, 144, true, false},
+    {GgmlType::kQ4_K, "Q4_K", 256, 144, true, true},
     {GgmlType::kQ5_K, "Q5_K", 256, 176, true, false},
-    {GgmlType::kQ6_K, "Q6_K", 256, 210, true, false},
+    {GgmlType::kQ6_K, "Q6_K", 256, 210, true, true},
     {GgmlType::kQ8_K, "Q8_K", 256, 292, true, false},
     {GgmlType::kBF16, "BF16", 1, 2, false, false},
 };
 
-// rows [n, ne0] float32 contiguous -> out. One function per type; quantized types will encode
-// each block of `block_elems` floats into `block_bytes` bytes.
+// rows [n, ne0] float32 contiguous -> out. One function per type; quantized types encode each
+// block of `block_elems` floats into `block_bytes` bytes (quantize_*: n floats -> n/block blocks).
 void encode_f32(const at::Tensor& rows, uint8_t* out) {
   std::memcpy(out, rows.data_ptr<float>(), rows.numel() * sizeof(float));
 }
@@ -37,6 +41,107 @@ void encode_f32(const at::Tensor& rows, uint8_t* out) {
 void encode_f16(const at::Tensor& rows, uint8_t* out) {
   at::Tensor half = rows.to(at::kHalf);
   std::memcpy(out, half.data_ptr<at::Half>(), half.numel() * sizeof(at::Half));
+}
+
+void put_f16(uint8_t* p, float v) {
+  const uint16_t bits = ggml_fp16_bits(v);
+  std::memcpy(p, &bits, 2);
+}
+
+// The block-32 encoders follow ggml-quants.c's quantize_row_*_ref: the scale d is computed in
+// float32 and used unrounded; only the stored copy is fp16.
+
+// Q8_0: f16 d, i8 qs[32]; d = amax/127, q = round(x/d) half away from zero.
+void quantize_q8_0(const float* x, uint8_t* out, int64_t n) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 34) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    put_f16(out, d);
+    for (int j = 0; j < 32; ++j)
+      out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * id)));
+  }
+}
+
+// The signed value of largest magnitude (the first one on ties) of a block of 32.
+float signed_absmax(const float* x) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < 32; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
+}
+
+// Q4_0: f16 d, u8 qs[16]; d = max/-8, q = min(15, trunc(x/d + 8.5)); qs[j] = q[j] | q[j+16] << 4.
+void quantize_q4_0(const float* x, uint8_t* out, int64_t n) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 18) {
+    const float d = signed_absmax(x) / -8;
+    const float id = d ? 1.0f / d : 0.0f;
+    put_f16(out, d);
+    for (int j = 0; j < 16; ++j) {
+      const int q0 = std::min(15, static_cast<int>(x[j] * id + 8.5f));
+      const int q1 = std::min(15, static_cast<int>(x[j + 16] * id + 8.5f));
+      out[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    }
+  }
+}
+
+// Q5_0: f16 d, u32 qh (bit j = 5th bit of q[j]), u8 qs[16] (low nibbles as in Q4_0);
+// d = max/-16, q = min(31, trunc(x/d + 16.5)).
+void quantize_q5_0(const float* x, uint8_t* out, int64_t n) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 22) {
+    const float d = signed_absmax(x) / -16;
+    const float id = d ? 1.0f / d : 0.0f;
+    put_f16(out, d);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+      const int q0 = std::min(31, static_cast<int>(x[j] * id + 16.5f));
+      const int q1 = std::min(31, static_cast<int>(x[j + 16] * id + 16.5f));
+      out[6 + j] = static_cast<uint8_t>((q0 & 0xF) | ((q1 & 0xF) << 4));
+      qh |= static_cast<uint32_t>((q0 >> 4) & 1) << j;
+      qh |= static_cast<uint32_t>((q1 >> 4) & 1) << (j + 16);
+    }
+    std::memcpy(out + 2, &qh, 4);
+  }
+}
+
+using RowQuantizer = void (*)(const float*, uint8_t*, int64_t);
+
+RowQuantizer quantizer_of(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return quantize_q8_0;
+    case GgmlType::kQ4_0:
+      return quantize_q4_0;
+    case GgmlType::kQ5_0:
+      return quantize_q5_0;
+    case GgmlType::kQ4_K:
+      return quantize_q4_k;
+    case GgmlType::kQ6_K:
+      return quantize_q6_k;
+    default:
+      return nullptr;
+  }
+}
+
+// Blocks are independent, so rows are encoded in parallel with the same bytes as one thread.
+void encode_quantized(const GgmlTypeTraits& t, RowQuantizer quantize, const at::Tensor& rows,
+                      uint8_t* out) {
+  const int64_t n = rows.numel();
+  if (n % t.block_elems != 0) {
+    throw_error(ErrorKind::kShape, std::string(t.name) + " needs rows that are a multiple of " +
+                                       std::to_string(t.block_elems) + " values");
+  }
+  const float* x = rows.data_ptr<float>();
+  const int64_t blocks = n / t.block_elems;
+  const int64_t grain = std::max<int64_t>(1, 16384 / t.block_elems);
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    quantize(x + begin * t.block_elems, out + begin * t.block_bytes, (end - begin) * t.block_elems);
+  });
 }
 
 }  // namespace
@@ -79,6 +184,8 @@ void ggml_encode_rows(GgmlType type, const at::Tensor& rows, uint8_t* out) {
     case GgmlType::kF16:
       return encode_f16(f32, out);
     default:
+      if (RowQuantizer quantize = quantizer_of(type))
+        return encode_quantized(t, quantize, f32, out);
       throw_error(ErrorKind::kUnsupported,
                   std::string("qtrain cannot write ggml type ") + t.name + " yet");
   }

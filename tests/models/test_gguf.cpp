@@ -313,7 +313,7 @@ TEST(GgufWriterTest, ProducedShapeMustMatchTheRegisteredOne) {
 
 TEST(GgufWriterTest, TypesWithoutEncoderFailAtWrite) {
   GgufWriter w;
-  w.add_tensor("q", {1, 256}, GgmlType::kQ4_K, [] { return at::ones({1, 256}); });
+  w.add_tensor("q", {1, 256}, GgmlType::kQ2_K, [] { return at::ones({1, 256}); });
   expect_failed_write_leaves_nothing(w, ErrorKind::kUnsupported);
 }
 
@@ -446,14 +446,18 @@ void expect_string(const std::map<std::string, Entry>& m, const std::string& key
 
 // The metadata every export writes, against the config it came from.
 void expect_model_metadata(const json& out, const ModelConfig& c, const std::string& arch,
-                           int64_t file_type, const std::string& name) {
+                           int64_t file_type, const std::string& name, bool quantized = false) {
   EXPECT_EQ(out["version"], 3);
   const auto m = metadata_of(out);
   EXPECT_EQ(out["kv_count"].get<size_t>(), m.size());
   expect_string(m, "general.architecture", arch);
   expect_string(m, "general.name", name);
   expect_u32(m, "general.file_type", file_type);
-  EXPECT_FALSE(m.count("general.quantization_version"));
+  if (quantized) {
+    expect_u32(m, "general.quantization_version", 2);
+  } else {
+    EXPECT_FALSE(m.count("general.quantization_version"));
+  }
   EXPECT_FALSE(m.count("general.alignment"));
   expect_u32(m, arch + ".block_count", c.num_hidden_layers);
   expect_u32(m, arch + ".context_length", c.max_position_embeddings);
@@ -653,7 +657,9 @@ TEST(GgufExportTest, PaddedVocabularyGetsAddedAndPadTokens) {
   expect_tensor(tensors_of(out), "token_embd.weight", {original.hidden_size, spm_size + 2}, "F32");
 }
 
-TEST(GgufExportTest, BpeOnlyTokenizerIsUnsupportedUnlessSkipped) {
+// The tiny models' tokenizer.json is the SentencePiece model as HF's converter writes it
+// (Metaspace, not byte-level): no llama.cpp pre-tokenizer name fits it.
+TEST(GgufExportTest, NonByteLevelTokenizerJsonIsUnsupportedUnlessSkipped) {
   ScratchDir dir;
   const std::string hf = tiny_model(dir, "qwen2");
   fs::remove(hf + "/tokenizer.model");
@@ -664,6 +670,158 @@ TEST(GgufExportTest, BpeOnlyTokenizerIsUnsupportedUnlessSkipped) {
   const std::string bytes = testing::read_file(dir.file("b.gguf"));
   EXPECT_EQ(bytes.find("tokenizer."), std::string::npos);
   EXPECT_NE(bytes.find("qwen2.block_count"), std::string::npos);
+}
+
+// Quantized exports: read_gguf.py checks every tensor's type against llama-quantize's rules,
+// dequantizes it with gguf-py within the type's error bound, and for block-32 types compares the
+// bytes with gguf-py's quantize.
+json export_and_read(const std::string& hf, const std::string& path, GgufOutType outtype) {
+  export_gguf(hf, path, {.outtype = outtype});
+  return read_back(path, hf);
+}
+
+TEST(GgufExportTest, QuantizedMicroModelsUseTheBlock32Fallbacks) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir;
+  const std::string hf = tiny_model(dir, "llama");  // hidden 64: no K-quant fits
+  const ModelConfig c = ModelConfig::from_file(hf + "/config.json");
+  const std::map<GgufOutType, std::pair<int64_t, std::string>> cases = {
+      {GgufOutType::kQ8_0, {7, "Q8_0"}},
+      {GgufOutType::kQ4_0, {2, "Q4_0"}},
+      {GgufOutType::kQ4_K_M, {15, "Q5_0"}}};
+  for (const auto& [outtype, want] : cases) {
+    SCOPED_TRACE(gguf_outtype_name(outtype));
+    const json out = export_and_read(hf, dir.file("q.gguf"), outtype);
+    ASSERT_TRUE(out.is_object());
+    expect_checks_pass(out);
+    expect_model_metadata(out, c, "llama", want.first, "llama", true);
+    const auto t = tensors_of(out);
+    expect_tensor(t, "blk.0.attn_q.weight", {c.hidden_size, c.hidden_size}, want.second);
+    expect_tensor(t, "output.weight", {c.hidden_size, c.vocab_size}, "Q8_0");
+    expect_tensor(t, "blk.0.attn_norm.weight", {c.hidden_size}, "F32");
+  }
+}
+
+TEST(GgufExportTest, Q4KMOfAKQuantSizedQwen2) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir;
+  TinyModelOptions o;
+  o.arch = "qwen2";  // tied: token_embd is the output, Q6_K
+  o.preset = "micro";
+  o.hidden_size = 256;
+  o.intermediate_size = 512;
+  o.num_hidden_layers = 9;  // use_more_bits(i, 9): i in {0, 3, 6, 7, 8}
+  const std::string hf = dir.file("qwen2");
+  write_tiny_model(o, hf);
+  const ModelConfig c = ModelConfig::from_file(hf + "/config.json");
+  const json out = export_and_read(hf, dir.file("q4km.gguf"), GgufOutType::kQ4_K_M);
+  ASSERT_TRUE(out.is_object());
+  expect_checks_pass(out);
+  expect_model_metadata(out, c, "qwen2", 15, "qwen2", true);
+  const auto t = tensors_of(out);
+  expect_tensor(t, "token_embd.weight", {256, c.vocab_size}, "Q6_K");
+  for (int i = 0; i < 9; ++i) {
+    const bool more = i == 0 || i == 3 || i == 6 || i == 7 || i == 8;
+    const std::string blk = "blk." + std::to_string(i) + ".";
+    expect_tensor(t, blk + "attn_v.weight", {256, c.num_key_value_heads * c.head_dim},
+                  more ? "Q6_K" : "Q4_K");
+    expect_tensor(t, blk + "ffn_down.weight", {512, 256}, more ? "Q6_K" : "Q4_K");
+    expect_tensor(t, blk + "ffn_up.weight", {256, 512}, "Q4_K");
+    expect_tensor(t, blk + "attn_v.bias", {c.num_key_value_heads * c.head_dim}, "F32");
+  }
+}
+
+// A byte-level BPE tokenizer.json (trained by bpe_reference.py like Llama 3's or Qwen2's) in
+// place of the SentencePiece model; read_gguf.py checks tokens, types, merges and ids against it.
+std::string bpe_model(const ScratchDir& dir, const std::string& kind, const std::string& arch) {
+  std::string output;
+  const int rc = testing::run_reference_script("bpe_reference.py",
+                                               {"train", kind, dir.file("tok-" + kind)}, &output);
+  EXPECT_EQ(rc, 0) << output;
+  const std::string hf = tiny_model(dir, arch);
+  const json tokenizer =
+      json::parse(testing::read_file(dir.file("tok-" + kind + "/tokenizer.json")));
+  int64_t vocab = 0;
+  for (const auto& [token, id] : tokenizer["model"]["vocab"].items())
+    vocab = std::max<int64_t>(vocab, id.get<int64_t>() + 1);
+  for (const auto& a : tokenizer["added_tokens"])
+    vocab = std::max<int64_t>(vocab, a["id"].get<int64_t>() + 1);
+  vocab += 3;  // padding ids past the tokenizer
+  {
+    const CheckpointReader reader = CheckpointReader::open_dir(hf);
+    NamedTensors tensors;
+    for (const auto& name : reader.names()) {
+      at::Tensor t = reader.tensor(name).clone();
+      if (name == "model.embed_tokens.weight" || name == "lm_head.weight") {
+        t = at::full({vocab, t.size(1)}, 0.01, t.options());
+      }
+      tensors.emplace_back(name, t);
+    }
+    write_safetensors(hf + "/model.safetensors", tensors);
+  }
+  json config = json::parse(testing::read_file(hf + "/config.json"));
+  config["vocab_size"] = vocab;
+  testing::write_file(hf + "/config.json", config.dump(2));
+  fs::remove(hf + "/tokenizer.model");
+  fs::remove(hf + "/special_tokens_map.json");
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+    fs::copy_file(dir.file("tok-" + kind + "/" + f), hf + "/" + f,
+                  fs::copy_options::overwrite_existing);
+  }
+  return hf;
+}
+
+// bpe_model exported and read back; its metadata when every check passed, else empty.
+std::map<std::string, Entry> bpe_metadata(const ScratchDir& dir, const std::string& kind,
+                                          const std::string& arch, GgufOutType outtype) {
+  const std::string hf = bpe_model(dir, kind, arch);
+  const json out = export_and_read(hf, dir.file("bpe.gguf"), outtype);
+  if (!out.is_object()) return {};
+  expect_checks_pass(out);
+  return metadata_of(out);
+}
+
+TEST(GgufExportTest, BpeTokenizerMetadataLlama3) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir;
+  const auto m = bpe_metadata(dir, "llama3", "llama", GgufOutType::kF32);
+  ASSERT_FALSE(m.empty());
+  expect_string(m, "tokenizer.ggml.model", "gpt2");
+  expect_string(m, "tokenizer.ggml.pre", "llama-bpe");
+  EXPECT_EQ(m.at("tokenizer.ggml.merges").type, "ARRAY[STRING]");
+  EXPECT_FALSE(m.count("tokenizer.ggml.scores"));
+  EXPECT_EQ(m.at("tokenizer.ggml.add_bos_token").value, true);  // the template adds BOS
+  EXPECT_EQ(m.at("tokenizer.ggml.token_type").value["tail"][3], 5);
+  EXPECT_EQ(m.at("tokenizer.ggml.token_type").value["tail"][0], 3);  // last special token
+}
+
+TEST(GgufExportTest, BpeTokenizerMetadataQwen2) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir;
+  const auto m = bpe_metadata(dir, "qwen2", "qwen2", GgufOutType::kF16);
+  ASSERT_FALSE(m.empty());
+  expect_string(m, "tokenizer.ggml.pre", "qwen2");
+  EXPECT_EQ(m.at("tokenizer.ggml.add_bos_token").value, false);
+  // "<tool_call>", "</tool_call>", "caf\u00e9tok": non-special added tokens are user-defined.
+  const json& types = m.at("tokenizer.ggml.token_type").value;
+  EXPECT_EQ(types["tail"][0], 4);
+}
+
+TEST(GgufExportTest, UnknownPreTokenizerRegexIsUnsupported) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir;
+  const std::string hf = bpe_model(dir, "qwen2", "qwen2");
+  json tokenizer = json::parse(testing::read_file(hf + "/tokenizer.json"));
+  tokenizer["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{L}+|\\s+";
+  testing::write_file(hf + "/tokenizer.json", tokenizer.dump());
+  try {
+    export_gguf(hf, dir.file("x.gguf"));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.file("x.gguf")));
 }
 
 TEST(GgufExportTest, MissingOrUnexpectedTensorsAreShapeErrors) {

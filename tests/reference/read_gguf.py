@@ -12,8 +12,11 @@ exits 1 when any check found a problem.
 
 Independent of qtrain: tensor names are mapped here, the llama Q/K permutation is undone here
 (numpy), every tensor is compared with the HF safetensors (F32: exactly; F16: exactly equal to
-numpy's float16 rounding of the original), rope_freqs with the llama3 formula, and the vocabulary
-with the `sentencepiece` package.
+numpy's float16 rounding of the original; quantized: gguf-py's dequantize within the type's
+error bound relative to each block's largest |value|, and for Q8_0 / Q4_0 / Q5_0 the bytes equal
+to gguf-py's quantize of the original), each tensor's type with llama-quantize's choice for the
+file type (restated here from llama-quant.cpp), rope_freqs with the llama3 formula, and the
+vocabulary with the `sentencepiece` package (tokenizer.model) or `tokenizers` (tokenizer.json).
 """
 import json
 import math
@@ -22,6 +25,8 @@ import sys
 
 import numpy as np
 from gguf import GGUFReader, GGMLQuantizationType, GGUFValueType
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.quants import dequantize, quantize
 from safetensors import safe_open
 
 LAYER_NAMES = {
@@ -80,6 +85,55 @@ def unpermute(w, n_head):
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def permute(w, n_head):
+    """HF row order -> GGUF llama order (the inverse of unpermute)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+Q = GGMLQuantizationType
+# general.file_type -> the type of ordinary matrices.
+BASE_TYPE = {0: Q.F32, 1: Q.F16, 7: Q.Q8_0, 2: Q.Q4_0, 15: Q.Q4_K}
+# Worst |error| of a block relative to the block's largest |value| (see test_gguf_quant.cpp).
+REL_BOUND = {Q.Q8_0: 0.5 / 127 + 0.00049, Q.Q4_0: 0.126, Q.Q5_0: 0.063, Q.Q4_K: 0.12,
+             Q.Q6_K: 0.025}
+REQUANTIZE = {Q.Q8_0, Q.Q4_0, Q.Q5_0}
+
+
+def expected_type(name, ne, file_type, n_layer, tied):
+    """llama-quantize's type for a tensor (llama-quant.cpp, no imatrix, dense model)."""
+    base = BASE_TYPE[file_type]
+    if len(ne) == 1 or base in (Q.F32, Q.F16):
+        return Q.F32 if len(ne) == 1 else base
+    block = lambda t: GGML_QUANT_SIZES[t][0]
+    nx = ne[0]
+    new = base
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        if nx % block(base):
+            new = Q.Q8_0
+        elif base != Q.Q8_0:
+            new = Q.Q6_K
+    elif file_type == 15 and name.startswith("blk.") and (
+            name.endswith(".attn_v.weight") or name.endswith(".ffn_down.weight")):
+        i = int(name.split(".")[1])
+        if i < n_layer // 8 or i >= 7 * n_layer // 8 or (i - n_layer // 8) % 3 == 2:
+            new = Q.Q6_K
+    if nx % block(new):
+        new = {Q.Q4_K: Q.Q5_0, Q.Q6_K: Q.Q8_0}.get(new, new)
+        if nx % block(new):
+            new = Q.F16
+    return new
+
+
+def block_relative_error(got, want, block):
+    err = np.abs(got - want).reshape(-1, block).max(axis=1)
+    amax = np.abs(want).reshape(-1, block).max(axis=1)
+    if np.any(err[amax == 0] != 0):
+        return float("inf")
+    nz = amax > 0
+    return float((err[nz] / amax[nz]).max()) if nz.any() else 0.0
+
+
 def llama3_rope_freqs(config, head_dim):
     rp = config.get("rope_parameters") or config.get("rope_scaling")
     theta = config.get("rope_theta", rp.get("rope_theta", 10000.0))
@@ -110,9 +164,71 @@ def field_json(field):
     return main.name, field.contents()
 
 
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def check_bpe_tokenizer(reader, hf_dir, problems):
+    """tokenizer.json against the gpt2-model metadata, as convert_hf_to_gguf writes it."""
+    from tokenizers import Tokenizer
+    path = os.path.join(hf_dir, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    tok = Tokenizer.from_file(path)
+
+    def field(key):
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    if field("tokenizer.ggml.model") != "gpt2":
+        problems.append(f"tokenizer.ggml.model {field('tokenizer.ggml.model')!r} != 'gpt2'")
+    pre = data.get("pre_tokenizer") or {}
+    patterns = [p["pattern"]["Regex"] for p in pre.get("pretokenizers", [pre])
+                if p.get("type") == "Split"]
+    want_pre = {LLAMA3_PATTERN: "llama-bpe", QWEN2_PATTERN: "qwen2"}.get(
+        patterns[0] if patterns else None, "gpt-2")
+    if field("tokenizer.ggml.pre") != want_pre:
+        problems.append(f"tokenizer.ggml.pre {field('tokenizer.ggml.pre')!r} != {want_pre!r}")
+    tokens = field("tokenizer.ggml.tokens")
+    types = field("tokenizer.ggml.token_type")
+    n = len(tokens)
+    want_tokens = [f"[PAD{i}]" for i in range(n)]
+    want_types = [5] * n
+    for t, i in tok.get_vocab(with_added_tokens=False).items():
+        want_tokens[i], want_types[i] = t, 1
+    for i, added in tok.get_added_tokens_decoder().items():
+        c = added.content
+        special = added.special or (c.startswith("<|") and c.endswith("|>"))
+        want_tokens[i] = c if special else c.replace("\u2581", " ")
+        want_types[i] = 3 if special else 4
+    for i in range(n):
+        if tokens[i] != want_tokens[i] or types[i] != want_types[i]:
+            problems.append(f"token {i}: {tokens[i]!r} type {types[i]} != {want_tokens[i]!r} "
+                            f"type {want_types[i]}")
+            if len(problems) > 10:
+                return
+    merges = data["model"]["merges"]
+    want_merges = [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m)
+                   for m in merges]
+    if field("tokenizer.ggml.merges") != want_merges:
+        problems.append("merges differ from tokenizer.json's")
+    config_path = os.path.join(hf_dir, "tokenizer_config.json")
+    config = json.load(open(config_path, encoding="utf-8")) if os.path.exists(config_path) else {}
+    for key in ("bos", "eos"):
+        name = config.get(f"{key}_token")
+        if isinstance(name, dict):
+            name = name.get("content")
+        if name is not None and field(f"tokenizer.ggml.{key}_token_id") != tok.token_to_id(name):
+            problems.append(f"{key}_token_id {field(f'tokenizer.ggml.{key}_token_id')} != "
+                            f"{tok.token_to_id(name)} ({name})")
+
+
 def check_tokenizer(reader, hf_dir, problems):
     tokens_field = reader.get_field("tokenizer.ggml.tokens")
     spm_path = os.path.join(hf_dir, "tokenizer.model")
+    if tokens_field is not None and not os.path.exists(spm_path):
+        return check_bpe_tokenizer(reader, hf_dir, problems)
     if tokens_field is None or not os.path.exists(spm_path):
         return
     import sentencepiece
@@ -184,7 +300,14 @@ def main():
     compared = {}
     arch = meta["general.architecture"]
     file_type = meta["general.file_type"]
-    matrix_type = {0: GGMLQuantizationType.F32, 1: GGMLQuantizationType.F16}[file_type]
+    if file_type not in BASE_TYPE:
+        data.append(f"unexpected general.file_type {file_type}")
+        file_type = 1
+    quantized_file = BASE_TYPE[file_type] not in (Q.F32, Q.F16)
+    if quantized_file and meta.get("general.quantization_version") != 2:
+        data.append("quantized file without general.quantization_version = 2")
+    n_layer = meta[f"{arch}.block_count"]
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
     sources = hf_tensors(hf_dir)
     by_gguf = {}
     for hf, file in sources.items():
@@ -201,12 +324,14 @@ def main():
     for name in sorted(set(by_gguf) - present):
         data.append(f"{name} ({by_gguf[name][1]}) missing from the GGUF")
     for t in reader.tensors:
-        values = np.array(t.data)
-        ndim = len(t.shape)
-        want_type = GGMLQuantizationType.F32 if ndim == 1 else matrix_type
+        ne = [int(d) for d in t.shape]
+        want_type = expected_type(t.name, ne, file_type, n_layer, tied)
         if t.tensor_type != want_type:
             data.append(f"{t.name}: type {t.tensor_type.name}, expected {want_type.name}")
-        got = values.astype(np.float64)
+        if t.tensor_type in REL_BOUND:
+            got = dequantize(np.array(t.data), t.tensor_type).astype(np.float64)
+        else:
+            got = np.array(t.data).astype(np.float64)
         if t.name == "rope_freqs.weight":
             want = llama3_rope_freqs(config, meta[f"{arch}.rope.dimension_count"])
             err = float(np.max(np.abs(got - want) / want))
@@ -219,6 +344,7 @@ def main():
             continue
         file, hf = by_gguf[t.name]
         original = load_hf(file, hf)
+        heads = 0
         if arch == "llama" and (".attn_q." in t.name or ".attn_k." in t.name):
             heads = meta["llama.attention.head_count" if ".attn_q." in t.name
                          else "llama.attention.head_count_kv"]
@@ -229,6 +355,19 @@ def main():
         want = original.astype(np.float64)
         if t.tensor_type == GGMLQuantizationType.F16:
             want = original.astype(np.float16).astype(np.float64)
+        if t.tensor_type in REL_BOUND:
+            # Blocks run along rows of the GGUF (permuted) layout.
+            layout_want = permute(want, heads) if heads else want
+            layout_got = permute(got, heads) if heads else got
+            err = block_relative_error(layout_got, layout_want, GGML_QUANT_SIZES[t.tensor_type][0])
+            compared[t.name] = err
+            if err > REL_BOUND[t.tensor_type]:
+                data.append(f"{t.name}: block-relative error {err} > {REL_BOUND[t.tensor_type]}")
+            if t.tensor_type in REQUANTIZE:
+                requantized = quantize(layout_want.astype(np.float32), t.tensor_type)
+                if not np.array_equal(requantized.reshape(-1), np.array(t.data).reshape(-1)):
+                    data.append(f"{t.name}: bytes differ from gguf-py's quantize")
+            continue
         err = float(np.max(np.abs(got - want))) if got.size else 0.0
         compared[t.name] = err
         if err != 0.0:
