@@ -8,6 +8,7 @@
 #include "export/hf_merged_export.h"
 #include "models/bnb_checkpoint.h"
 #include "models/gguf_export.h"
+#include "models/gguf_mix.h"
 
 #include <filesystem>
 #include <fstream>
@@ -66,10 +67,11 @@ void publish_dir(StagingGuard& staged, const fs::path& out) {
 }
 
 GgufOutType gguf_out_type(const std::string& name) {
-  if (name == "f32") return GgufOutType::kF32;
-  if (name == "f16") return GgufOutType::kF16;
-  throw_error(ErrorKind::kUsage,
-              "--gguf-type is f32, f16, q8_0, q4_0 or q4_k_m, not '" + name + "'");
+  try {
+    return parse_gguf_outtype(name);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::kUsage, std::string("--gguf-type: ") + e.what());
+  }
 }
 
 void write_adapter(const ExportSource& source, const fs::path& dir) {
@@ -121,6 +123,8 @@ std::string export_format_name(ExportFormat format) {
 
 ExportReport run_export(const ExportSource& source, const std::string& out,
                         const ExportOptions& options) {
+  const GgufOutType gguf_type =
+      options.format == ExportFormat::kGguf ? gguf_out_type(options.gguf_type) : GgufOutType::kF16;
   const fs::path target = fs::absolute(out).lexically_normal();
   if (fs::exists(target) && !options.overwrite) {
     throw_error(ErrorKind::kIo, "the output exists; pass --overwrite to replace it",
@@ -130,8 +134,6 @@ ExportReport run_export(const ExportSource& source, const std::string& out,
   fs::create_directories(target.parent_path(), ec);
   ExportReport report;
   report.output = target.string();
-  const GgufOutType gguf_type =
-      options.format == ExportFormat::kGguf ? gguf_out_type(options.gguf_type) : GgufOutType::kF16;
 
   StagingGuard staged(make_staging_dir(target));
   if (options.format == ExportFormat::kAdapter) {

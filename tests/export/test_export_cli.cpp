@@ -72,6 +72,7 @@ class ExportCli : public ::testing::Test {
         {"lora", "merged-bf16", "merged-trained", "--base-weights trained --max-shard-size 100K"},
         {"lora", "nf4", "nf4", ""},
         {"qalora", "gptq-int4", "gptq", ""},
+        {"lora", "gguf", "merged-f16.gguf", "--gguf-type f16"},
     };
     for (const Export& e : exports) {
       std::string out;
@@ -251,6 +252,52 @@ TEST_F(ExportCli, GptqExportDequantizesToTheMergedInt4Model) {
   std::printf("gptq export vs unmerged QA-LoRA model: %.4g (adapter effect %.4g)\n%s\n", gptq,
               effect, gptq_report_.c_str());
   EXPECT_LT(gptq, effect) << "the export must keep most of what the adapter learned";
+}
+
+TEST_F(ExportCli, GgufExportHoldsTheMergedWeightsAndRunsInLlamaCpp) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ASSERT_TRUE(exports_ok_);
+  // Every matrix equals the merged-fp16 export's (Q/K permutation undone by the reader); the
+  // norms are F32 in GGUF, so they differ from that export's fp16 copies by fp16 rounding only.
+  std::string out;
+  testing::run_reference_script("read_gguf.py",
+                                {dir_->file("merged-f16.gguf"), dir_->file("merged-fp16")}, &out);
+  ASSERT_NE(out.find('{'), std::string::npos) << out;
+  const auto report = nlohmann::json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(report["tensor_count"].get<int64_t>(), 21) << out;  // 2 x 9 + norm, embd, output
+  EXPECT_TRUE(report["checks"]["layout"].empty()) << out;
+  EXPECT_TRUE(report["checks"]["tokenizer"].empty()) << out;
+  for (const auto& [name, diff] : report["compared"].items()) {
+    if (name.find("norm") != std::string::npos) {
+      EXPECT_LT(diff.get<double>(), 1e-3) << name;
+    } else {
+      EXPECT_EQ(diff.get<double>(), 0.0) << name;
+    }
+  }
+
+  if (testing::run_reference_script("llama_cpp_logits.py", {"check"}, &out) == 3) {
+    if (std::getenv("QTRAIN_REQUIRE_INTEROP")) FAIL() << "llama_cpp is not installed: " << out;
+    GTEST_SKIP() << "llama_cpp is not installed";
+  }
+  std::vector<int64_t> row(ids_[0].data_ptr<int64_t>(), ids_[0].data_ptr<int64_t>() + ids_.size(1));
+  testing::write_file(dir_->file("row.json"), nlohmann::json(row).dump());
+  ASSERT_EQ(testing::run_reference_script(
+                "llama_cpp_logits.py",
+                {"eval", dir_->file("merged-f16.gguf"), dir_->file("row.json")}, &out),
+            0)
+      << out;
+  const auto result = nlohmann::json::parse(out.substr(out.find('{')));
+  const auto& rows = result["logits"];
+  std::vector<float> flat;
+  for (const auto& position : rows) {
+    for (const auto& v : position) flat.push_back(v.get<float>());
+  }
+  const at::Tensor llama = at::tensor(flat).reshape({static_cast<int64_t>(rows.size()), -1});
+  const at::Tensor expected = qtrain_logits("lora", "dense")[0];
+  const double diff = max_diff(llama, expected);
+  std::printf("llama.cpp on the merged F16 GGUF vs qtrain base+LoRA: %.4g (|logits| max %.3g)\n",
+              diff, expected.abs().max().item<double>());
+  EXPECT_LT(diff, 8 * 0x1p-11 * expected.abs().max().item<double>());
 }
 
 TEST_F(ExportCli, BadInputsFailClearlyAndKeepExistingOutputs) {
