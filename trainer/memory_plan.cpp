@@ -29,11 +29,16 @@ bool on_cuda(const Recipe& recipe) {
   return recipe.model.device != "cpu";
 }
 
-int64_t runtime_bytes(const Recipe& recipe, int64_t model_state) {
+int64_t runtime_bytes(const Recipe& recipe, const MemoryEstimate& e) {
   if (on_cuda(recipe)) {
-    return kCudaContextBytes + static_cast<int64_t>(kFragmentationMargin * model_state);
+    return kCudaContextBytes + static_cast<int64_t>(kFragmentationMargin * e.total);
   }
-  return memory_usage(c10::Device(c10::kCPU)).current;
+  const double factor = recipe.training.gradient_checkpointing
+                            ? kCpuActivationFactor
+                            : kCpuActivationFactorNoCheckpointing;
+  const double unfused = (factor - 1.0) * static_cast<double>(e.activations + e.logits);
+  return memory_usage(c10::Device(c10::kCPU)).current + kCpuTrainerBytes +
+         static_cast<int64_t>(unfused);
 }
 
 std::optional<int64_t> measured_peak(const Recipe& recipe) {
@@ -134,7 +139,7 @@ MemoryPlan plan_memory(const Recipe& recipe, std::optional<int64_t> budget) {
   Recipe flipped = recipe;
   flipped.training.gradient_checkpointing = !recipe.training.gradient_checkpointing;
   plan.activations_other_mode = estimate_memory(flipped, config).activations;
-  plan.runtime = runtime_bytes(recipe, plan.estimate.total);
+  plan.runtime = runtime_bytes(recipe, plan.estimate);
   plan.needed = plan.estimate.total + plan.runtime;
   plan.budget = budget;
   plan.fits = !budget || plan.needed <= *budget;
@@ -146,13 +151,13 @@ MemoryPlan plan_memory(const Recipe& recipe, std::optional<int64_t> budget) {
       Recipe alone = recipe;
       if (change.apply(alone)) {
         const MemoryEstimate e = estimate_memory(alone, config);
-        const int64_t needed = e.total + runtime_bytes(alone, e.total);
+        const int64_t needed = e.total + runtime_bytes(alone, e);
         if (needed <= *budget) plan.suggestions.push_back(change.description + ": " + gib(needed));
       }
       if (change.apply(cumulative)) {
         applied += (applied.empty() ? "" : " + ") + change.description;
         const MemoryEstimate e = estimate_memory(cumulative, config);
-        const int64_t needed = e.total + runtime_bytes(cumulative, e.total);
+        const int64_t needed = e.total + runtime_bytes(cumulative, e);
         if (plan.suggestions.empty() && needed <= *budget) {
           plan.suggestions.push_back(applied + ": " + gib(needed));
         }
@@ -174,7 +179,7 @@ std::string describe_memory_plan(const Recipe& recipe, const MemoryPlan& plan) {
       << " gradient checkpointing would be " << gib(plan.activations_other_mode) << "\n";
   out << "  runtime ("
       << (on_cuda(recipe) ? "CUDA context and workspaces + 10% allocator margin"
-                          : "a LibTorch process's resident set")
+                          : "a LibTorch process's resident set + data + CPU autograd overhead")
       << "): " << gib(plan.runtime) << "\n";
   out << "  needed: " << gib(plan.needed) << "\n";
   if (plan.budget) {

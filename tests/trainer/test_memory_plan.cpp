@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
+
 namespace qtrain {
 namespace {
 
@@ -68,6 +71,36 @@ TEST(MemoryPlan, CliExitCodes) {
   EXPECT_EQ(
       testing::run_command(qmem + recipe_path("llama70b_qlora.yaml") + " training.lr=-1", &out), 3)
       << out;
+}
+
+// The estimate against a real CPU run's peak resident set, on a configuration other than the
+// ones the CPU terms were calibrated on (micro model, packed rows, sequence 128, micro-batch 4).
+TEST(MemoryPlan, CpuEstimateIsWithin15PercentOfARealRun) {
+  testing::ScratchDir dir("qtrain-qmem-run");
+  const std::string overrides =
+      " model.path=builtin:micro data.packing=true data.max_seq_len=128 "
+      "training.micro_batch_size=4 training.max_steps=4 training.warmup_steps=0 "
+      "training.eval_every=0 output.save_every=0 output.dir=" +
+      dir.file("run");
+  const std::string env = "QTRAIN_CACHE_DIR=" + testing::binary_dir() + "/test-cache ";
+  std::string out;
+  ASSERT_EQ(testing::run_command(env + testing::binary_dir() + "/tools/qtrain " +
+                                     recipe_path("tiny_qlora.yaml") + overrides,
+                                 &out),
+            0)
+      << out;
+  ASSERT_EQ(testing::run_command(env + testing::binary_dir() + "/tools/qmem " +
+                                     recipe_path("tiny_qlora.yaml") + overrides,
+                                 &out),
+            0)
+      << out;
+  const size_t at = out.find("measured peak");
+  ASSERT_NE(at, std::string::npos) << out;
+  const size_t open = out.find('(', out.find("estimate", at));
+  ASSERT_NE(open, std::string::npos) << out;
+  const double percent = std::stod(out.substr(open + 1));
+  std::printf("%s", out.substr(at).c_str());
+  EXPECT_LE(std::abs(percent), 15.0) << out;
 }
 
 }  // namespace
