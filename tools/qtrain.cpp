@@ -8,6 +8,8 @@
 // checkpoint (continue with --resume), 70 internal error.
 #include "core/error.h"
 #include "core/log.h"
+#include "export/export_formats.h"
+#include "export/export_source.h"
 #include "tools/cli_main.h"
 #include "trainer/data_check.h"
 #include "trainer/dry_run.h"
@@ -22,6 +24,30 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+namespace {
+
+// output.export: each entry written into <run>/export/ as qexport would ("gguf:q4_k_m" ->
+// export/gguf-q4_k_m.gguf).
+void run_recipe_exports(const qtrain::Recipe& recipe, const std::string& run_dir) {
+  if (recipe.output.exports.empty()) return;
+  const qtrain::ExportSource source = qtrain::open_export_source(run_dir);
+  for (const std::string& entry : recipe.output.exports) {
+    const size_t colon = entry.find(':');
+    qtrain::ExportOptions options;
+    options.format = qtrain::export_format_from_name(entry.substr(0, colon));
+    options.overwrite = true;  // the run's own export directory, from this run
+    std::string out = run_dir + "/export/" + entry.substr(0, colon);
+    if (options.format == qtrain::ExportFormat::kGguf) {
+      options.gguf_type = colon == std::string::npos ? "f16" : entry.substr(colon + 1);
+      out += "-" + options.gguf_type + ".gguf";
+    }
+    const qtrain::ExportReport report = qtrain::run_export(source, out, options);
+    qtrain::log::info("exported ", entry, " -> ", report.output);
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const std::vector<std::string> command_line(argv, argv + argc);
@@ -68,6 +94,7 @@ int main(int argc, char** argv) {
       qtrain::log::info("held-out loss ", result.first_eval_loss, " -> ", result.last_eval_loss);
     }
     qtrain::log::info("done: ", result.steps_done, " steps in ", result.run_dir);
+    run_recipe_exports(recipe, result.run_dir);
     return 0;
   });
 }

@@ -101,6 +101,9 @@ struct OutputSection {
   int64_t keep_last = 2;
   bool tensorboard = true;
   bool overwrite = false;
+  // YAML key "export": formats qexport writes into <dir>/export/ once training has finished:
+  // adapter | merged-bf16 | merged-fp16 | nf4 | gguf[:f16|q8_0|q4_0|q4_k_m] | gptq-int4 (qalora).
+  std::vector<std::string> exports;
 };
 
 struct DistributedSection {
@@ -145,5 +148,7 @@ std::string recipe_to_yaml(const Recipe& recipe);
 
 // The accepted data.template names: "alpaca" and the chat templates.
 const std::vector<std::string>& recipe_data_templates();
+// The entries output.export accepts.
+const std::vector<std::string>& recipe_export_formats();
 
 }  // namespace qtrain

@@ -76,6 +76,7 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("keep_last", s.keep_last);
     visit("tensorboard", s.tensorboard);
     visit("overwrite", s.overwrite);
+    visit("export", s.exports);
   } else {
     static_assert(std::is_same_v<S, DistributedSection>, "not a recipe section");
     visit("backend", s.backend);

@@ -200,10 +200,16 @@ void check_training(const TrainingSection& t, const DataSection& d, const Checks
   }
 }
 
-void check_output(const OutputSection& o, const Checks& c) {
+void check_output(const OutputSection& o, const AdapterSection& a, const Checks& c) {
   c.required("output.dir", o.dir, "the run directory");
   c.at_least<int64_t>("output.save_every", o.save_every, 0);
   c.at_least<int64_t>("output.keep_last", o.keep_last, 1);
+  for (const std::string& entry : o.exports) {
+    c.one_of("output.export", entry, recipe_export_formats());
+    if (entry == "gptq-int4" && a.type != "qalora") {
+      c.fail("output.export", "gptq-int4 exports QA-LoRA runs (adapter.type: qalora)");
+    }
+  }
 }
 
 void check_distributed(const DistributedSection& dist, const ModelSection& m, const Checks& c) {
@@ -224,6 +230,13 @@ const std::vector<std::string>& recipe_data_templates() {
   return kTemplates;
 }
 
+const std::vector<std::string>& recipe_export_formats() {
+  static const Names kFormats = {"adapter",     "merged-bf16", "merged-fp16", "nf4",
+                                 "gguf",        "gguf:f16",    "gguf:q8_0",   "gguf:q4_0",
+                                 "gguf:q4_k_m", "gptq-int4"};
+  return kFormats;
+}
+
 void validate_recipe(const Recipe& recipe, const RecipeOrigins& origins) {
   const Checks checks(origins);
   check_model(recipe.model, checks);
@@ -231,7 +244,7 @@ void validate_recipe(const Recipe& recipe, const RecipeOrigins& origins) {
   check_quantization(recipe.quantization, recipe.adapter, checks);
   check_data(recipe.data, checks);
   check_training(recipe.training, recipe.data, checks);
-  check_output(recipe.output, checks);
+  check_output(recipe.output, recipe.adapter, checks);
   check_distributed(recipe.distributed, recipe.model, checks);
 }
 

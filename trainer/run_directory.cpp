@@ -82,7 +82,7 @@ void prepare_run_directory(const Recipe& recipe, RunStart start,
     // Only what a run writes goes; anything else the user keeps in the directory stays.
     log::warn("output.overwrite: removing the previous run in ", dir);
     for (const char* entry : {"recipe.yaml", "recipe.resumed.yaml", "run_info.json",
-                              "metrics.jsonl", "tensorboard", "checkpoints", "adapter"}) {
+                              "metrics.jsonl", "tensorboard", "checkpoints", "adapter", "export"}) {
       remove_tree(fs::path(dir) / entry);
     }
   }

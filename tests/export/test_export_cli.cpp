@@ -4,6 +4,8 @@
 // v1 dequantizer) and compared with qtrain's own forward pass of base + adapter.
 #include "core/safetensors.h"
 #include "data/tiny_instruct.h"
+#include "export/export_formats.h"
+#include "models/gguf_mix.h"
 #include "models/hf_loader.h"
 #include "models/int4_linear_slot.h"
 #include "models/int4_loader.h"
@@ -11,6 +13,7 @@
 #include "peft/peft_files.h"
 #include "peft/qalora_linear.h"
 #include "tests/support/test_support.h"
+#include "trainer/recipe.h"
 #include "trainer/training_model.h"
 
 #include <ATen/ATen.h>
@@ -42,7 +45,7 @@ std::string recipe_text(const std::string& data, const std::string& out, bool qa
          "training:\n  micro_batch_size: 8\n  grad_accum_steps: 1\n  max_steps: 12\n"
          "  lr: 2.0e-2\n  optimizer: adamw\n  seed: 3\n"
          "output:\n  dir: " +
-         out + "\n  tensorboard: false\n";
+         out + "\n  tensorboard: false\n" + (qalora ? "" : "  export: [gguf:q4_0]\n");
 }
 
 // Everything the tests compare, made once: two runs, their exports, the references' logits.
@@ -298,6 +301,21 @@ TEST_F(ExportCli, GgufExportHoldsTheMergedWeightsAndRunsInLlamaCpp) {
   std::printf("llama.cpp on the merged F16 GGUF vs qtrain base+LoRA: %.4g (|logits| max %.3g)\n",
               diff, expected.abs().max().item<double>());
   EXPECT_LT(diff, 8 * 0x1p-11 * expected.abs().max().item<double>());
+}
+
+TEST_F(ExportCli, RecipeExportListRunsAfterTraining) {
+  ASSERT_TRUE(exports_ok_);
+  const std::string gguf = dir_->file("run-lora/export/gguf-q4_0.gguf");
+  ASSERT_TRUE(fs::exists(gguf));
+  EXPECT_EQ(testing::read_file(gguf).substr(0, 4), "GGUF");
+  // Every entry the recipe accepts is a format (and GGUF type) qexport knows.
+  for (const std::string& entry : recipe_export_formats()) {
+    const size_t colon = entry.find(':');
+    EXPECT_NO_THROW(export_format_from_name(entry.substr(0, colon))) << entry;
+    if (colon != std::string::npos) {
+      EXPECT_NO_THROW(parse_gguf_outtype(entry.substr(colon + 1))) << entry;
+    }
+  }
 }
 
 TEST_F(ExportCli, BadInputsFailClearlyAndKeepExistingOutputs) {
