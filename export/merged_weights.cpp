@@ -170,7 +170,13 @@ at::Tensor MergedWeights::adapter_product(const std::string& name) const {
 
 at::Tensor MergedWeights::tensor(const std::string& name) const {
   at::Tensor base = base_tensor(name);
-  if (!has_adapter(name)) return base;
+  if (!has_adapter(name)) {
+    if (entry(name).bnb_4bit || entry(name).requantize) return base;
+    // Copied out so the mapped pages can leave the resident set now, not when the file closes.
+    at::Tensor owned = base.clone();
+    reader_->evict(name);
+    return owned;
+  }
   at::Tensor delta = adapter_product(name);
   if (qalora_group_size_ > 0) {
     delta = delta.div_(static_cast<double>(qalora_group_size_))

@@ -58,7 +58,7 @@ class MergedWeights {
   bool has_adapter(const std::string& name) const;
 
   // The merged tensor on the CPU: float32 for projections that carry an adapter or were
-  // dequantized, else the stored tensor as it is (a view of the mapping).
+  // dequantized, else a copy of the stored tensor. The source's mapped pages are released.
   at::Tensor tensor(const std::string& name) const;
   // The base tensor before merging (float32 for dequantized/re-quantized projections).
   at::Tensor base_tensor(const std::string& name) const;

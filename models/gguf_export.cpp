@@ -222,8 +222,11 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
                       .tied = config.tie_word_embeddings};
     const GgmlType type = gguf_tensor_type(options.outtype, mix);
     w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads] {
-      at::Tensor t = reader.tensor(hf_name);
-      return heads > 0 ? permute_qk_for_gguf(t, heads) : t;
+      // Copied out of the mapping and its pages dropped, so resident memory stays near one tensor.
+      at::Tensor t = heads > 0 ? permute_qk_for_gguf(reader.tensor(hf_name), heads)
+                               : reader.tensor(hf_name).clone();
+      reader.evict(hf_name);
+      return t;
     });
   }
   for (const std::string& name : reader.names()) {

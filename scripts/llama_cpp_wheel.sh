@@ -24,7 +24,7 @@ if [[ -z "$wheel" ]]; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF \
 -DGGML_CPU_ALL_VARIANTS=OFF" \
-    "$python" -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$python" -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp" \
     "llama-cpp-python==$version" >&2
   mv "$tmp"/llama_cpp_python-"$version"-*.whl "$wheels/"
   wheel="$(find_wheel)"
