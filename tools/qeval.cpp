@@ -4,8 +4,12 @@
 //   qeval MODEL --data FILE [--adapter DIR] [--precision bf16 | --compare bf16,int8,nf4,fp4]
 //         [--max-len 512] [--stride 256] [--max-tokens N] [--field text]
 //         [--dtype float32] [--device cpu] [--json OUT.json] [--csv OUT.csv]
+//   qeval --recipe RECIPE.yaml [MODEL] [--adapter DIR] [--compare ...]
 //
-// MODEL is an HF directory or builtin:<preset>; FILE is .txt (one document) or .jsonl ({"text"}).
+// MODEL is an HF directory or builtin:<preset>; FILE is .txt (one document) or .jsonl ({"text"}):
+// sliding-window perplexity. With --recipe: the recipe's held-out split, formatted, masked and
+// batched exactly as training evaluates it (mean loss over response tokens); MODEL defaults to the
+// recipe's model.path.
 // The table: precision, base weight memory, perplexity, change vs the first row, eval tokens/s.
 #include "core/atomic_file.h"
 #include "core/dtype.h"
@@ -14,14 +18,19 @@
 #include "models/llama.h"
 #include "peft/peft_files.h"
 #include "tools/cli_main.h"
+#include "trainer/evaluate.h"
 #include "trainer/perplexity.h"
 #include "trainer/precision_model.h"
+#include "trainer/recipe.h"
+#include "trainer/training_data.h"
 #include "trainer/training_model.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -93,15 +102,33 @@ std::string csv_rows(const std::vector<Row>& rows) {
   return out;
 }
 
+// The recipe's held-out examples through the trainer's own evaluation.
+qtrain::PerplexityResult held_out_split(qtrain::CausalLM& model, const qtrain::Recipe& recipe,
+                                        const qtrain::TrainingData& split) {
+  const auto started = std::chrono::steady_clock::now();
+  const qtrain::EvalResult eval =
+      qtrain::evaluate(model, split.eval, recipe.training.micro_batch_size, recipe.data.max_seq_len,
+                       qtrain::padding_id(*split.tokenizer), /*max_batches=*/0);
+  qtrain::PerplexityResult out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  out.mean_loss = eval.loss;
+  out.perplexity = eval.perplexity;
+  out.scored_tokens = eval.tokens;
+  out.windows = static_cast<int64_t>(split.eval.size());
+  out.tokens_per_second = out.seconds > 0 ? eval.tokens / out.seconds : 0;
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_path, data, adapter, precision = "bf16", compare, field = "text";
-  std::string dtype = "float32", device_name = "cpu", json_out, csv_out;
+  std::string dtype = "float32", device_name = "cpu", json_out, csv_out, recipe_path;
   qtrain::PerplexityOptions options;
   CLI::App app{"Perplexity of a model (+ adapter) on held-out text, per base precision.", "qeval"};
-  app.add_option("model", model_path, "HF model directory or builtin:<preset>")->required();
-  app.add_option("--data", data, ".txt file or .jsonl with a text field")->required();
+  app.add_option("model", model_path, "HF model directory or builtin:<preset>");
+  app.add_option("--data", data, ".txt file or .jsonl with a text field");
+  app.add_option("--recipe", recipe_path, "evaluate this recipe's held-out split instead");
   app.add_option("--adapter", adapter, "a PEFT adapter directory to attach");
   app.add_option("--precision", precision, "fp32 | bf16 | fp16 | int8 | nf4 | fp4 | int4")
       ->capture_default_str();
@@ -117,6 +144,15 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "also write the table as JSON");
   app.add_option("--csv", csv_out, "also write the table as CSV");
   return qtrain::run_cli("qeval", app, argc, argv, [&] {
+    if (data.empty() == recipe_path.empty()) {
+      throw qtrain::Error(qtrain::ErrorKind::kUsage, "give either --data FILE or --recipe RECIPE");
+    }
+    std::optional<qtrain::Recipe> recipe;
+    if (!recipe_path.empty()) {
+      recipe = qtrain::load_recipe(recipe_path);
+      if (model_path.empty()) model_path = recipe->model.path;
+    }
+    if (model_path.empty()) throw qtrain::Error(qtrain::ErrorKind::kUsage, "no MODEL given");
     const std::string dir = qtrain::resolve_model_dir(model_path);
     const c10::Device device = qtrain::resolve_device(device_name);
     const at::ScalarType compute = qtrain::resolve_dtype(dtype, "--dtype");
@@ -128,15 +164,26 @@ int main(int argc, char** argv) {
       loaded = qtrain::load_peft_adapter(adapter);
       group = loaded->raw_config.value("qalora_group_size", group);
     }
-    const auto tokenizer = qtrain::load_tokenizer(dir);
-    const std::vector<int64_t> ids = qtrain::evaluation_token_stream(data, *tokenizer, field);
+    std::vector<int64_t> ids;
+    qtrain::TrainingData split;
+    if (recipe) {
+      split = qtrain::load_training_data(*recipe, dir);
+      if (split.eval.empty()) {
+        throw qtrain::Error(qtrain::ErrorKind::kConfig,
+                            "the recipe holds out no data (set data.eval_path or eval_fraction)",
+                            {.file = recipe_path, .field = "data.eval_fraction"});
+      }
+    } else {
+      ids = qtrain::evaluation_token_stream(data, *qtrain::load_tokenizer(dir), field);
+    }
 
     std::vector<Row> rows;
     for (const std::string& p : precisions) {
       qtrain::PrecisionModel m = qtrain::load_model_at_precision(dir, p, compute, device, group);
       if (loaded) qtrain::attach_peft_adapter(*m.model, *loaded);
-      rows.push_back(
-          {p, m.weight_bytes, qtrain::sliding_window_perplexity(*m.model, ids, options, device)});
+      rows.push_back({p, m.weight_bytes,
+                      recipe ? held_out_split(*m.model, *recipe, split)
+                             : qtrain::sliding_window_perplexity(*m.model, ids, options, device)});
       std::fprintf(stderr, "qeval: %s perplexity %.4f (%lld tokens)\n", p.c_str(),
                    rows.back().result.perplexity,
                    static_cast<long long>(rows.back().result.scored_tokens));
@@ -145,7 +192,7 @@ int main(int argc, char** argv) {
     if (!json_out.empty()) {
       const nlohmann::json doc = {{"model", dir},
                                   {"adapter", adapter},
-                                  {"data", data},
+                                  {"data", recipe ? recipe_path + " (held-out split)" : data},
                                   {"max_len", options.max_len},
                                   {"stride", options.stride},
                                   {"rows", json_rows(rows)}};

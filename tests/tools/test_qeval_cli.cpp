@@ -1,5 +1,6 @@
 // qeval: the sliding-window perplexity against transformers computing the same windows, the
 // single-window identity with the training loss, and the CLI's table, files and errors.
+#include "data/tiny_instruct.h"
 #include "data/tokenizer.h"
 #include "models/hf_loader.h"
 #include "models/tiny_model.h"
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <sstream>
 
 namespace qtrain {
 namespace {
@@ -119,6 +121,40 @@ TEST_F(QevalTest, CompareWritesTheTableAsTextJsonAndCsv) {
   EXPECT_EQ(csv.rfind("precision,weight_bytes,perplexity", 0), 0u) << csv;
 }
 
+// --recipe evaluates the held-out split the way training does: on a finished run's adapter at the
+// run's base precision it reproduces the run's own final eval loss.
+TEST_F(QevalTest, RecipeHeldOutSplitReproducesTheRunsEvalLoss) {
+  write_tiny_instruct_dataset(scratch_->file("data.jsonl"), 64, 9);
+  const std::string run = scratch_->file("run");
+  const std::string overrides =
+      " model.path=builtin:micro data.path=" + scratch_->file("data.jsonl") +
+      " data.max_seq_len=128 training.max_steps=4 training.warmup_steps=0 "
+      "training.eval_every=0 output.save_every=0 output.dir=" +
+      run;
+  const std::string env = "QTRAIN_CACHE_DIR=" + t::binary_dir() + "/test-cache ";
+  std::string out;
+  ASSERT_EQ(t::run_command(env + t::binary_dir() + "/tools/qtrain " + t::source_dir() +
+                               "/recipes/tiny_qlora.yaml" + overrides,
+                           &out),
+            0)
+      << out;
+  double run_loss = 0;
+  std::istringstream metrics(t::read_file(run + "/metrics.jsonl"));
+  for (std::string line; std::getline(metrics, line);) {
+    const auto record = nlohmann::json::parse(line);
+    if (record.contains("eval_loss")) run_loss = record["eval_loss"].get<double>();
+  }
+  ASSERT_GT(run_loss, 0.0);
+  ASSERT_EQ(t::run_command(env + qeval() + " --recipe " + run + "/recipe.yaml --adapter " + run +
+                               "/adapter --precision nf4 --json " + scratch_->file("r.json") +
+                               " 2>/dev/null",
+                           &out),
+            0)
+      << out;
+  const auto table = nlohmann::json::parse(t::read_file(scratch_->file("r.json")));
+  EXPECT_NEAR(table["rows"][0]["mean_loss"].get<double>(), run_loss, 1e-5);
+}
+
 TEST_F(QevalTest, BadInputsExitWithTheirCodes) {
   std::string out;
   EXPECT_EQ(
@@ -136,6 +172,8 @@ TEST_F(QevalTest, BadInputsExitWithTheirCodes) {
                            &out),
             2)
       << out;
+  EXPECT_EQ(t::run_command(qeval() + " " + model_dir(), &out), 2) << out;  // no --data/--recipe
+  EXPECT_NE(out.find("--recipe"), std::string::npos) << out;
   t::write_file(scratch_->file("bad.jsonl"), "{\"text\": \"fine\"}\n{\"txt\": 3}\n");
   EXPECT_EQ(
       t::run_command(qeval() + " " + model_dir() + " --data " + scratch_->file("bad.jsonl"), &out),
