@@ -75,6 +75,7 @@ class ExportCli : public ::testing::Test {
         {"lora", "merged-bf16", "merged-trained", "--base-weights trained --max-shard-size 100K"},
         {"lora", "nf4", "nf4", ""},
         {"qalora", "gptq-int4", "gptq", ""},
+        {"qalora", "merged-bf16", "qalora-merged", "--base-weights trained"},
         {"lora", "gguf", "merged-f16.gguf", "--gguf-type f16"},
     };
     for (const Export& e : exports) {
@@ -108,13 +109,29 @@ class ExportCli : public ::testing::Test {
     }
     testing::write_file(dir_->file("inputs.json"), inputs.dump());
     std::string out;
-    const int code = testing::run_reference_script(
-        "check_exports.py",
-        {dir_->file("inputs.json"), dir_->file("refs.safetensors"), "--merged", "bf16",
-         dir_->file("merged-bf16"), "--merged", "fp16", dir_->file("merged-fp16"), "--merged",
-         "trained", dir_->file("merged-trained"), "--peft", model_dir_, dir_->file("adapter"),
-         "--nf4", dir_->file("nf4"), "--gptq", dir_->file("gptq")},
-        &out);
+    const int code = testing::run_reference_script("check_exports.py",
+                                                   {dir_->file("inputs.json"),
+                                                    dir_->file("refs.safetensors"),
+                                                    "--merged",
+                                                    "bf16",
+                                                    dir_->file("merged-bf16"),
+                                                    "--merged",
+                                                    "fp16",
+                                                    dir_->file("merged-fp16"),
+                                                    "--merged",
+                                                    "trained",
+                                                    dir_->file("merged-trained"),
+                                                    "--peft",
+                                                    model_dir_,
+                                                    dir_->file("adapter"),
+                                                    "--nf4",
+                                                    dir_->file("nf4"),
+                                                    "--gptq",
+                                                    dir_->file("gptq"),
+                                                    "--merged",
+                                                    "qalora",
+                                                    dir_->file("qalora-merged")},
+                                                   &out);
     EXPECT_EQ(code, 0) << out;
     if (code != 0) return refs;
     const CheckpointReader reader = CheckpointReader::open_file(dir_->file("refs.safetensors"));
@@ -250,6 +267,10 @@ TEST_F(ExportCli, GptqExportDequantizesToTheMergedInt4Model) {
 
   const at::Tensor unmerged = logits(*model);
   const at::Tensor base_only = qtrain_logits("qalora", "int4", /*with_adapter=*/false);
+  // merged-bf16 over the as-trained INT4 base is the QA-LoRA model itself, to bf16 rounding.
+  const double merged = max_diff(refs.at("merged.qalora"), unmerged);
+  std::printf("QA-LoRA merged-bf16 (trained base) vs the unmerged model: %.4g\n", merged);
+  EXPECT_LT(merged, 8 * 0x1p-8 * unmerged.abs().max().item<double>());
   const double gptq = max_diff(refs.at("gptq"), unmerged);
   const double effect = max_diff(unmerged, base_only);
   std::printf("gptq export vs unmerged QA-LoRA model: %.4g (adapter effect %.4g)\n%s\n", gptq,
