@@ -78,7 +78,8 @@ TEST(MemoryPlan, CliExitCodes) {
 TEST(MemoryPlan, CpuEstimateIsWithin15PercentOfARealRun) {
   testing::ScratchDir dir("qtrain-qmem-run");
   const std::string overrides =
-      " model.path=builtin:micro data.packing=true data.max_seq_len=128 "
+      " model.path=builtin:micro data.path=" + testing::source_dir() +
+      "/recipes/data/tiny_instruct.jsonl data.packing=true data.max_seq_len=128 "
       "training.micro_batch_size=4 training.max_steps=4 training.warmup_steps=0 "
       "training.eval_every=0 output.save_every=0 output.dir=" +
       dir.file("run");
