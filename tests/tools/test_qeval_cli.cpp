@@ -66,7 +66,9 @@ TEST_F(QevalTest, SlidingWindowMatchesTransformers) {
         << out;
     const auto ref = nlohmann::json::parse(out.substr(out.rfind('{')));
     EXPECT_EQ(ours.scored_tokens, ref["scored_tokens"].get<int64_t>());
-    if (stride < max_len) EXPECT_EQ(ours.scored_tokens, static_cast<int64_t>(ids.size()) - 1);
+    if (stride < max_len) {
+      EXPECT_EQ(ours.scored_tokens, static_cast<int64_t>(ids.size()) - 1);
+    }
     EXPECT_EQ(ours.windows, ref["windows"].get<int64_t>());
     EXPECT_NEAR(ours.mean_loss, ref["mean_loss"].get<double>(), 1e-5)
         << "max_len " << max_len << " stride " << stride;
