@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/text.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -21,11 +22,6 @@ std::string read_whole_file(const std::string& path) {
   bytes << in.rdbuf();
   if (in.bad()) throw_error(ErrorKind::kIo, "cannot read dataset file", {.file = path});
   return bytes.str();
-}
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() &&
-         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // "malformed JSON at column 7: syntax error ...": nlohmann's message without its exception id

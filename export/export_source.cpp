@@ -2,7 +2,6 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "models/quantized_loader.h"
 #include "trainer/recipe.h"
 #include "trainer/training_model.h"
 
@@ -12,11 +11,6 @@
 namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // <run>/adapter when the run finished, else the checkpoint `latest` names.
 std::string run_adapter_dir(const fs::path& run) {
@@ -33,13 +27,6 @@ std::string run_adapter_dir(const fs::path& run) {
 }
 
 }  // namespace
-
-bool is_quantized_projection(const std::string& name, const std::vector<int64_t>& shape,
-                             const std::vector<std::string>& skip_modules) {
-  if (!ends_with(name, ".weight") || shape.size() != 2) return false;
-  const std::string module = name.substr(0, name.size() - 7);
-  return !ends_with(module, "embed_tokens") && !is_skipped_module(module, skip_modules);
-}
 
 ExportSource open_export_source(const std::string& path, const std::string& base_override) {
   const fs::path dir(path);

@@ -42,9 +42,4 @@ struct ExportSource {
 // reading the recipe or the adapter throws.
 ExportSource open_export_source(const std::string& path, const std::string& base_override = "");
 
-// True when `name` (an HF tensor name) is a projection weight the quantized loaders quantize:
-// 2-D `<module>.weight`, not the token embeddings, not a skipped module.
-bool is_quantized_projection(const std::string& name, const std::vector<int64_t>& shape,
-                             const std::vector<std::string>& skip_modules);
-
 }  // namespace qtrain

@@ -4,7 +4,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "core/text.h"
 #include "models/model_files.h"
+#include "models/quantized_loader.h"
 #include "quant/int4_group.h"
 
 #include <ATen/ATen.h>
@@ -15,11 +17,6 @@
 
 namespace qtrain {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Packs 4-bit values (0..15) along the last dim of `nibbles` [..., 8] into int32 [...]: value j
 // goes to bits 4j..4j+3 (the int32 read as uint32 bits, as GPTQ readers do).

@@ -1,28 +1,17 @@
 #include "export/merged_weights.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/safetensors.h"
 #include "models/bnb_checkpoint.h"
+#include "models/quantized_loader.h"
 #include "quant/int4_group.h"
 #include "quant/quantized_tensor.h"
 
 #include <ATen/ATen.h>
 
-#include <fstream>
-
 namespace qtrain {
 namespace {
-
-nlohmann::json read_config_json(const std::string& dir) {
-  const std::string path = dir + "/config.json";
-  std::ifstream in(path);
-  if (!in) throw_error(ErrorKind::kIo, "cannot read", {.file = path});
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
-  }
-}
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   return c10::str(at::IntArrayRef(shape));
@@ -40,7 +29,7 @@ MergedWeights::~MergedWeights() = default;
 
 MergedWeights::MergedWeights(const ExportSource& source, BaseWeights mode)
     : model_dir_(source.model_dir), qalora_group_size_(source.qalora_group_size) {
-  config_json_ = read_config_json(model_dir_);
+  config_json_ = read_json_file(model_dir_ + "/config.json");
   config_ = ModelConfig::from_json(config_json_, model_dir_ + "/config.json");
   const auto prequantized = read_bnb_quantization_config(model_dir_);
   config_json_.erase("quantization_config");

@@ -2,10 +2,13 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/log.h"
 #include "core/staging_dir.h"
+#include "core/text.h"
 #include "models/config.h"
 #include "models/model_files.h"
+#include "models/quantized_loader.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -25,42 +28,11 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Files of a model directory besides config.json and the weights that a 4-bit copy keeps.
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Exactly, or as the trailing dotted components of `module`.
-bool matches_module(const std::string& module, const std::vector<std::string>& patterns) {
-  for (const std::string& p : patterns) {
-    if (module == p) return true;
-    if (ends_with(module, "." + p)) return true;
-  }
-  return false;
-}
-
-json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open", {.file = path.string()});
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    return json::parse(text.str());
-  } catch (const json::parse_error& e) {
-    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(),
-                {.file = path.string()});
-  }
-}
-
-// A Linear weight that gets quantized: `<module>.weight`, 2-D, floating, neither the token
-// embeddings nor a skipped module.
+// A floating Linear weight that gets quantized (is_quantized_projection).
 bool is_quantized_linear(const std::string& name, const TensorInfo& info,
                          const std::vector<std::string>& skip_modules) {
-  if (!ends_with(name, ".weight") || info.shape.size() != 2) return false;
-  if (!at::isFloatingType(info.scalar_type)) return false;
-  const std::string module = name.substr(0, name.size() - 7);
-  return !ends_with(module, "embed_tokens") && !matches_module(module, skip_modules);
+  return at::isFloatingType(info.scalar_type) &&
+         is_quantized_projection(name, info.shape, skip_modules);
 }
 
 // llm_int8_skip_modules for the config: null when only lm_head is skipped (transformers'
@@ -75,7 +47,7 @@ int64_t write_bnb_files(const std::string& src_hf_dir, const fs::path& dir,
                         const QuantConfig& quant, at::ScalarType compute_dtype,
                         const BnbSaveOptions& options) {
   const fs::path src(src_hf_dir);
-  json config = read_json_file(src / "config.json");
+  json config = read_json_file((src / "config.json").string());
   ModelConfig::from_json(config, (src / "config.json").string());  // validates
   if (config.contains("quantization_config")) {
     throw_error(ErrorKind::kConfig, "the source is already quantized",

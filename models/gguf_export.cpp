@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "core/text.h"
 #include "models/config.h"
 #include "models/gguf_tokenizer.h"
 #include "models/hf_names.h"
@@ -16,11 +17,6 @@
 
 namespace qtrain {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // HF tensor name -> GGUF name (formats.md §7.3); "" for a name with no GGUF counterpart.
 std::string gguf_tensor_name(const std::string& hf) {

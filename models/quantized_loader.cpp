@@ -1,5 +1,7 @@
 #include "models/quantized_loader.h"
 
+#include "core/text.h"
+
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
@@ -25,6 +27,13 @@ bool is_skipped_module(const std::string& module, const std::vector<std::string>
     }
   }
   return false;
+}
+
+bool is_quantized_projection(const std::string& name, const std::vector<int64_t>& shape,
+                             const std::vector<std::string>& skip_modules) {
+  if (!ends_with(name, ".weight") || shape.size() != 2) return false;
+  const std::string module = name.substr(0, name.size() - 7);
+  return !ends_with(module, "embed_tokens") && !is_skipped_module(module, skip_modules);
 }
 
 ModelConfig read_model_dir_config(const std::string& dir) {

@@ -29,6 +29,11 @@ struct QuantizedLoadOptions {
 // True when `module` (an HF module name) is named by `skip_modules`.
 bool is_skipped_module(const std::string& module, const std::vector<std::string>& skip_modules);
 
+// True when `name` (an HF tensor name) is a projection weight the quantized formats quantize:
+// 2-D `<module>.weight`, not the token embeddings, not a skipped module.
+bool is_quantized_projection(const std::string& name, const std::vector<int64_t>& shape,
+                             const std::vector<std::string>& skip_modules);
+
 // Steps shared by the quantize-on-load paths (this one and int4_loader.h).
 // The config of a model directory; Error(kIo) naming the directory when config.json is missing.
 ModelConfig read_model_dir_config(const std::string& dir);

@@ -1,6 +1,7 @@
 #include "models/quantized_memory.h"
 
 #include "core/dtype.h"
+#include "core/text.h"
 #include "models/hf_names.h"
 #include "models/quantized_loader.h"
 #include "quant/memory.h"
@@ -9,11 +10,6 @@ namespace qtrain {
 namespace {
 
 const std::string kWeightSuffix = ".weight";
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/staging_dir.h"
+#include "core/text.h"
 #include "data/sentencepiece_to_hf.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/sentencepiece_trainer.h"
@@ -74,11 +75,6 @@ at::Tensor bell_tensor(at::CPUGeneratorImpl* gen, const std::vector<int64_t>& sh
     data[i] = static_cast<float>(sum - kCenter) * factor;
   }
   return t;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Weights of one tensor, by the role its name gives it (see write_tiny_model in the header).

@@ -1,5 +1,6 @@
 #include "trainer/adapter_targets.h"
 
+#include "core/text.h"
 #include "models/hf_names.h"
 
 #include <regex>
@@ -8,11 +9,6 @@ namespace qtrain {
 namespace {
 
 const std::string kWeightSuffix = ".weight";
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 }  // namespace
 
