@@ -46,6 +46,8 @@ const char* error_kind_name(ErrorKind kind) {
       return "unsupported";
     case ErrorKind::kDiverged:
       return "training diverged";
+    case ErrorKind::kPeer:
+      return "distributed error";
     case ErrorKind::kInternal:
       return "internal error";
   }

@@ -16,6 +16,7 @@ enum class ErrorKind {
   kShape = 6,        // tensor missing, extra or mis-shaped
   kUnsupported = 7,  // valid input that qtrain cannot handle (yet)
   kDiverged = 8,     // training produced a NaN/Inf loss or gradient
+  kPeer = 9,         // distributed: a peer rank failed, hung or disagrees (recipe, world size)
   kInternal = 70,    // a bug in qtrain
 };
 

@@ -39,7 +39,17 @@ const char* tag(Level level) {
   return "?";
 }
 
+std::atomic<int> rank_prefix{-1};  // -1: not part of a multi-rank job
+
 }  // namespace
+
+void set_rank(int rank, int world_size) {
+  rank_prefix.store(world_size > 1 ? rank : -1);
+}
+
+bool quiet_rank() {
+  return rank_prefix.load() > 0 && level() > Level::kDebug;
+}
 
 Level level() {
   return static_cast<Level>(current_level().load());
@@ -55,8 +65,10 @@ void write(Level level, const std::string& message) {
   localtime_r(&now, &local);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%H:%M:%S", &local);
+  char rank[24] = "";
+  if (const int r = rank_prefix.load(); r >= 0) std::snprintf(rank, sizeof rank, "[rank %d] ", r);
   std::lock_guard<std::mutex> lock(mutex);
-  std::fprintf(stderr, "[%s %s] %s\n", stamp, tag(level), message.c_str());
+  std::fprintf(stderr, "%s[%s %s] %s\n", rank, stamp, tag(level), message.c_str());
 }
 
 }  // namespace qtrain::log

@@ -12,6 +12,11 @@ Level level();
 void set_level(Level level);
 void write(Level level, const std::string& message);
 
+// Distributed runs: every line of a rank of a multi-rank job starts with "[rank N]", and ranks
+// other than 0 only print warnings and errors (unless QTRAIN_LOG=debug), so a job's log reads
+// like one process's.
+void set_rank(int rank, int world_size);
+
 namespace detail {
 template <typename... Args>
 std::string concat(const Args&... args) {
@@ -25,9 +30,11 @@ template <typename... Args>
 void debug(const Args&... args) {
   if (level() <= Level::kDebug) write(Level::kDebug, detail::concat(args...));
 }
+bool quiet_rank();
+
 template <typename... Args>
 void info(const Args&... args) {
-  if (level() <= Level::kInfo) write(Level::kInfo, detail::concat(args...));
+  if (level() <= Level::kInfo && !quiet_rank()) write(Level::kInfo, detail::concat(args...));
 }
 template <typename... Args>
 void warn(const Args&... args) {

@@ -1,16 +1,21 @@
 // qtrain: fine-tunes a quantized base model with LoRA / QA-LoRA adapters as a YAML recipe says.
 //
-//   qtrain RECIPE.yaml [section.key=value ...] [--dry-run] [--resume]
+//   qtrain RECIPE.yaml [section.key=value ...] [--dry-run] [--resume] [--nproc N]
 //   qtrain data-check RECIPE.yaml [section.key=value ...]
 //
+// Under torchrun-style or Slurm variables (trainer/distributed/launch_env.h) the process is one
+// data-parallel rank; --nproc N starts N such ranks on this machine.
+//
 // Exit codes: 0 done, 2 bad command line, 3 bad recipe, 4 I/O, 5 malformed file, 6 shape
-// mismatch, 7 unsupported, 8 training diverged, 75 stopped by SIGTERM/SIGINT after writing a
-// checkpoint (continue with --resume), 70 internal error.
+// mismatch, 7 unsupported, 8 training diverged, 9 a peer rank failed or hung (distributed),
+// 75 stopped by SIGTERM/SIGINT after writing a checkpoint (continue with --resume), 70 internal
+// error.
 #include "core/error.h"
 #include "core/log.h"
 #include "export/export_formats.h"
 #include "export/export_source.h"
 #include "tools/cli_main.h"
+#include "tools/local_launcher.h"
 #include "trainer/data_check.h"
 #include "trainer/dry_run.h"
 #include "trainer/interrupt.h"
@@ -21,6 +26,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -47,6 +53,19 @@ void run_recipe_exports(const qtrain::Recipe& recipe, const std::string& run_dir
   }
 }
 
+// The command line without --nproc (both "--nproc N" and "--nproc=N").
+std::vector<std::string> without_nproc(const std::vector<std::string>& args) {
+  std::vector<std::string> kept;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--nproc") {
+      ++i;
+    } else if (args[i].rfind("--nproc=", 0) != 0) {
+      kept.push_back(args[i]);
+    }
+  }
+  return kept;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,6 +82,7 @@ int main(int argc, char** argv) {
   bool dry_run = false;
   bool resume = false;
   int64_t stop_after = 0;
+  int nproc = 1;
   CLI::App app{"Fine-tunes a 4-bit quantized LLM with LoRA / QA-LoRA adapters from a YAML recipe.",
                "qtrain"};
   app.add_option("recipe", recipe_path, "recipe file (recipes/*.yaml)")->required();
@@ -76,6 +96,10 @@ int main(int argc, char** argv) {
                "and masking statistics, then exit (loads no weights)");
   app.add_option("--stop-after", stop_after,
                  "stop after this optimizer step as if pre-empted (checkpoint, exit 75)");
+  app.add_option("--nproc", nproc,
+                 "start this many data-parallel ranks on this machine (gloo on CPU, one GPU "
+                 "each with nccl), as torchrun --nproc-per-node would")
+      ->check(CLI::Range(1, 1024));
   return qtrain::run_cli("qtrain", app, static_cast<int>(args.size()), args.data(), [&] {
     const qtrain::Recipe recipe = qtrain::load_recipe(recipe_path, overrides);
     if (data_check) {
@@ -87,9 +111,19 @@ int main(int argc, char** argv) {
       std::fputs(qtrain::describe_recipe(recipe, estimate).c_str(), stdout);
       return 0;
     }
+    if (nproc > 1) {
+      if (std::getenv("RANK") || std::getenv("WORLD_SIZE")) {
+        qtrain::throw_error(qtrain::ErrorKind::kUsage,
+                            "--nproc starts its own ranks; this process already is rank " +
+                                std::string(std::getenv("RANK") ? std::getenv("RANK") : "?") +
+                                " of a launched job (drop --nproc or unset RANK/WORLD_SIZE)");
+      }
+      return qtrain::launch_local_ranks(nproc, without_nproc(command_line), 30);
+    }
     const qtrain::TrainResult result = qtrain::train(
         recipe, {.resume = resume, .command_line = command_line, .stop_after_step = stop_after});
     if (result.interrupted) return qtrain::kInterruptedExitCode;
+    if (result.rank != 0) return 0;  // rank 0 reports and exports
     if (result.first_eval_loss > 0) {
       qtrain::log::info("held-out loss ", result.first_eval_loss, " -> ", result.last_eval_loss);
     }

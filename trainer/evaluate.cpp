@@ -12,7 +12,8 @@
 namespace qtrain {
 
 EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
-                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches) {
+                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches, int64_t shard,
+                    int64_t num_shards) {
   EvalResult result;
   if (examples.empty()) return result;
   torch::NoGradGuard no_grad;
@@ -29,12 +30,14 @@ EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64
   const auto device = model.model->embed_tokens.device();
   for (int64_t i = 0; i < batches; ++i) {
     Batch batch = batcher.next();
+    if (i % num_shards != shard) continue;
     at::Tensor logits = model.forward(
         {.input_ids = batch.input_ids.to(device), .position_ids = batch.position_ids.to(device)});
     loss_sum += causal_lm_loss_sum(logits, batch.labels).item<double>();
     result.tokens += count_loss_tokens(batch.labels);
   }
   model.train();
+  result.loss_sum = loss_sum;
   if (result.tokens > 0) {
     result.loss = loss_sum / static_cast<double>(result.tokens);
     result.perplexity = std::exp(result.loss);

@@ -14,11 +14,15 @@ struct EvalResult {
   double loss = 0;        // mean over loss tokens
   double perplexity = 0;  // exp(loss)
   int64_t tokens = 0;     // loss tokens evaluated
+  double loss_sum = 0;    // summed token losses (loss = loss_sum / tokens)
 };
 
 // Runs the examples in their order, `micro_batch_size` at a time, in eval mode without
 // gradients, at most `max_batches` batches (0: all), then puts the model back in training mode.
+// Data parallel: shard s of n evaluates batches s, s + n, ... of that sequence, so the ranks'
+// loss_sum and tokens add up to one process's.
 EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
-                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches);
+                    int64_t max_seq_len, int64_t pad_id, int64_t max_batches, int64_t shard = 0,
+                    int64_t num_shards = 1);
 
 }  // namespace qtrain

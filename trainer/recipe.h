@@ -106,8 +106,14 @@ struct OutputSection {
   std::vector<std::string> exports;
 };
 
+// Data parallelism across the ranks a launcher started (torchrun variables, Slurm, or
+// qtrain --nproc); ignored by a single process.
 struct DistributedSection {
-  std::string backend = "auto";  // auto | nccl | gloo | none
+  std::string backend = "auto";  // auto (nccl on CUDA, gloo on CPU) | nccl | gloo | none
+  // A peer that dies or stops answering makes the others exit with an error after this long;
+  // it also bounds the rendezvous and waiting at a checkpoint barrier.
+  int64_t timeout_s = 600;
+  int64_t bucket_mb = 25;  // gradient all-reduce bucket size (float32 MiB)
 };
 
 struct Recipe {

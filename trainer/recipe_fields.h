@@ -80,6 +80,8 @@ void for_each_field(Section& s, Visitor&& visit) {
   } else {
     static_assert(std::is_same_v<S, DistributedSection>, "not a recipe section");
     visit("backend", s.backend);
+    visit("timeout_s", s.timeout_s);
+    visit("bucket_mb", s.bucket_mb);
   }
 }
 

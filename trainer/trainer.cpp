@@ -3,9 +3,12 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/batcher.h"
+#include "data/shuffle.h"
 #include "models/llama.h"
 #include "peft/peft_files.h"
 #include "trainer/causal_lm_loss.h"
+#include "trainer/distributed/data_parallel.h"
+#include "trainer/distributed/grad_reducer.h"
 #include "trainer/evaluate.h"
 #include "trainer/interrupt.h"
 #include "trainer/memory_usage.h"
@@ -79,6 +82,7 @@ class TrainingRun {
 
   const Recipe& recipe_;
   TrainOptions options_;
+  DataParallel dp_;
   std::string run_dir_;
   TrainingModel m_;
   TrainingData data_;
@@ -97,7 +101,11 @@ class TrainingRun {
 void TrainingRun::setup() {
   const auto& t = recipe_.training;
   at::manual_seed(t.seed);
-  m_ = build_training_model(recipe_);
+  Recipe this_rank = recipe_;
+  this_rank.model.device = dp_.device_for_rank(recipe_.model.device);
+  m_ = build_training_model(this_rank);
+  // Same adapter initialisation everywhere (rank 0's is broadcast anyway), different dropout.
+  if (dp_.rank() > 0) at::manual_seed(mix_seed(t.seed, static_cast<uint64_t>(dp_.rank())));
   if (m_.device.is_cuda()) cuda_index_ = m_.device.index();
   m_.model->set_gradient_checkpointing(t.gradient_checkpointing);
   m_.model->train();
@@ -112,7 +120,9 @@ void TrainingRun::setup() {
                                                           .packing = recipe_.data.packing,
                                                           .seed = t.seed,
                                                           .shuffle = true,
-                                                          .pad_id = pad_id_});
+                                                          .pad_id = pad_id_,
+                                                          .num_shards = dp_.world_size(),
+                                                          .shard = dp_.rank()});
   total_steps_ = t.max_steps > 0
                      ? t.max_steps
                      : t.epochs * ceil_div(batcher_->batches_per_epoch(), t.grad_accum_steps);
@@ -137,7 +147,9 @@ void TrainingRun::setup() {
   int64_t trainable = 0;
   for (const auto& p : params_) trainable += p.numel();
   log::info(trainable, " trainable parameters; ", total_steps_, " steps of ", t.grad_accum_steps,
-            " x ", t.micro_batch_size, " samples; optimizer ", t.optimizer, " (",
+            " x ", t.micro_batch_size, " x ", dp_.world_size(),
+            " ranks = ", t.grad_accum_steps * t.micro_batch_size * dp_.world_size(),
+            " samples (global batch); optimizer ", t.optimizer, " (",
             format_bytes(optimizer_->state_bytes()), " of state)");
 }
 
@@ -153,10 +165,19 @@ void TrainingRun::resume_from(const std::string& dir) {
     }
     for (const auto& [name, value] : found->second) slot->load_adapter_tensor(name, value);
   }
+  const int64_t saved_world = state.trainer_state.value("world_size", int64_t{1});
+  if (saved_world != dp_.world_size()) {
+    throw_error(ErrorKind::kPeer,
+                "the checkpoint was written by a run of " + std::to_string(saved_world) +
+                    " ranks and this run has " + std::to_string(dp_.world_size()) +
+                    " (data shards and random states are per rank); resume with " +
+                    std::to_string(saved_world) + " ranks",
+                {.file = dir + "/trainer_state.json"});
+  }
   optimizer_->load_state_dict(state.optimizer);
   const auto& cursor = state.trainer_state.at("cursor");
   batcher_->restore({cursor.at("epoch").get<int64_t>(), cursor.at("position").get<int64_t>()});
-  restore_rng_states(state.rng);
+  restore_rng_states(dp_.own_rng_states(state.rng));
   start_step_ = state.step;
   result_.skipped_steps = state.trainer_state.value("skipped_steps", int64_t{0});
   result_.first_eval_loss = state.trainer_state.value("first_eval_loss", 0.0);
@@ -165,13 +186,21 @@ void TrainingRun::resume_from(const std::string& dir) {
 
 void TrainingRun::run_eval(int64_t step) {
   if (data_.eval.empty()) return;
-  const EvalResult eval =
+  EvalResult eval =
       evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size, recipe_.data.max_seq_len,
-               pad_id_, recipe_.training.eval_batches);
+               pad_id_, recipe_.training.eval_batches, dp_.rank(), dp_.world_size());
+  if (dp_.active()) {
+    std::vector<double> sums{eval.loss_sum, static_cast<double>(eval.tokens)};
+    dp_.sum(sums);
+    eval.tokens = static_cast<int64_t>(sums[1]);
+    eval.loss = eval.tokens > 0 ? sums[0] / sums[1] : 0;
+    eval.perplexity = std::exp(eval.loss);
+  }
   if (step == 0 || result_.first_eval_loss == 0) result_.first_eval_loss = eval.loss;
   result_.last_eval_loss = eval.loss;
   log::info("eval at step ", step, ": loss ", eval.loss, ", perplexity ", eval.perplexity, " (",
             eval.tokens, " tokens)");
+  if (!metrics_) return;
   metrics_->append({{"step", step},
                     {"eval_loss", eval.loss},
                     {"eval_perplexity", eval.perplexity},
@@ -190,9 +219,16 @@ void TrainingRun::save(int64_t step) {
   state.trainer_state = {{"cursor", {{"epoch", cursor.epoch}, {"position", cursor.position}}},
                          {"skipped_steps", result_.skipped_steps},
                          {"first_eval_loss", result_.first_eval_loss},
-                         {"total_steps", total_steps_}};
-  state.optimizer = optimizer_->state_dict();
+                         {"total_steps", total_steps_},
+                         {"world_size", dp_.world_size()}};
   state.rng = capture_rng_states(cuda_index_);
+  dp_.gather_rng_states(state.rng, step);
+  last_saved_step_ = step;
+  if (!dp_.is_main()) {
+    dp_.barrier();  // rank 0 has written the checkpoint
+    return;
+  }
+  state.optimizer = optimizer_->state_dict();
   const std::string base = recipe_.model.path;
   const nlohmann::json extra = extra_adapter_config(m_);
   const std::string dir = save_train_checkpoint(
@@ -201,8 +237,8 @@ void TrainingRun::save(int64_t step) {
         save_peft_adapter(staging, m_.adapters, m_.lora, base, at::kFloat, extra);
       },
       recipe_.output.keep_last);
-  last_saved_step_ = step;
   log::info("checkpoint ", dir);
+  dp_.barrier();
 }
 
 bool TrainingRun::optimizer_step(int64_t step) {
@@ -212,27 +248,34 @@ bool TrainingRun::optimizer_step(int64_t step) {
   const auto started = Clock::now();
 
   std::vector<Batch> micro;
-  int64_t loss_tokens = 0, tokens = 0;
+  std::vector<double> counts{0, 0};  // loss tokens, tokens of the step, over all ranks
   for (int64_t i = 0; i < t.grad_accum_steps; ++i) {
     micro.push_back(batcher_->next());
-    loss_tokens += count_loss_tokens(micro.back().labels);
-    tokens += micro.back().tokens;
+    counts[0] += static_cast<double>(count_loss_tokens(micro.back().labels));
+    counts[1] += static_cast<double>(micro.back().tokens);
   }
-  // Normalising every micro-batch by the step's loss tokens makes the accumulated gradient that
-  // of one big batch, whatever the micro-batches' lengths.
+  dp_.sum(counts);
+  const auto loss_tokens = static_cast<int64_t>(counts[0]);
+  const auto tokens = static_cast<int64_t>(counts[1]);
+  // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
+  // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
   const double norm = static_cast<double>(std::max<int64_t>(loss_tokens, 1));
-  double loss_sum = 0;
+  std::vector<double> loss_sum{0};
   const auto device = m_.device;
+  GradReducer* reducer = dp_.reducer();
   for (const Batch& batch : micro) {
+    if (reducer && &batch == &micro.back()) reducer->prepare();
     ForwardInputs inputs{.input_ids = batch.input_ids.to(device),
                          .position_ids = batch.position_ids.to(device)};
     if (batch.segment_ids.defined()) inputs.segment_ids = batch.segment_ids.to(device);
     at::Tensor logits = m_.model->forward(inputs);
     at::Tensor sum = causal_lm_loss_sum(logits, batch.labels);
     (sum / norm).backward();
-    loss_sum += sum.item<double>();
+    loss_sum[0] += sum.item<double>();
   }
-  const double loss = loss_sum / norm;
+  if (reducer) reducer->finish();
+  dp_.sum(loss_sum);
+  const double loss = loss_sum[0] / norm;
   const GradNormResult clip = clip_grad_norm(params_, t.max_grad_norm);
   if (!std::isfinite(loss) || !clip.finite) {
     const std::string what = "non-finite " +
@@ -247,7 +290,7 @@ bool TrainingRun::optimizer_step(int64_t step) {
     log::warn(what, ": step skipped (training.on_nonfinite=skip)");
     optimizer_->zero_grad();
     ++result_.skipped_steps;
-    metrics_->append({{"step", step + 1}, {"skipped", true}, {"lr", lr}});
+    if (metrics_) metrics_->append({{"step", step + 1}, {"skipped", true}, {"lr", lr}});
     return false;
   }
   optimizer_->step();
@@ -256,7 +299,7 @@ bool TrainingRun::optimizer_step(int64_t step) {
   result_.last_loss = loss;
 
   const int64_t done = step + 1;
-  if (done % std::max<int64_t>(t.log_every, 1) == 0 || done == total_steps_) {
+  if (metrics_ && (done % std::max<int64_t>(t.log_every, 1) == 0 || done == total_steps_)) {
     const MemoryUsage mem = memory_usage(device);
     StepReport report{.step = done,
                       .total = total_steps_,
@@ -291,21 +334,33 @@ bool TrainingRun::optimizer_step(int64_t step) {
 
 TrainResult TrainingRun::run() {
   InterruptGuard interrupt;
+  dp_ = DataParallel::join(recipe_, launch_env(), options_.resume);
+  // Rank 0 alone looks at and writes the run directory; the others follow its decisions.
   std::optional<std::string> checkpoint;
-  if (options_.resume) {
+  if (options_.resume && dp_.is_main()) {
     checkpoint = latest_checkpoint(run_dir_);
     if (!checkpoint) log::warn("--resume: ", run_dir_, " has no checkpoint; starting fresh");
   }
+  const std::string shared = dp_.from_main("resume-from", checkpoint.value_or(""));
+  if (!shared.empty()) checkpoint = shared;
   const RunStart start = checkpoint ? RunStart::kResume : RunStart::kFresh;
-  check_run_directory(recipe_, start);
+  if (dp_.is_main()) check_run_directory(recipe_, start);
+  dp_.barrier();
   setup();
-  prepare_run_directory(recipe_, start, options_.command_line);
+  if (dp_.is_main()) prepare_run_directory(recipe_, start, options_.command_line);
+  dp_.barrier();
   if (checkpoint) resume_from(*checkpoint);
-  metrics_ = std::make_unique<MetricsLog>(run_dir_, start_step_);
-  if (recipe_.output.tensorboard) {
-    tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ + "/tensorboard");
+  dp_.broadcast(params_);
+  dp_.attach(params_, recipe_.distributed.bucket_mb);
+  if (dp_.is_main()) {
+    metrics_ = std::make_unique<MetricsLog>(run_dir_, start_step_);
+    if (recipe_.output.tensorboard) {
+      tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ + "/tensorboard");
+    }
   }
   result_.run_dir = run_dir_;
+  result_.rank = dp_.rank();
+  result_.world_size = dp_.world_size();
   result_.total_steps = total_steps_;
   if (start_step_ == 0) run_eval(0);
 
@@ -315,21 +370,23 @@ TrainResult TrainingRun::run() {
     const int64_t done = step + 1;
     result_.steps_done = done;
     if (t.eval_every > 0 && done % t.eval_every == 0 && done != total_steps_) run_eval(done);
-    const bool stop = InterruptGuard::requested() ||
-                      (options_.stop_after_step > 0 && done == options_.stop_after_step);
+    const bool stop = dp_.any(InterruptGuard::requested() ||
+                              (options_.stop_after_step > 0 && done == options_.stop_after_step));
     if ((recipe_.output.save_every > 0 && done % recipe_.output.save_every == 0) || stop) {
       save(done);
     }
     if (stop && done != total_steps_) {
       result_.interrupted = true;
-      log::warn("stopped after step ", done, InterruptGuard::requested() ? " (signal)" : "",
-                "; continue with --resume");
+      if (dp_.is_main())
+        log::warn("stopped after step ", done, InterruptGuard::requested() ? " (signal)" : "",
+                  "; continue with --resume");
       return result_;
     }
   }
   result_.steps_done = total_steps_;
   run_eval(total_steps_);
   if (last_saved_step_ != total_steps_) save(total_steps_);
+  if (!dp_.is_main()) return result_;
   save_peft_adapter(run_dir_ + "/adapter", m_.adapters, m_.lora, recipe_.model.path, at::kFloat,
                     extra_adapter_config(m_));
   log::info("adapter written to ", run_dir_, "/adapter");

@@ -26,10 +26,15 @@ struct TrainResult {
   int64_t skipped_steps = 0;                       // non-finite steps skipped
   bool interrupted = false;                        // stopped by a signal after a checkpoint
   std::string run_dir;
+  int rank = 0;  // this process's rank; only rank 0 writes the run directory
+  int world_size = 1;
 };
 
-// Throws qtrain::Error for bad input (see the recipe, data and model loaders) and
-// Error(kDiverged) for a non-finite loss or gradient with training.on_nonfinite = stop.
+// Under a distributed launch (trainer/distributed/launch_env.h) this process is one data-parallel
+// rank: it trains on its shard and rank 0 writes the run directory.
+// Throws qtrain::Error for bad input (see the recipe, data and model loaders),
+// Error(kDiverged) for a non-finite loss or gradient with training.on_nonfinite = stop, and
+// Error(kPeer) when a peer rank fails, hangs or disagrees.
 TrainResult train(const Recipe& recipe, const TrainOptions& options);
 
 }  // namespace qtrain
