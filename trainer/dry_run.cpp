@@ -10,6 +10,9 @@
 namespace qtrain {
 
 ModelConfig recipe_model_config(const Recipe& recipe) {
+  if (recipe.model.synthetic && !recipe.model.known_config.empty()) {
+    return known_model_config(recipe.model.known_config);
+  }
   const std::string& path = recipe.model.path;
   const std::string kBuiltin = "builtin:";
   if (path.rfind(kBuiltin, 0) == 0) return tiny_model_config("llama", path.substr(kBuiltin.size()));

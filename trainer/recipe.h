@@ -25,6 +25,10 @@ struct ModelSection {
   std::string known_config;
   std::string dtype = "bfloat16";  // compute dtype: bfloat16 | float16 | float32
   std::string device = "auto";     // auto | cpu | cuda | cuda:N
+  // Benchmarks: weights drawn by training.seed on the device and quantized there
+  // (models/synthetic_model.h) instead of read; the shapes are known_config's (else path's), and
+  // path still supplies the tokenizer.
+  bool synthetic = false;
 };
 
 struct QuantizationSection {

@@ -248,6 +248,16 @@ void validate_recipe(const Recipe& recipe, const RecipeOrigins& origins) {
   check_training(recipe.training, recipe.data, checks);
   check_output(recipe.output, recipe.adapter, checks);
   check_distributed(recipe.distributed, recipe.model, checks);
+  if (recipe.model.synthetic && recipe.quantization.type == "int4") {
+    checks.fail("model.synthetic",
+                "synthetic models take quantization.type nf4, fp4, int8 or "
+                "none, not int4");
+  }
+  if (recipe.model.synthetic && !recipe.adapter.init_from.empty()) {
+    checks.fail("model.synthetic",
+                "a synthetic base has no trained adapters to start from "
+                "(adapter.init_from)");
+  }
 }
 
 }  // namespace qtrain

@@ -113,6 +113,14 @@ void TrainingRun::setup() {
             m_.adapters.size(), " adapters, on ", m_.device.str());
 
   data_ = load_training_data(recipe_, m_.model_dir);
+  if (data_.tokenizer->vocab_size() > m_.model->config().vocab_size) {
+    throw_error(ErrorKind::kConfig,
+                "the tokenizer of " + m_.model_dir + " has " +
+                    std::to_string(data_.tokenizer->vocab_size()) +
+                    " tokens, more than the model's " +
+                    std::to_string(m_.model->config().vocab_size) + " embeddings",
+                {.field = recipe_.model.synthetic ? "model.known_config" : "model.path"});
+  }
   pad_id_ = padding_id(*data_.tokenizer);
   batcher_ =
       std::make_unique<Batcher>(data_.train, BatchOptions{.micro_batch_size = t.micro_batch_size,

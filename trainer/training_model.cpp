@@ -6,10 +6,12 @@
 #include "models/int4_loader.h"
 #include "models/llama.h"
 #include "models/quantized_loader.h"
+#include "models/synthetic_model.h"
 #include "models/tiny_model.h"
 #include "peft/apply_qalora.h"
 #include "peft/peft_files.h"
 #include "quant/quantized_tensor.h"
+#include "trainer/dry_run.h"
 #include "trainer/recipe.h"
 
 #include <ATen/Context.h>
@@ -48,6 +50,22 @@ std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir
   options.quant.double_quant = q.double_quant;
   options.skip_modules = q.skip_modules;
   return load_quantized_causal_lm(dir, options);
+}
+
+std::shared_ptr<CausalLM> synthetic_base(const Recipe& recipe, const c10::Device& device,
+                                         at::ScalarType dtype) {
+  const auto& q = recipe.quantization;
+  SyntheticModelOptions options;
+  options.dtype = dtype;
+  options.device = device;
+  options.seed = recipe.training.seed;
+  options.skip_modules = q.skip_modules;
+  if (q.type != "none") {
+    options.quant = QuantConfig{.type = quant_type_from_name(q.type),
+                                .blocksize = q.blocksize,
+                                .double_quant = q.double_quant};
+  }
+  return make_synthetic_causal_lm(recipe_model_config(recipe), options);
 }
 
 }  // namespace
@@ -125,7 +143,8 @@ TrainingModel build_training_model(const Recipe& recipe) {
   out.dtype = resolve_dtype(recipe.model.dtype, "model.dtype");
   out.model_dir = resolve_model_dir(recipe.model.path);
   out.lora = lora_config_of(recipe);
-  out.model = load_base(recipe, out.model_dir, out.device, out.dtype);
+  out.model = recipe.model.synthetic ? synthetic_base(recipe, out.device, out.dtype)
+                                     : load_base(recipe, out.model_dir, out.device, out.dtype);
   if (!recipe.adapter.init_from.empty()) {
     if (recipe.adapter.type == "qalora") {
       throw_error(ErrorKind::kUnsupported, "adapter.init_from holds LoRA adapters only",

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -306,6 +307,29 @@ TEST_F(TrainCli, DryRunPrintsRecipeAndMemory) {
   EXPECT_NE(out.find("lr: 0.0001"), std::string::npos) << out;
   EXPECT_NE(out.find("GiB"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir_.file("runs")));
+}
+
+TEST_F(TrainCli, SyntheticBaseTrainsAndPlansAtAPublishedShape) {
+  std::string out;
+  const std::string dir = run_dir("synthetic");
+  ASSERT_EQ(run("output.dir=" + dir + " model.synthetic=true training.max_steps=4", &out), 0)
+      << out;
+  EXPECT_NE(out.find("synthetic llama model: 2 layers"), std::string::npos) << out;
+  EXPECT_EQ(out.find("loaded llama from"), std::string::npos) << "it read the checkpoint";
+  const auto losses = train_losses(read_metrics(dir));
+  ASSERT_EQ(losses.size(), 4u);
+  for (double loss : losses) EXPECT_TRUE(std::isfinite(loss));
+  // A different base than the checkpoint's: the untrained held-out loss differs.
+  const std::string real = run_dir("real");
+  ASSERT_EQ(run("output.dir=" + real + " training.max_steps=4", &out), 0) << out;
+  EXPECT_NE(eval_losses(read_metrics(dir)).front(), eval_losses(read_metrics(real)).front());
+
+  // --dry-run plans the known_config shape (Llama-3-8B: 32 layers of r=8 LoRA on 7 projections).
+  ASSERT_EQ(run("--dry-run model.synthetic=true model.known_config=llama3-8b", &out), 0) << out;
+  EXPECT_NE(out.find("trainable parameters: 20971520"), std::string::npos) << out;
+  EXPECT_EQ(run("--dry-run model.synthetic=true quantization.type=int4 adapter.type=qalora", &out),
+            3);
+  EXPECT_NE(out.find("model.synthetic"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -1,0 +1,71 @@
+#include "models/synthetic_model.h"
+
+#include "core/log.h"
+#include "models/linear.h"
+#include "models/quantized_linear_slot.h"
+#include "models/quantized_loader.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+namespace qtrain {
+namespace {
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t hash = 1469598103934665603ULL;
+  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
+  return hash;
+}
+
+// N(0, std) of `shape` on `device`, from the device's generator reseeded for this tensor alone
+// (by its name), so the values do not depend on the order tensors are made in.
+at::Tensor draw(const std::string& name, at::IntArrayRef shape, const at::TensorOptions& options,
+                uint64_t seed, double std) {
+  // A private generator of the device's kind: the global one's state is left alone.
+  at::Generator gen = at::globalContext().defaultGenerator(options.device()).clone();
+  gen.set_current_seed(seed ^ fnv1a(name));
+  at::Tensor values = at::empty(shape, options.dtype(at::kFloat));
+  values.normal_(0.0, std, gen);
+  return values.to(options.dtype());
+}
+
+}  // namespace
+
+std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
+                                                   const SyntheticModelOptions& options) {
+  torch::NoGradGuard no_grad;
+  const auto dense = at::TensorOptions().dtype(options.dtype).device(options.device);
+  if (options.quant) options.quant->validate();
+  int64_t quantized_bytes = 0;
+  LinearFactory make = [&](const std::string& name, int64_t in, int64_t out,
+                           bool bias) -> std::shared_ptr<LinearSlot> {
+    if (!options.quant || is_skipped_module(name, options.skip_modules)) {
+      return std::make_shared<DenseLinear>(in, out, bias, dense);
+    }
+    QuantizedTensor weight = quantize(
+        draw(name + ".weight", {out, in}, dense, options.seed, options.init_std), *options.quant);
+    quantized_bytes += weight.nbytes();
+    at::Tensor b =
+        bias ? draw(name + ".bias", {out}, dense, options.seed, options.init_std) : at::Tensor();
+    return std::make_shared<QuantizedLinearSlot>(std::move(weight), b);
+  };
+  auto model = std::make_shared<CausalLM>(config, dense, make);
+  // What the factory left dense (embeddings, norms, skipped projections) is uninitialised.
+  for (auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& param = item.value();
+    const bool norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    if (norm) {
+      param.fill_(1.0);
+    } else {
+      param.copy_(draw(name, param.sizes(), dense, options.seed, options.init_std));
+    }
+  }
+  log::info("synthetic ", config.model_type, " model: ", config.num_hidden_layers,
+            " layers, hidden ", config.hidden_size, ", on ", options.device.str(), " (seed ",
+            options.seed, ", ", quantized_bytes / (1 << 20), " MiB quantized)");
+  return model;
+}
+
+}  // namespace qtrain
