@@ -29,7 +29,7 @@ cmake -S "$root" -B "$build" -G Ninja -DQTRAIN_PYTHON="$python" -DCMAKE_BUILD_TY
   exit 5
 }
 stamp "build"
-targets=(qtrain qmem test_quant_cuda test_optim_cuda test_distributed_cli bench_quant_cuda)
+targets=(qtrain qmem test_quant_cuda test_optim_cuda test_train_cuda bench_quant_cuda)
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1 || {
   grep -E "error|Error" -A3 "$out/build.log" | head -60
   exit 6
@@ -37,7 +37,7 @@ cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$out/build.log" 
 
 stamp "CUDA tests"
 status=0
-for t in tests/quant/test_quant_cuda tests/trainer/test_optim_cuda; do
+for t in tests/quant/test_quant_cuda tests/trainer/test_optim_cuda tests/trainer/test_train_cuda; do
   "$build/$t" --gtest_output="xml:$out/$(basename "$t").xml" >"$out/$(basename "$t").log" 2>&1 ||
     status=1
   tail -3 "$out/$(basename "$t").log"
