@@ -1,6 +1,7 @@
 #include "models/synthetic_model.h"
 
 #include "core/log.h"
+#include "core/text.h"
 #include "models/linear.h"
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"
@@ -12,19 +13,13 @@
 namespace qtrain {
 namespace {
 
-uint64_t fnv1a(const std::string& text) {
-  uint64_t hash = 1469598103934665603ULL;
-  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ULL;
-  return hash;
-}
-
 // N(0, std) of `shape` on `device`, from the device's generator reseeded for this tensor alone
 // (by its name), so the values do not depend on the order tensors are made in.
 at::Tensor draw(const std::string& name, at::IntArrayRef shape, const at::TensorOptions& options,
                 uint64_t seed, double std) {
   // A private generator of the device's kind: the global one's state is left alone.
   at::Generator gen = at::globalContext().defaultGenerator(options.device()).clone();
-  gen.set_current_seed(seed ^ fnv1a(name));
+  gen.set_current_seed(seed ^ fnv1a_64(name));
   at::Tensor values = at::empty(shape, options.dtype(at::kFloat));
   values.normal_(0.0, std, gen);
   return values.to(options.dtype());
@@ -55,8 +50,7 @@ std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
   for (auto& item : model->named_parameters()) {
     const std::string& name = item.key();
     at::Tensor& param = item.value();
-    const bool norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
-    if (norm) {
+    if (ends_with(name, "norm.weight")) {
       param.fill_(1.0);
     } else {
       param.copy_(draw(name, param.sizes(), dense, options.seed, options.init_std));

@@ -38,6 +38,9 @@ int run_reference_script(const std::string& script, const std::vector<std::strin
 // Runs a shell command line; returns the exit status and captures stdout+stderr.
 int run_command(const std::string& command_line, std::string* output);
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+int free_loopback_port();
+
 // Max |a - b| over all elements (both converted to double).
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 

@@ -11,12 +11,9 @@
 #include "trainer/train_checkpoint.h"
 
 #include <ATen/ATen.h>
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
@@ -39,18 +36,6 @@ std::string qtrain_binary() {
 
 std::string cache_dir() {
   return testing::binary_dir() + "/test-cache";
-}
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  close(fd);
-  return ntohs(address.sin_port);
 }
 
 std::vector<double> metric(const std::string& run_dir, const std::string& key) {
@@ -236,7 +221,7 @@ TEST_F(DistributedCli, ATwoRankResumeContinuesTheSameLosses) {
 
 TEST_F(DistributedCli, AKilledPeerMakesTheSurvivorExitWithAClearError) {
   const std::string dir = dir_.file("killed");
-  const int port = free_port();
+  const int port = testing::free_loopback_port();
   const std::vector<std::string> args = {"output.dir=" + dir, "training.max_steps=100000",
                                          "output.save_every=0", "distributed.timeout_s=60"};
   const Rank rank0 = start_rank(0, port, args), rank1 = start_rank(1, port, args);
@@ -256,7 +241,7 @@ TEST_F(DistributedCli, AKilledPeerMakesTheSurvivorExitWithAClearError) {
 
 TEST_F(DistributedCli, AHungPeerMakesTheSurvivorExitAfterTheTimeout) {
   const std::string dir = dir_.file("hung");
-  const int port = free_port();
+  const int port = testing::free_loopback_port();
   const std::vector<std::string> args = {"output.dir=" + dir, "training.max_steps=100000",
                                          "output.save_every=0", "distributed.timeout_s=3"};
   const Rank rank0 = start_rank(0, port, args), rank1 = start_rank(1, port, args);
@@ -272,7 +257,7 @@ TEST_F(DistributedCli, AHungPeerMakesTheSurvivorExitAfterTheTimeout) {
 
 TEST_F(DistributedCli, RanksWithDifferentRecipesRefuseToTrain) {
   const std::string dir = dir_.file("mismatch");
-  const int port = free_port();
+  const int port = testing::free_loopback_port();
   const Rank rank0 = start_rank(0, port, {"output.dir=" + dir});
   const Rank rank1 = start_rank(1, port, {"output.dir=" + dir, "training.lr=1e-3"});
   const int code0 = wait_exit(rank0, std::chrono::seconds(120));

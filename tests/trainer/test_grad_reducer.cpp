@@ -2,15 +2,12 @@
 // gradients every rank ends with equal the sum of what each rank alone would accumulate, across
 // buckets, with gradient accumulation before the synchronised pass, and when a parameter gets a
 // second gradient after its bucket already went out.
+#include "tests/support/test_support.h"
 #include "trainer/distributed/grad_reducer.h"
 #include "trainer/distributed/process_group.h"
 
 #include <ATen/ATen.h>
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <functional>
 #include <thread>
@@ -18,18 +15,6 @@
 
 namespace qtrain {
 namespace {
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  close(fd);
-  return ntohs(address.sin_port);
-}
 
 // Parameters of sizes 5, 3x4 and 7: with 40-byte buckets the reducer makes two buckets,
 // {c, b} and {a} (reverse registration order).
@@ -68,7 +53,7 @@ void check_two_ranks(int passes) {
         expected[i] += p[i].grad();
     }
   }
-  const int port = free_port();
+  const int port = testing::free_loopback_port();
   std::vector<std::vector<at::Tensor>> grads(2);
   std::vector<int64_t> buckets(2), bytes(2), overlapped(2);
   auto rank_main = [&](int rank) {

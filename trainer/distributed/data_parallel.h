@@ -70,7 +70,7 @@ class DataParallel {
   int64_t shared_keys_ = 0;
 };
 
-// 64-bit FNV-1a of `text`, as 16 hex digits (the recipe hash the ranks compare).
+// core/text.h fnv1a_64 of `text` as 16 hex digits (the recipe hash the ranks compare).
 std::string text_hash(const std::string& text);
 
 }  // namespace qtrain

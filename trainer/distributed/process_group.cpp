@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace qtrain {
@@ -140,7 +141,7 @@ void ProcessGroup::all_reduce_sum(std::vector<double>& values) {
   at::Tensor t = at::tensor(values, at::dtype(at::kDouble)).to(device());
   all_reduce_sum(t);
   t = t.cpu();
-  for (size_t i = 0; i < values.size(); ++i) values[i] = t[static_cast<int64_t>(i)].item<double>();
+  std::copy(t.data_ptr<double>(), t.data_ptr<double>() + t.numel(), values.begin());
 }
 
 double ProcessGroup::all_reduce_max(double value) {
