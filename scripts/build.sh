@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds qtrain into ${QTRAIN_BUILD:-build} (Ninja, ccache, precompiled headers).
+# Release at -O2 without debug info by default: with -g the LibTorch headers make the build tree
+# about 6 GB (CI once ran out of disk); QTRAIN_BUILD_TYPE=RelWithDebInfo for a debuggable build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${QTRAIN_BUILD:-$root/build}"
@@ -7,6 +9,6 @@ venv="${QTRAIN_VENV:-$HOME/.cache/qtrain/venv}"
 jobs="${QTRAIN_JOBS:-$(nproc)}"
 if [[ ! -f "$build/build.ninja" ]]; then
   cmake -S "$root" -B "$build" -G Ninja -DQTRAIN_PYTHON="$venv/bin/python3" \
-    -DCMAKE_BUILD_TYPE="${QTRAIN_BUILD_TYPE:-RelWithDebInfo}"
+    -DCMAKE_BUILD_TYPE="${QTRAIN_BUILD_TYPE:-Release}" -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG"
 fi
 cmake --build "$build" -j "$jobs"

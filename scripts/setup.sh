@@ -36,7 +36,7 @@ if [[ ! -x "$venv/bin/python3" ]]; then
 fi
 if ! cmp -s "$here/requirements-test.txt" "$stamp"; then
   echo "setup: installing pinned Python packages into $venv (torch wheel with its CUDA libraries)"
-  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r "$here/requirements-test.txt"
+  "$venv/bin/python3" -m pip install -q --no-cache-dir --disable-pip-version-check -r "$here/requirements-test.txt"
   cp "$here/requirements-test.txt" "$stamp"
 fi
 echo "setup: ok (venv $venv)"
