@@ -397,6 +397,17 @@ CheckpointReader CheckpointReader::open_dir(const std::string& dir, const std::s
   // transformers prefers the single file when both exist; so do we.
   if (path_exists(single)) return open_file(single);
   if (path_exists(index)) return open_index(dir, index);
+  // Pickles can run code when loaded; model files are data, so they are refused by name.
+  const std::string pickle_prefix = base_name == "model" ? "pytorch_model" : base_name;
+  for (const std::string& pickle : {pickle_prefix + ".bin", pickle_prefix + ".bin.index.json"}) {
+    if (path_exists(join_path(dir, pickle))) {
+      throw_error(ErrorKind::kUnsupported,
+                  "pickled " + pickle +
+                      " is not read: model files are data, never code; convert it to "
+                      "safetensors (save_pretrained(dir, safe_serialization=True))",
+                  {.file = dir});
+    }
+  }
   throw_error(ErrorKind::kIo,
               "no " + base_name + ".safetensors or " + base_name +
                   ".safetensors.index.json in the directory",

@@ -24,7 +24,13 @@ std::filesystem::path make_staging_dir(const std::filesystem::path& target) {
     const std::filesystem::path candidate =
         target.parent_path() / ("." + target.filename().string() + ".tmp-" +
                                 std::to_string(::getpid()) + "-" + std::to_string(random()));
-    if (std::filesystem::create_directory(candidate)) return candidate;
+    std::error_code ec;
+    if (std::filesystem::create_directory(candidate, ec)) return candidate;
+    if (ec) {
+      throw_error(ErrorKind::kIo,
+                  "cannot create a temporary directory next to the output: " + ec.message(),
+                  {.file = target.string()});
+    }
   }
   throw_error(ErrorKind::kIo, "cannot create a temporary directory next to the output",
               {.file = target.string()});

@@ -163,6 +163,7 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
     int64_t column = 0;
     for (int64_t k = 0; k < row.count; ++k) {
       const Example& example = examples_[order_[row.start + k]];
+      batch.example_ids.push_back(order_[row.start + k]);
       for (size_t i = 0; i < example.ids.size(); ++i, ++column) {
         ids[base + column] = example.ids[i];
         labels[base + column] = example.labels[i];

@@ -31,9 +31,10 @@ struct Batch {
   // [B, T] int64 in packing mode: 0, 1, 2, ... for the examples of each row, the padding tail one
   // more id of its own; undefined in padding mode (plain causal attention suffices).
   at::Tensor segment_ids;
-  int64_t tokens = 0;       // non-padding tokens
-  int64_t loss_tokens = 0;  // labels != -100
-  int64_t samples = 0;      // examples in the batch
+  int64_t tokens = 0;                // non-padding tokens
+  int64_t loss_tokens = 0;           // labels != -100
+  int64_t samples = 0;               // examples in the batch
+  std::vector<int64_t> example_ids;  // indices into the batcher's examples, row by row
 };
 
 // Open rows first-fit packing considers; bounds its cost at O(examples * kPackingOpenRows).
@@ -76,6 +77,7 @@ class Batcher {
 
   int64_t batches_per_epoch() const;  // of the current epoch
   int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
+  const Example& example(int64_t id) const { return examples_.at(id); }
   const BatchOptions& options() const { return options_; }
 
  private:

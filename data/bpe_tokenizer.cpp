@@ -120,7 +120,7 @@ class JsonFile {
       json root = json::parse(text);
       if (!root.is_object()) fail(ErrorKind::kFormat, "is not a JSON object", "");
       return root;
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       fail(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), "");
     }
   }
@@ -655,7 +655,8 @@ std::vector<int64_t> BpeTokenizer::encode(const std::string& text, bool add_bos,
                                           bool add_eos) const {
   const State& s = *state_;
   if (!is_valid_utf8(text)) {
-    throw_error(ErrorKind::kFormat, "text to encode is not valid UTF-8", {.file = s.source});
+    // The text's fault, not the tokenizer file's: callers add where the text came from.
+    throw_error(ErrorKind::kFormat, "text to encode is not valid UTF-8");
   }
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3 + 2);
@@ -722,7 +723,7 @@ bool BpeTokenizer::is_special(int64_t id) const {
 
 std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) const {
   if (!is_valid_utf8(text)) {
-    throw_error(ErrorKind::kFormat, "text is not valid UTF-8", {.file = state_->source});
+    throw_error(ErrorKind::kFormat, "text is not valid UTF-8");
   }
   std::vector<std::string_view> pieces;
   std::deque<std::string> storage;

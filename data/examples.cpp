@@ -121,6 +121,7 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
   counts.length_histogram.assign(kHistogramBins, 0);
   std::vector<Example> examples;
   examples.reserve(records.size());
+  std::vector<std::string> masked;  // origins of samples left without a label to learn from
   for (const Record& record : records) {
     std::vector<PromptParts> turns;
     try {
@@ -130,7 +131,13 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
       if (++counts.skipped_lines <= 5) log::warn("skipping bad dataset record: ", e.what());
       continue;
     }
-    Example example = tokenize_turns(turns, tokenizer, options);
+    Example example;
+    try {
+      example = tokenize_turns(turns, tokenizer, options);
+    } catch (const Error& e) {
+      throw e.with_context({.file = record.file, .line = record.line});
+    }
+    example.origin = record.file + ":" + std::to_string(record.line);
     const bool overlong = static_cast<int64_t>(example.ids.size()) > options.max_seq_len;
     if (overlong && options.overlong == "drop") {
       ++counts.dropped;
@@ -143,6 +150,7 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
     const int64_t loss_tokens = count_loss_tokens(example);
     if (loss_tokens == 0) {
       ++counts.dropped;
+      masked.push_back(example.origin);
       continue;
     }
     if (overlong) ++counts.truncated;
@@ -152,6 +160,15 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
     counts.loss_tokens += loss_tokens;
     ++counts.length_histogram[(kept_length - 1) * kHistogramBins / options.max_seq_len];
     examples.push_back(std::move(example));
+  }
+  if (!masked.empty()) {
+    std::string named;
+    for (size_t i = 0; i < masked.size() && i < 8; ++i) named += (i ? ", " : "") + masked[i];
+    if (masked.size() > 8) named += " and " + std::to_string(masked.size() - 8) + " more";
+    log::warn(masked.size(), " sample(s) dropped with every label masked (no token to learn from",
+              options.train_on_inputs ? "" : " once the prompt is masked", " within max_seq_len ",
+              options.max_seq_len, "): ", named,
+              "; raise data.max_seq_len or shorten their prompts");
   }
   if (examples.empty()) {
     std::string source = records.empty() ? std::string("the dataset") : records.front().file;

@@ -24,6 +24,7 @@ constexpr int64_t kIgnoreLabel = -100;
 struct Example {
   std::vector<int64_t> ids;
   std::vector<int64_t> labels;  // same length as ids
+  std::string origin;           // "<file>:<line>" of its record, for reports about the sample
 };
 
 struct ExampleOptions {

@@ -1,5 +1,7 @@
 #include "data/records.h"
 
+#include "data/unicode_text.h"
+
 #include "core/error.h"
 #include "core/log.h"
 #include "core/text.h"
@@ -27,7 +29,7 @@ std::string read_whole_file(const std::string& path) {
 // "malformed JSON at column 7: syntax error ...": nlohmann's message without its exception id
 // ("[json.exception.parse_error.101] ") and its own line number, which counts from the parsed
 // text rather than the file (the error context carries the file's line).
-std::string malformed_json_message(const nlohmann::json::parse_error& e) {
+std::string malformed_json_message(const nlohmann::json::exception& e) {
   std::string text = e.what();
   const auto id_end = text.find("] ");
   if (!text.empty() && text[0] == '[' && id_end != std::string::npos)
@@ -74,7 +76,7 @@ std::vector<Record> read_jsonl(const std::string& path, BadLinePolicy& policy) {
     nlohmann::json value;
     try {
       value = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // syntax, or a number beyond double
       policy.report(malformed_json_message(e), path, line);
       continue;
     }
@@ -135,6 +137,8 @@ std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& poli
   } catch (const nlohmann::json::parse_error& e) {
     throw_error(ErrorKind::kFormat, malformed_json_message(e),
                 {.file = path, .line = line_of_offset(text, e.byte == 0 ? 0 : e.byte - 1)});
+  } catch (const nlohmann::json::exception& e) {  // a number beyond double: no position given
+    throw_error(ErrorKind::kFormat, malformed_json_message(e), {.file = path});
   }
   if (!array.is_array()) {
     throw_error(ErrorKind::kFormat,
@@ -176,6 +180,17 @@ std::vector<Record> read_text_files(const std::string& path) {
   for (const auto& file : files) {
     std::string text = read_whole_file(file);
     if (text.empty()) continue;
+    if (!is_valid_utf8(text)) {
+      // UTF-8 never uses the newline byte inside a character, so lines can be checked alone.
+      int64_t line = 1;
+      for (size_t begin = 0; begin <= text.size(); ++line) {
+        const size_t end = std::min(text.find('\n', begin), text.size());
+        if (!is_valid_utf8(std::string_view(text).substr(begin, end - begin))) break;
+        begin = end + 1;
+      }
+      throw_error(ErrorKind::kFormat, "not valid UTF-8 text (save it as UTF-8)",
+                  {.file = file, .line = line});
+    }
     records.push_back({nlohmann::json{{"text", std::move(text)}}, file, 1});
   }
   return records;

@@ -29,7 +29,7 @@ void read_special_token_defaults(const std::string& path, Tokenizer& tokenizer) 
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
   }
   if (!config.is_object()) {

@@ -51,15 +51,7 @@ ExportSource open_export_source(const std::string& path, const std::string& base
                 {.file = path});
   }
   source.adapter = load_peft_adapter(source.adapter_dir);
-  const nlohmann::json& raw = source.adapter.raw_config;
-  if (raw.value("use_qalora", false)) {
-    source.qalora_group_size = raw.value("qalora_group_size", int64_t{0});
-    if (source.qalora_group_size <= 0) {
-      throw_error(
-          ErrorKind::kFormat, "use_qalora needs a positive qalora_group_size",
-          {.file = source.adapter_dir + "/adapter_config.json", .field = "qalora_group_size"});
-    }
-  }
+  source.qalora_group_size = source.adapter.qalora_group_size;
   if (base.empty()) base = source.adapter.base_model_name_or_path;
   if (base.empty()) {
     throw_error(

@@ -171,7 +171,7 @@ ModelConfig ModelConfig::from_file(const std::string& path) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
   }
   return from_json(j, path);

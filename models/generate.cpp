@@ -13,6 +13,9 @@ namespace qtrain {
 int64_t sample_next_token(const at::Tensor& logits, const GenerateOptions& options,
                           at::Generator& generator) {
   at::Tensor scores = logits.to(at::kFloat).to(at::kCPU).view({-1});
+  if (options.vocab_limit > 0 && options.vocab_limit < scores.size(0)) {
+    scores = scores.narrow(0, 0, options.vocab_limit);
+  }
   if (options.temperature <= 0.0) return scores.argmax().item<int64_t>();
   at::Tensor probs = at::softmax(scores / options.temperature, 0);
   if (options.top_p < 1.0) {

@@ -95,6 +95,16 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
   std::set<std::string> bnb_modules;
   if (prequantized) {
     for (const auto& module : bnb_4bit_modules(checkpoint)) bnb_modules.insert(module);
+    const QuantConfig stored = prequantized->quant_config();
+    if (stored.type != options.quant.type || stored.blocksize != options.quant.blocksize ||
+        stored.double_quant != options.quant.double_quant) {
+      // The weights are used as stored; re-quantizing them would only add error.
+      log::warn(dir, " is already quantized by bitsandbytes (", quant_type_name(stored.type),
+                ", blocksize ", stored.blocksize, stored.double_quant ? ", double quant" : "",
+                ") and loads as it is; the requested ", quant_type_name(options.quant.type),
+                ", blocksize ", options.quant.blocksize,
+                options.quant.double_quant ? ", double quant" : "", " does not apply");
+    }
   }
   auto load_bias = [&](const std::string& name) {
     return read_projection_bias(checkpoint, dir, name, dense_options, consumed);

@@ -54,7 +54,7 @@ json read_json_file(const std::string& path) {
   if (!in) throw_error(ErrorKind::kIo, "cannot open the adapter config", {.file = path});
   try {
     return json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
   }
 }
@@ -115,6 +115,30 @@ void save_peft_adapter(const std::string& dir, const NamedAdapters& adapters,
   write_file_atomically(dir + "/adapter_config.json", dump_peft_config(j));
 }
 
+namespace {
+
+// use_qalora must be a boolean (null: false); with it, qalora_group_size a positive integer.
+void read_qalora_fields(LoadedAdapter& out, const std::string& config_path) {
+  const nlohmann::json& raw = out.raw_config;
+  if (!raw.contains("use_qalora") || raw["use_qalora"].is_null()) return;
+  if (!raw["use_qalora"].is_boolean()) {
+    throw_error(ErrorKind::kFormat,
+                "use_qalora must be true or false, got " + raw["use_qalora"].dump(),
+                {.file = config_path, .field = "use_qalora"});
+  }
+  out.use_qalora = raw["use_qalora"].get<bool>();
+  if (!out.use_qalora) return;
+  const nlohmann::json group = raw.value("qalora_group_size", nlohmann::json());
+  if (!group.is_number_integer() || group.get<int64_t>() <= 0) {
+    throw_error(ErrorKind::kFormat,
+                "use_qalora needs a positive qalora_group_size, got " + group.dump(),
+                {.file = config_path, .field = "qalora_group_size"});
+  }
+  out.qalora_group_size = group.get<int64_t>();
+}
+
+}  // namespace
+
 LoadedAdapter load_peft_adapter(const std::string& dir) {
   if (!fs::is_directory(dir)) {
     throw_error(ErrorKind::kIo, "adapter directory does not exist", {.file = dir});
@@ -142,6 +166,7 @@ LoadedAdapter load_peft_adapter(const std::string& dir) {
     out.base_model_name_or_path = out.raw_config["base_model_name_or_path"].get<std::string>();
   }
   out.weights_file = weights_path;
+  read_qalora_fields(out, config_path);
 
   auto file = SafetensorsFile::open(weights_path);
   std::set<at::ScalarType> dtypes;
@@ -174,13 +199,8 @@ LoadedAdapter load_peft_adapter(const std::string& dir) {
 }
 
 NamedAdapters attach_peft_adapter(CausalLM& model, const LoadedAdapter& adapter) {
-  const nlohmann::json& raw = adapter.raw_config;
-  const bool qalora = raw.is_object() && raw.value("use_qalora", false);
-  const int64_t group = qalora ? raw.value("qalora_group_size", int64_t{0}) : 0;
-  if (qalora && group <= 0) {
-    throw_error(ErrorKind::kFormat, "use_qalora needs a positive qalora_group_size",
-                {.file = adapter.weights_file, .field = "qalora_group_size"});
-  }
+  const bool qalora = adapter.use_qalora;
+  const int64_t group = adapter.qalora_group_size;
   std::map<std::string, std::shared_ptr<LinearSlot>> slots;
   for (auto& [name, slot] : model.named_linears()) slots[name] = slot;
 

@@ -37,6 +37,10 @@ struct LoadedAdapter {
   std::string base_model_name_or_path;  // "" when null
   nlohmann::json raw_config;            // the whole adapter_config.json
   std::string weights_file;             // for messages
+  // QA-LoRA (adapter_config.json use_qalora / qalora_group_size, checked by load_peft_adapter):
+  // the group size is positive when use_qalora is true, 0 otherwise.
+  bool use_qalora = false;
+  int64_t qalora_group_size = 0;
   // By HF module name ("model.layers.0.self_attn.q_proj"), then PEFT-relative tensor name
   // ("lora_A.weight" [r, in], "lora_B.weight" [out, r]); CPU tensors owned by the map.
   std::map<std::string, std::map<std::string, at::Tensor>> tensors;

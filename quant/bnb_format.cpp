@@ -117,7 +117,7 @@ QuantState parse_quant_state(const EntryReader& entries, const std::string& suff
   json object;
   try {
     object = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     entries.fail(suffix, std::string("quant_state is not valid JSON: ") + e.what());
   }
   if (!object.is_object()) entries.fail(suffix, "quant_state JSON is not an object");

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "trainer/distributed/launch_env.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -91,7 +92,7 @@ int exit_code_of(int status) {
 int launch_local_ranks(int nproc, const std::vector<std::string>& args, int grace_seconds) {
   int listen_fd = -1, port = 0;
   if (const char* fixed = std::getenv("MASTER_PORT"); fixed && *fixed) {
-    port = std::atoi(fixed);
+    port = launch_env().master_port;  // checked: a number in 1..65535, else Error(kConfig)
   } else {
     std::tie(listen_fd, port) = listen_on_free_port();
   }
@@ -106,7 +107,12 @@ int launch_local_ranks(int nproc, const std::vector<std::string>& args, int grac
   std::vector<pid_t> pids;
   for (int rank = 0; rank < nproc; ++rank) {
     const pid_t pid = fork();
-    if (pid < 0) throw_error(ErrorKind::kIo, std::string("fork: ") + std::strerror(errno));
+    if (pid < 0) {
+      const int fork_errno = errno;
+      for (const pid_t started : pids) kill(started, SIGKILL);
+      for (const pid_t started : pids) waitpid(started, nullptr, 0);
+      throw_error(ErrorKind::kIo, std::string("fork: ") + std::strerror(fork_errno));
+    }
     if (pid == 0) exec_rank(rank, nproc, port, listen_fd, args);
     pids.push_back(pid);
   }

@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
     int64_t group = 32;
     if (!adapter.empty()) {
       loaded = qtrain::load_peft_adapter(adapter);
-      group = loaded->raw_config.value("qalora_group_size", group);
+      if (loaded->use_qalora) group = loaded->qalora_group_size;
     }
     std::vector<int64_t> ids;
     qtrain::TrainingData split;

@@ -106,9 +106,8 @@ std::string open_run(const std::string& run, Source& source, std::string* adapte
 
 void open_adapter(const std::string& dir, Source& source) {
   source.adapter = qtrain::load_peft_adapter(dir);
-  const nlohmann::json& raw = source.adapter->raw_config;
-  if (!raw.value("use_qalora", false)) return;
-  source.qalora_group = raw.value("qalora_group_size", int64_t{0});
+  if (!source.adapter->use_qalora) return;
+  source.qalora_group = source.adapter->qalora_group_size;
   source.precision = "int4";
   source.int4_group = source.qalora_group;
 }
@@ -275,6 +274,7 @@ int run(Options o) {
   if (source.adapter) qtrain::attach_peft_adapter(*model, *source.adapter);
   check_vocab(*tokenizer, *model, source.model_dir);
   o.generate.stop_ids = stop_ids(*model, *tokenizer, prompt.chat_template);
+  o.generate.vocab_limit = tokenizer->vocab_size();
   if (o.show_prompt) show_ids("stop ids", o.generate.stop_ids);
 
   if (o.chat.empty()) std::cout << prompt.text << std::flush;

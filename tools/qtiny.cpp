@@ -64,23 +64,26 @@ int main(int argc, char** argv) {
       throw qtrain::Error(qtrain::ErrorKind::kUsage,
                           "nothing to write: give --out and/or --dataset");
     }
+    // The model first: a bad --arch/--preset/--dtype or a non-empty --out must fail before
+    // anything is written.
+    if (!out.empty()) {
+      try {
+        qtrain::tiny_model_config(options);
+      } catch (const qtrain::Error& e) {
+        // A bad --arch, --preset or --dtype is a command-line mistake.
+        throw qtrain::Error(qtrain::ErrorKind::kUsage, e.what());
+      }
+      qtrain::write_tiny_model(options, out);
+      const auto config = qtrain::ModelConfig::from_file(out + "/config.json");
+      std::cout << "qtiny: wrote " << out << " (" << options.arch << " " << options.preset << ", "
+                << parameter_count(config) << " parameters, vocab " << config.vocab_size << ", "
+                << config.torch_dtype << ")\n";
+    }
     if (!dataset.empty()) {
       qtrain::write_tiny_instruct_dataset(dataset, samples, options.seed);
       std::cout << "qtiny: wrote " << dataset << " (" << samples << " samples, seed "
                 << options.seed << ")\n";
     }
-    if (out.empty()) return 0;
-    try {
-      qtrain::tiny_model_config(options);
-    } catch (const qtrain::Error& e) {
-      // A bad --arch, --preset or --dtype is a command-line mistake.
-      throw qtrain::Error(qtrain::ErrorKind::kUsage, e.what());
-    }
-    qtrain::write_tiny_model(options, out);
-    const auto config = qtrain::ModelConfig::from_file(out + "/config.json");
-    std::cout << "qtiny: wrote " << out << " (" << options.arch << " " << options.preset << ", "
-              << parameter_count(config) << " parameters, vocab " << config.vocab_size << ", "
-              << config.torch_dtype << ")\n";
     return 0;
   });
 }

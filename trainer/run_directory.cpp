@@ -65,6 +65,12 @@ bool holds_run(const std::string& dir) {
 
 void check_run_directory(const Recipe& recipe, RunStart start) {
   const std::string& dir = recipe.output.dir;
+  if (start == RunStart::kRestart && fs::exists(dir + "/adapter") && !recipe.output.overwrite) {
+    throw_error(ErrorKind::kConfig,
+                "--resume: the run has finished (adapter/ is written) and has no checkpoint to "
+                "continue from; pass output.overwrite=true to train it again",
+                {.file = dir, .field = "output.dir"});
+  }
   if (start == RunStart::kFresh && holds_run(dir) && !recipe.output.overwrite) {
     throw_error(ErrorKind::kConfig,
                 "the output directory already holds a run; pass --resume to continue it or "
@@ -78,9 +84,11 @@ void prepare_run_directory(const Recipe& recipe, RunStart start,
   const std::string dir = recipe.output.dir;
   const std::string recipe_path = dir + "/recipe.yaml";
   check_run_directory(recipe, start);
-  if (start == RunStart::kFresh && holds_run(dir)) {
+  if (start != RunStart::kResume && holds_run(dir)) {
     // Only what a run writes goes; anything else the user keeps in the directory stays.
-    log::warn("output.overwrite: removing the previous run in ", dir);
+    log::warn(start == RunStart::kRestart ? "--resume: no checkpoint was written; starting over in "
+                                          : "output.overwrite: removing the previous run in ",
+              dir);
     for (const char* entry : {"recipe.yaml", "recipe.resumed.yaml", "run_info.json",
                               "metrics.jsonl", "tensorboard", "checkpoints", "adapter", "export"}) {
       remove_tree(fs::path(dir) / entry);
@@ -107,7 +115,7 @@ void prepare_run_directory(const Recipe& recipe, RunStart start,
   info["recipe_source"] = recipe.source;
   info["overrides"] = recipe.overrides;
   info["command_line"] = command_line;
-  info[start == RunStart::kFresh ? "started_at" : "resumed_at"] = utc_now();
+  info[start == RunStart::kResume ? "resumed_at" : "started_at"] = utc_now();
   const std::string info_path = dir + "/run_info.json";
   if (start == RunStart::kResume && fs::exists(info_path)) {
     try {

@@ -19,7 +19,10 @@ namespace qtrain {
 
 struct Recipe;
 
-enum class RunStart { kFresh, kResume };
+// kRestart: --resume found no checkpoint in a run that never wrote one (stopped or killed before
+// its first save, e.g. a requeued batch job); the run's own files are replaced as by a fresh run
+// with output.overwrite. A finished run (it has adapter/) is never restarted this way.
+enum class RunStart { kFresh, kResume, kRestart };
 
 // Fails fast, before anything is loaded, when a fresh run would land in a directory that already
 // holds one (Error(kConfig) saying to pass --resume or output.overwrite=true). Writes nothing.

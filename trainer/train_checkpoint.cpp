@@ -61,6 +61,57 @@ std::vector<std::string> checkpoint_names(const std::string& dir) {
   return names;
 }
 
+// Staging directories of checkpoints that a killed process never finished (".step-N.tmp-PID-R",
+// see make_staging_dir). Only one process writes a run's checkpoints, so any that is not this
+// process's own is dead weight.
+void remove_stale_staging_dirs(const std::string& root) {
+  const std::string own = ".tmp-" + std::to_string(::getpid()) + "-";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".step-", 0) == 0 && name.find(".tmp-") != std::string::npos &&
+        name.find(own) == std::string::npos) {
+      remove_tree(entry.path());
+    }
+  }
+}
+
+// The fields the trainer reads back on resume, with their types and ranges, so a damaged file
+// is a format error naming the field rather than a failure deep inside the resume.
+void check_trainer_state(const nlohmann::json& state, const std::string& file) {
+  if (!state.is_object()) {
+    throw_error(ErrorKind::kFormat, "trainer state is not a JSON object", {.file = file});
+  }
+  auto require_count = [&](const nlohmann::json& parent, const std::string& key,
+                           const std::string& field, bool required, int64_t minimum) {
+    if (!parent.contains(key)) {
+      if (!required) return;
+      throw_error(ErrorKind::kFormat, "missing", {.file = file, .field = field});
+    }
+    const nlohmann::json& value = parent[key];
+    if (!value.is_number_integer() || value.get<int64_t>() < minimum) {
+      throw_error(ErrorKind::kFormat,
+                  "must be an integer >= " + std::to_string(minimum) + ", got " + value.dump(),
+                  {.file = file, .field = field});
+    }
+  };
+  require_count(state, "step", "step", true, 0);
+  if (!state.contains("cursor") || !state["cursor"].is_object()) {
+    throw_error(ErrorKind::kFormat, "missing or not an object", {.file = file, .field = "cursor"});
+  }
+  require_count(state["cursor"], "epoch", "cursor.epoch", true, 0);
+  require_count(state["cursor"], "position", "cursor.position", true, 0);
+  require_count(state, "world_size", "world_size", false, 1);
+  require_count(state, "skipped_steps", "skipped_steps", false, 0);
+  require_count(state, "total_steps", "total_steps", false, 0);
+  require_count(state, "loss_steps", "loss_steps", false, 0);
+  for (const char* key : {"first_eval_loss", "loss_mean"}) {
+    if (state.contains(key) && !state[key].is_number()) {
+      throw_error(ErrorKind::kFormat, "must be a number", {.file = file, .field = key});
+    }
+  }
+}
+
 }  // namespace
 
 std::map<std::string, at::Tensor> capture_rng_states(const std::optional<int64_t>& cuda_device) {
@@ -96,6 +147,7 @@ std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpo
   fs::create_directories(root, ec);
   if (ec) throw_error(ErrorKind::kIo, "cannot create directory: " + ec.message(), {.file = root});
   const std::string target = root + "/" + step_dir_name(state.step);
+  remove_stale_staging_dirs(root);
   const fs::path staging = make_staging_dir(target);
   try {
     write_adapter(staging.string());
@@ -147,11 +199,12 @@ TrainCheckpoint load_train_checkpoint(const std::string& dir) {
   text << in.rdbuf();
   try {
     state.trainer_state = nlohmann::json::parse(text.str());
-    state.step = state.trainer_state.at("step").get<int64_t>();
   } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("malformed trainer state: ") + e.what(),
                 {.file = info_path});
   }
+  check_trainer_state(state.trainer_state, info_path);
+  state.step = state.trainer_state["step"].get<int64_t>();
   state.optimizer = read_tensor_file(dir + "/optimizer.safetensors");
   state.rng = read_tensor_file(dir + "/rng.safetensors");
   return state;

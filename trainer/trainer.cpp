@@ -12,6 +12,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/interrupt.h"
 #include "trainer/memory_usage.h"
+#include "trainer/numerics_guard.h"
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/lr_scheduler.h"
 #include "trainer/optim/optimizer.h"
@@ -89,6 +90,8 @@ class TrainingRun {
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<at::Tensor> params_;
+  std::vector<std::string> param_names_;
+  LossSpikeDetector spikes_;
   ScheduleOptions schedule_;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -136,7 +139,10 @@ void TrainingRun::setup() {
                      : t.epochs * ceil_div(batcher_->batches_per_epoch(), t.grad_accum_steps);
 
   NamedParameters named = named_adapter_parameters(m_.adapters);
-  for (const auto& [name, p] : named) params_.push_back(p);
+  for (const auto& [name, p] : named) {
+    params_.push_back(p);
+    param_names_.push_back(name);
+  }
   optimizer_ = make_optimizer(t.optimizer, named,
                               {.lr = t.lr,
                                .beta1 = t.beta1,
@@ -171,7 +177,15 @@ void TrainingRun::resume_from(const std::string& dir) {
       throw_error(ErrorKind::kShape, "the checkpoint has no adapter for this module",
                   {.file = adapter.weights_file, .tensor = module});
     }
-    for (const auto& [name, value] : found->second) slot->load_adapter_tensor(name, value);
+    for (const auto& [name, value] : found->second) {
+      try {
+        slot->load_adapter_tensor(name, value);
+      } catch (const Error& e) {
+        throw Error(
+            e.kind(), e.message(),
+            {.file = adapter.weights_file, .tensor = "base_model.model." + module + "." + name});
+      }
+    }
   }
   const int64_t saved_world = state.trainer_state.value("world_size", int64_t{1});
   if (saved_world != dp_.world_size()) {
@@ -182,13 +196,19 @@ void TrainingRun::resume_from(const std::string& dir) {
                     std::to_string(saved_world) + " ranks",
                 {.file = dir + "/trainer_state.json"});
   }
-  optimizer_->load_state_dict(state.optimizer);
+  try {
+    optimizer_->load_state_dict(state.optimizer);
+  } catch (const Error& e) {
+    throw e.with_context({.file = dir + "/optimizer.safetensors"});
+  }
   const auto& cursor = state.trainer_state.at("cursor");
   batcher_->restore({cursor.at("epoch").get<int64_t>(), cursor.at("position").get<int64_t>()});
   restore_rng_states(dp_.own_rng_states(state.rng));
   start_step_ = state.step;
   result_.skipped_steps = state.trainer_state.value("skipped_steps", int64_t{0});
   result_.first_eval_loss = state.trainer_state.value("first_eval_loss", 0.0);
+  spikes_.restore(state.trainer_state.value("loss_mean", 0.0),
+                  state.trainer_state.value("loss_steps", int64_t{0}));
   last_saved_step_ = state.step;
 }
 
@@ -228,7 +248,9 @@ void TrainingRun::save(int64_t step) {
                          {"skipped_steps", result_.skipped_steps},
                          {"first_eval_loss", result_.first_eval_loss},
                          {"total_steps", total_steps_},
-                         {"world_size", dp_.world_size()}};
+                         {"world_size", dp_.world_size()},
+                         {"loss_mean", spikes_.mean()},
+                         {"loss_steps", spikes_.count()}};
   state.rng = capture_rng_states(cuda_index_);
   dp_.gather_rng_states(state.rng, step);
   last_saved_step_ = step;
@@ -268,28 +290,80 @@ bool TrainingRun::optimizer_step(int64_t step) {
   // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
   // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
   const double norm = static_cast<double>(std::max<int64_t>(loss_tokens, 1));
+  std::vector<std::string> origins;  // this rank's samples of the step
+  for (const Batch& batch : micro) {
+    for (int64_t id : batch.example_ids) origins.push_back(batcher_->example(id).origin);
+  }
+  if (loss_tokens == 0) {
+    // Every label of every micro-batch on every rank is masked: nothing to learn from, and an
+    // optimizer step on zero gradients would still move the weights (momentum, weight decay).
+    log::warn("step ", step + 1, " has no token to learn from (every label is masked) in samples ",
+              describe_samples(origins),
+              "; skipped. Their responses were cut off by data.max_seq_len (raise it, or set "
+              "data.overlong: drop) or the format masks them (data.train_on_inputs)");
+    ++result_.skipped_steps;
+    if (metrics_) {
+      metrics_->append({{"step", step + 1},
+                        {"skipped", true},
+                        {"event", "all_masked"},
+                        {"lr", lr},
+                        {"samples", origins}});
+    }
+    return false;
+  }
   std::vector<double> loss_sum{0};
   const auto device = m_.device;
   GradReducer* reducer = dp_.reducer();
-  for (const Batch& batch : micro) {
-    if (reducer && &batch == &micro.back()) reducer->prepare();
+  std::string nonfinite_where;  // the first micro-batch whose loss is NaN/Inf, described
+  for (size_t k = 0; k < micro.size(); ++k) {
+    const Batch& batch = micro[k];
+    std::vector<std::string> batch_origins;
+    for (int64_t id : batch.example_ids) batch_origins.push_back(batcher_->example(id).origin);
+    if (batch.loss_tokens == 0 && micro.size() > 1) {
+      log::warn("step ", step + 1, ": micro-batch ", k + 1, " of ", micro.size(),
+                " has no token to learn from (every label is masked) in samples ",
+                describe_samples(batch_origins),
+                "; their responses were cut off by data.max_seq_len (raise it, or set "
+                "data.overlong: drop) or the format masks them");
+      if (metrics_) {
+        metrics_->append(
+            {{"step", step + 1}, {"event", "all_masked_micro_batch"}, {"samples", batch_origins}});
+      }
+    }
+    if (reducer && k + 1 == micro.size()) reducer->prepare();
     ForwardInputs inputs{.input_ids = batch.input_ids.to(device),
                          .position_ids = batch.position_ids.to(device)};
     if (batch.segment_ids.defined()) inputs.segment_ids = batch.segment_ids.to(device);
     at::Tensor logits = m_.model->forward(inputs);
     at::Tensor sum = causal_lm_loss_sum(logits, batch.labels);
+    const double micro_loss = sum.item<double>();
+    if (!std::isfinite(micro_loss) && nonfinite_where.empty()) {
+      const bool logits_finite = at::isfinite(logits).all().item<bool>();
+      nonfinite_where = "micro-batch " + std::to_string(k + 1) + " of " +
+                        std::to_string(micro.size()) + " (samples " +
+                        describe_samples(batch_origins) + ")" +
+                        (logits_finite ? "" : ", whose logits already hold NaN/Inf");
+    }
     (sum / norm).backward();
-    loss_sum[0] += sum.item<double>();
+    loss_sum[0] += micro_loss;
   }
   if (reducer) reducer->finish();
   dp_.sum(loss_sum);
   const double loss = loss_sum[0] / norm;
   const GradNormResult clip = clip_grad_norm(params_, t.max_grad_norm);
   if (!std::isfinite(loss) || !clip.finite) {
-    const std::string what = "non-finite " +
-                             std::string(std::isfinite(loss) ? "gradient" : "loss") + " at step " +
-                             std::to_string(step + 1) + " (loss " + std::to_string(loss) +
-                             ", grad norm " + std::to_string(clip.total_norm) + ")";
+    std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient" : "loss") +
+                       " at step " + std::to_string(step + 1) + " (loss " + std::to_string(loss) +
+                       ", grad norm " + std::to_string(clip.total_norm) + ")";
+    if (!nonfinite_where.empty()) {
+      what += " in " + nonfinite_where;
+    } else if (std::isfinite(loss)) {
+      const std::string param = first_nonfinite_gradient(param_names_, params_);
+      what += (param.empty() ? std::string(" on another rank") : " first in " + param) +
+              " (samples " + describe_samples(origins) + ")";
+    } else {
+      what += " on another rank";
+    }
     if (t.on_nonfinite == "stop") {
       throw_error(ErrorKind::kDiverged,
                   what + "; lower training.lr, check the data, or set training.on_nonfinite=skip",
@@ -298,8 +372,30 @@ bool TrainingRun::optimizer_step(int64_t step) {
     log::warn(what, ": step skipped (training.on_nonfinite=skip)");
     optimizer_->zero_grad();
     ++result_.skipped_steps;
-    if (metrics_) metrics_->append({{"step", step + 1}, {"skipped", true}, {"lr", lr}});
+    if (metrics_) {
+      metrics_->append({{"step", step + 1},
+                        {"skipped", true},
+                        {"event", "nonfinite"},
+                        {"lr", lr},
+                        {"samples", origins}});
+    }
     return false;
+  }
+  if (const std::optional<double> mean = spikes_.observe(loss)) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof(ratio), "%.1f", loss / *mean);
+    log::warn("loss spike at step ", step + 1, ": ", loss, " is ", ratio, " times the recent mean ",
+              *mean, "; samples ", describe_samples(origins),
+              ". If it recurs or the loss does not come back down: lower training.lr, raise "
+              "training.warmup_steps or training.max_grad_norm's clipping, or inspect these "
+              "samples");
+    if (metrics_) {
+      metrics_->append({{"step", step + 1},
+                        {"event", "loss_spike"},
+                        {"loss", loss},
+                        {"recent_mean", *mean},
+                        {"samples", origins}});
+    }
   }
   optimizer_->step();
   optimizer_->zero_grad();
@@ -351,7 +447,9 @@ TrainResult TrainingRun::run() {
   }
   const std::string shared = dp_.from_main("resume-from", checkpoint.value_or(""));
   if (!shared.empty()) checkpoint = shared;
-  const RunStart start = checkpoint ? RunStart::kResume : RunStart::kFresh;
+  const RunStart start = checkpoint        ? RunStart::kResume
+                         : options_.resume ? RunStart::kRestart
+                                           : RunStart::kFresh;
   if (dp_.is_main()) check_run_directory(recipe_, start);
   dp_.barrier();
   setup();

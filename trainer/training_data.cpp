@@ -21,7 +21,7 @@ std::string model_chat_template(const std::string& model_dir) {
   nlohmann::json config;
   try {
     config = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
   }
   const auto it = config.is_object() ? config.find("chat_template") : config.end();

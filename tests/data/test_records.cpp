@@ -101,6 +101,11 @@ TEST(Records, BadFilesNameFileAndLine) {
        "{}:3: element 1 is not a JSON object"},
       {"data.csv", "a,b\n", ErrorKind::kConfig, "{}: unknown dataset file type"},
       {"empty.txt", "", ErrorKind::kConfig, "no samples in {}"},
+      // Found by fuzz_records: numbers beyond double escaped as out_of_range (exit 70).
+      {"overflow.jsonl", "{\"a\": 1}\n{\"a\": 1e999}\n", ErrorKind::kFormat,
+       "{}:2: malformed JSON"},
+      {"overflow.json", "[{\"a\": -1e400}]", ErrorKind::kFormat, "{}: malformed JSON"},
+      {"latin1.txt", "caf\xc3\xa9\nna\xefve\n", ErrorKind::kFormat, "{}:2: not valid UTF-8"},
   };
   for (const auto& c : cases) {
     const std::string path = dir.file(c.name);

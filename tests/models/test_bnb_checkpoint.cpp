@@ -6,6 +6,7 @@
 #include "core/safetensors.h"
 #include "models/bnb_checkpoint.h"
 #include "models/hf_loader.h"
+#include "models/quantized_loader.h"
 #include "models/tiny_model.h"
 #include "quant/bnb_format.h"
 #include "tests/quant/bnb_cpu_divergence.h"
@@ -114,6 +115,26 @@ TEST(BnbCheckpointTest, WritesBnbLayoutThatReadsBackAsOurQuantization) {
   for (const std::string& name : expected_dense) {
     EXPECT_TRUE(same_bits(written.tensor(name), source.tensor(name))) << name;
   }
+}
+
+TEST(BnbCheckpointTest, APrequantizedBaseSaysWhenTheRequestedQuantizationDoesNotApply) {
+  t::ScratchDir dir("bnb-requested");
+  const std::string src = dir.file("src"), out = dir.file("out");
+  write_tiny_model({.arch = "llama", .preset = "micro", .seed = 2}, src);
+  save_bnb_4bit_checkpoint(src, out, {QuantType::kNF4, 64, true}, at::kBFloat16);
+
+  ::testing::internal::CaptureStderr();
+  load_quantized_causal_lm(out, {.dtype = at::kFloat, .quant = {QuantType::kNF4, 64, true}});
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err.find("does not apply"), std::string::npos) << err;
+
+  ::testing::internal::CaptureStderr();
+  load_quantized_causal_lm(out, {.dtype = at::kFloat, .quant = {QuantType::kFP4, 64, false}});
+  err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("already quantized by bitsandbytes (nf4, blocksize 64, double quant) and "
+                     "loads as it is; the requested fp4, blocksize 64 does not apply"),
+            std::string::npos)
+      << err;
 }
 
 TEST(BnbCheckpointTest, ShardsBiasesTiedEmbeddingsAndSkippedModules) {

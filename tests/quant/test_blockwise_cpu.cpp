@@ -285,7 +285,8 @@ TEST(BlockwiseTest, BadArgumentsAreErrors) {
   EXPECT_EQ(kind_of([&] { quantize_int8(x.to(at::kInt), 64); }), ErrorKind::kUnsupported);
   EXPECT_EQ(kind_of([&] { quantize_int8(at::empty({4}, at::Device("meta")), 64); }),
             ErrorKind::kUnsupported);
-  auto [packed, absmax] = quantize_4bit(x, QuantType::kNF4, 64);
+  const auto quantized = quantize_4bit(x, QuantType::kNF4, 64);
+  const at::Tensor packed = quantized.first, absmax = quantized.second;  // lambdas capture these
   EXPECT_EQ(kind_of([&] { dequantize_4bit(packed, absmax, nf4_code(), 12, 64, at::kFloat); }),
             ErrorKind::kShape);
   EXPECT_EQ(kind_of([&] {

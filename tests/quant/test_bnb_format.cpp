@@ -161,6 +161,11 @@ TEST(BnbEntriesTest, MissingOrMisshapedEntriesAreNamed) {
   format_error(edited(q, ".nested_quant_map", at::zeros({255}, at::kFloat)), ".nested_quant_map");
   format_error(edited(q, ".quant_map", fp4_code()), ".quant_map");
   format_error(edited(q, state, json_bytes("{\"quant_type\": ").to(at::kFloat)), state);
+  // Found by fuzz_bnb_quant_state: a number beyond double escaped as out_of_range (exit 70).
+  const Error overflow = format_error(
+      edited(q, state, json_bytes("{\"quant_type\": \"nf4\", \"shape\": [48, 4e88416]}")), state);
+  EXPECT_NE(std::string(overflow.what()).find("not valid JSON"), std::string::npos)
+      << overflow.what();
 
   // Nested tensors next to a quant_state without nested fields.
   NamedTensors extra = to_bnb_entries(kModule, sample(QuantType::kNF4, false));

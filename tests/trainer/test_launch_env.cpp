@@ -100,5 +100,24 @@ TEST(LaunchEnv, BadValuesNameTheVariable) {
             std::string::npos);
 }
 
+TEST(LaunchEnv, EachRankTakesItsLocalGpuAndAPinnedGpuIsRefused) {
+  const LaunchEnv single = parse({});
+  EXPECT_EQ(device_for_rank("cuda:3", single, true), "cuda:3");
+  EXPECT_EQ(device_for_rank("auto", single, true), "auto");
+  const LaunchEnv rank = parse({{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}});
+  EXPECT_EQ(device_for_rank("cuda", rank, true), "cuda:1");
+  EXPECT_EQ(device_for_rank("auto", rank, true), "cuda:1");
+  EXPECT_EQ(device_for_rank("auto", rank, false), "auto");
+  EXPECT_EQ(device_for_rank("cpu", rank, true), "cpu");
+  try {
+    device_for_rank("cuda:0", rank, true);
+    FAIL() << "cuda:0 under 8 ranks was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_EQ(e.context().field, "model.device");
+    EXPECT_NE(std::string(e.what()).find("all 8 ranks on one GPU"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace qtrain

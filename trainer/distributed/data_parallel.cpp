@@ -56,11 +56,7 @@ DataParallel DataParallel::join(const Recipe& recipe, const LaunchEnv& env, bool
 
 std::string DataParallel::device_for_rank(const std::string& recipe_device) const {
   if (!env_.distributed()) return recipe_device;
-  const bool have_cuda = at::hasCUDA() && at::getNumGPUs() > 0;
-  if ((recipe_device == "auto" && have_cuda) || recipe_device == "cuda") {
-    return "cuda:" + std::to_string(env_.local_rank);
-  }
-  return recipe_device;
+  return qtrain::device_for_rank(recipe_device, env_, at::hasCUDA() && at::getNumGPUs() > 0);
 }
 
 std::string DataParallel::from_main(const std::string& key, const std::string& value) {

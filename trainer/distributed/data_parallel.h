@@ -41,8 +41,7 @@ class DataParallel {
   int world_size() const { return env_.world_size; }
   bool is_main() const { return env_.rank == 0; }
 
-  // model.device as this rank uses it: "auto" and "cuda" become cuda:LOCAL_RANK when CUDA is
-  // present (one process per GPU); anything else is kept.
+  // model.device as this rank uses it (launch_env.h device_for_rank).
   std::string device_for_rank(const std::string& recipe_device) const;
 
   // Rank 0's value, on every rank (a path, a decision).

@@ -97,6 +97,22 @@ LaunchEnv launch_env_from(const EnvLookup& getenv) {
   return env;
 }
 
+std::string device_for_rank(const std::string& recipe_device, const LaunchEnv& env,
+                            bool have_cuda) {
+  if (!env.distributed()) return recipe_device;
+  if ((recipe_device == "auto" && have_cuda) || recipe_device == "cuda") {
+    return "cuda:" + std::to_string(env.local_rank);
+  }
+  if (recipe_device.rfind("cuda:", 0) == 0) {
+    throw_error(ErrorKind::kConfig,
+                "'" + recipe_device + "' would put all " + std::to_string(env.world_size) +
+                    " ranks on one GPU; use cuda (or auto) so that each rank takes "
+                    "cuda:LOCAL_RANK, and CUDA_VISIBLE_DEVICES to choose the GPUs",
+                {.field = "model.device"});
+  }
+  return recipe_device;
+}
+
 LaunchEnv launch_env() {
   return launch_env_from([](const char* name) { return std::getenv(name); });
 }

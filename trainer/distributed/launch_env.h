@@ -31,6 +31,11 @@ using EnvLookup = std::function<const char*(const char* name)>;
 LaunchEnv launch_env_from(const EnvLookup& getenv);
 LaunchEnv launch_env();  // from this process's environment
 
+// model.device as rank `env.rank` uses it: "auto" (with CUDA) and "cuda" become
+// cuda:LOCAL_RANK, one process per GPU; anything else is kept in a single process. An explicit
+// "cuda:N" in a multi-rank job would put every rank on GPU N: Error(kConfig) naming model.device.
+std::string device_for_rank(const std::string& recipe_device, const LaunchEnv& env, bool have_cuda);
+
 // The first host of a Slurm hostlist: "gpu[003-010,012],cpu1" -> "gpu003".
 std::string first_slurm_host(const std::string& nodelist);
 
