@@ -161,7 +161,7 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
     ++counts.length_histogram[(kept_length - 1) * kHistogramBins / options.max_seq_len];
     examples.push_back(std::move(example));
   }
-  if (!masked.empty()) {
+  if (!masked.empty() && !log::quiet_rank()) {  // every rank loads the same data: say it once
     std::string named;
     for (size_t i = 0; i < masked.size() && i < 8; ++i) named += (i ? ", " : "") + masked[i];
     if (masked.size() > 8) named += " and " + std::to_string(masked.size() - 8) + " more";

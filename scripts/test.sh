@@ -26,6 +26,9 @@ bash "$root/scripts/llama_cpp_wheel.sh"
 QTRAIN_LLAMA_CPP_VOCAB_DIR="$(bash "$root/scripts/fetch_vocabs.sh")"
 export QTRAIN_LLAMA_CPP_VOCAB_DIR
 cd "${QTRAIN_BUILD:-$root/build}"
+# ctest runs one test per core; LibTorch's OpenMP threads on top of that spin-wait against each
+# other (a sanitized training step went from 0.07 s to 2.5 s), so each test gets one thread.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 ctest --output-on-failure -j "${QTRAIN_JOBS:-$(nproc)}" "$@"
 if [[ "$sanitize" == 1 && $# -eq 0 ]]; then
   bash "$root/scripts/fuzz.sh" "${QTRAIN_FUZZ_SECONDS:-60}"

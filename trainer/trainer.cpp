@@ -392,7 +392,7 @@ bool TrainingRun::optimizer_step(int64_t step) {
     if (metrics_) {
       metrics_->append({{"step", step + 1},
                         {"event", "loss_spike"},
-                        {"loss", loss},
+                        {"value", loss},
                         {"recent_mean", *mean},
                         {"samples", origins}});
     }

@@ -32,7 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr int64_t kSteps = 24;
+constexpr int64_t kSteps = 12;
 
 class CrashSafety : public ::testing::Test {
  protected:
@@ -45,15 +45,15 @@ class CrashSafety : public ::testing::Test {
 quantization:
   type: nf4
 adapter:
-  r: 8
+  r: 64
   alpha: 16
   dropout: 0.1
   dtype: float32
 data:
   path: )" + dir_.file("data.jsonl") + R"(
-  max_seq_len: 96
+  max_seq_len: 256
 training:
-  micro_batch_size: 4
+  micro_batch_size: 1
   grad_accum_steps: 1
   max_steps: )" + std::to_string(kSteps) + R"(
   lr: 3.0e-3
@@ -107,6 +107,15 @@ std::map<int64_t, double> losses_by_step(const std::string& run) {
   return out;
 }
 
+// Whether a checkpoint staging directory (".step-N.tmp-...") exists in the run.
+bool staging_dir_exists(const std::string& run) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(run + "/checkpoints", ec)) {
+    if (entry.path().filename().string().find(".tmp-") != std::string::npos) return true;
+  }
+  return false;
+}
+
 // Every step-N directory is complete, and the one resume would take loads.
 void expect_consistent_checkpoints(const std::string& run, const std::string& when) {
   const std::string root = run + "/checkpoints";
@@ -133,7 +142,7 @@ void expect_consistent_checkpoints(const std::string& run, const std::string& wh
 }
 
 TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses) {
-  const std::string reference = dir_.file("reference"), killed = dir_.file("killed");
+  const std::string reference = dir_.file("reference");
   const auto began = Clock::now();
   pid_t pid = start(reference, false, dir_.file("reference.log"));
   int status = 0;
@@ -143,54 +152,63 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
   const std::map<int64_t, double> expected = losses_by_step(reference);
   ASSERT_EQ(expected.size(), static_cast<size_t>(kSteps));
 
-  // Kill moments uniform over a whole run (start-up, steps and checkpoint writes alike).
+  // Kill moments uniform over a whole run's time (start-up, steps and checkpoint writes alike);
+  // each restart resumes, so the run advances between kills. A run that finishes
+  // is checked and a new one started, until enough kills have landed.
   std::mt19937 random(20261123);
   std::uniform_real_distribution<double> moment(0.05 * whole_run, 1.0 * whole_run);
-  constexpr int kKills = 14;
-  int killed_runs = 0, during_checkpoint_write = 0, finished_early = 0;
-  for (int trial = 0; trial < kKills; ++trial) {
-    pid = start(killed, trial > 0, dir_.file("killed.log"));
+  constexpr int kKills = 15;
+  int kills = 0, during_checkpoint_write = 0, runs_finished = 0;
+  std::string killed = dir_.file("killed-0");
+  bool resume = false;
+  auto check_finished_run = [&] {
+    const std::map<int64_t, double> losses = losses_by_step(killed);
+    ASSERT_EQ(losses.size(), expected.size()) << killed;
+    for (const auto& [step, loss] : expected) {
+      EXPECT_DOUBLE_EQ(losses.at(step), loss) << killed << " step " << step;
+    }
+    // Resumes cleared the staging directories that kills left behind.
+    for (const auto& entry : fs::directory_iterator(killed + "/checkpoints")) {
+      EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+    }
+    ++runs_finished;
+  };
+  while (kills < kKills) {
+    pid = start(killed, resume, killed + ".log");
+    resume = true;
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(moment(random)));
+    // Every third kill waits instead for a checkpoint write to be under way (its staging
+    // directory to appear) and strikes then.
+    const bool at_a_write = kills % 3 == 2;
     bool exited = false;
-    while (Clock::now() < deadline && !exited) {
+    while (!exited) {
       exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (exited) break;
+      if (at_a_write ? staging_dir_exists(killed) : Clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(at_a_write ? 200 : 2000));
     }
     if (exited) {
-      ASSERT_EQ(exit_code(status), 0) << testing::read_file(dir_.file("killed.log"));
-      ++finished_early;
-      break;
+      ASSERT_EQ(exit_code(status), 0) << testing::read_file(killed + ".log");
+      check_finished_run();
+      killed = dir_.file("killed-" + std::to_string(runs_finished));
+      resume = false;
+      continue;
     }
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    ++killed_runs;
+    ++kills;
     // A staging directory left behind means the kill hit a checkpoint write.
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(killed + "/checkpoints", ec)) {
-      if (entry.path().filename().string().find(".tmp-") != std::string::npos) {
-        ++during_checkpoint_write;
-        break;
-      }
-    }
-    expect_consistent_checkpoints(killed, "after kill " + std::to_string(trial + 1));
+    if (staging_dir_exists(killed)) ++during_checkpoint_write;
+    expect_consistent_checkpoints(killed, "after kill " + std::to_string(kills));
   }
-  if (finished_early == 0) {
-    pid = start(killed, true, dir_.file("killed.log"));
-    waitpid(pid, &status, 0);
-    ASSERT_EQ(exit_code(status), 0) << testing::read_file(dir_.file("killed.log"));
-  }
-  std::cout << "kills: " << killed_runs << " (" << during_checkpoint_write
-            << " during a checkpoint write), whole run " << whole_run << " s\n";
-  EXPECT_GE(killed_runs, 8);
-  const std::map<int64_t, double> losses = losses_by_step(killed);
-  ASSERT_EQ(losses.size(), expected.size());
-  for (const auto& [step, loss] : expected)
-    EXPECT_DOUBLE_EQ(losses.at(step), loss) << "step " << step;
-  // Resumes cleared the staging directories that kills left behind.
-  for (const auto& entry : fs::directory_iterator(killed + "/checkpoints")) {
-    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
-  }
+  pid = start(killed, resume, killed + ".log");
+  waitpid(pid, &status, 0);
+  ASSERT_EQ(exit_code(status), 0) << testing::read_file(killed + ".log");
+  check_finished_run();
+  std::cout << "kills: " << kills << " (" << during_checkpoint_write
+            << " during a checkpoint write), runs finished after kills: " << runs_finished
+            << ", whole run " << whole_run << " s\n";
 }
 
 TEST_F(CrashSafety, AFailedCheckpointWriteKeepsThePreviousCheckpoint) {
@@ -205,14 +223,14 @@ TEST_F(CrashSafety, AFailedCheckpointWriteKeepsThePreviousCheckpoint) {
   const auto before = latest_checkpoint(run);
   ASSERT_TRUE(before.has_value());
   const std::string last_name = fs::path(*before).filename().string();
-  EXPECT_EQ(last_name, "step-00000024");
+  EXPECT_EQ(last_name, "step-00000012");
   const std::string state_before = testing::read_file(*before + "/trainer_state.json");
   const std::string adapter_before = testing::read_file(*before + "/adapter_model.safetensors");
 
   // Continue for 8 more steps with every file capped at 40 KiB: the run resumes (metrics, logs
-  // and run_info fit), trains, and fails at its first checkpoint: the adapter (16,384 float32
-  // parameters, 64 KiB) does not fit.
-  text.replace(text.find("max_steps: 24"), 13, "max_steps: 32");
+  // and run_info fit), trains, and fails at its first checkpoint: the adapter (r=64: 131,072
+  // float32 parameters, 512 KiB) does not fit.
+  text.replace(text.find("max_steps: 12"), 13, "max_steps: 20");
   testing::write_file(dir_.file("recipe.yaml"), text);
   const std::string log = dir_.file("full2.log");
   pid = start(run, true, log, 40 * 1024);
@@ -228,11 +246,43 @@ TEST_F(CrashSafety, AFailedCheckpointWriteKeepsThePreviousCheckpoint) {
   EXPECT_EQ(testing::read_file(*after + "/trainer_state.json"), state_before);
   EXPECT_EQ(testing::read_file(*after + "/adapter_model.safetensors"), adapter_before);
   expect_consistent_checkpoints(run, "after the failed write");
-  EXPECT_FALSE(fs::exists(run + "/checkpoints/step-00000028"));
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/step-00000016"));
   for (const auto& entry : fs::directory_iterator(run + "/checkpoints")) {
     EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos)
         << "staging left behind: " << entry.path();
   }
+}
+
+TEST_F(CrashSafety, ResumeWithoutACheckpointRestartsOnlyAnUnfinishedRun) {
+  const std::string run = dir_.file("nockpt");
+  std::string text = testing::read_file(dir_.file("recipe.yaml"));
+  text.replace(text.find("save_every: 1"), 13, "save_every: 0");
+  text.replace(text.find("max_steps: " + std::to_string(kSteps)),
+               11 + std::to_string(kSteps).size(), "max_steps: 3");
+  testing::write_file(dir_.file("recipe.yaml"), text);
+  int status = 0;
+  waitpid(start(run, false, dir_.file("a.log")), &status, 0);
+  ASSERT_EQ(exit_code(status), 0) << testing::read_file(dir_.file("a.log"));
+  const std::string adapter = testing::read_file(run + "/adapter/adapter_model.safetensors");
+
+  // Finished (adapter/ written) but without its checkpoints: --resume must not train it over.
+  fs::remove_all(run + "/checkpoints");
+  waitpid(start(run, true, dir_.file("b.log")), &status, 0);
+  const std::string refused = testing::read_file(dir_.file("b.log"));
+  EXPECT_EQ(exit_code(status), 3) << refused;
+  EXPECT_NE(refused.find("the run has finished"), std::string::npos) << refused;
+  EXPECT_EQ(testing::read_file(run + "/adapter/adapter_model.safetensors"), adapter);
+
+  // Killed before its first checkpoint (recipe.yaml and metrics, no checkpoint, no adapter/), as
+  // a requeued batch job finds it: --resume starts it over and it completes.
+  fs::remove_all(run + "/adapter");
+  waitpid(start(run, true, dir_.file("c.log")), &status, 0);
+  const std::string restarted = testing::read_file(dir_.file("c.log"));
+  EXPECT_EQ(exit_code(status), 0) << restarted;
+  EXPECT_NE(restarted.find("no checkpoint was written; starting over"), std::string::npos)
+      << restarted;
+  EXPECT_EQ(losses_by_step(run).size(), 3u);
+  EXPECT_EQ(testing::read_file(run + "/adapter/adapter_model.safetensors"), adapter);
 }
 
 }  // namespace
