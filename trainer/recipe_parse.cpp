@@ -2,6 +2,7 @@
 // value converted strictly to its field's type, then the command-line overrides are applied,
 // defaults that depend on other settings are resolved, and the result is validated.
 #include "core/error.h"
+#include "data/unicode_text.h"
 #include "trainer/recipe.h"
 #include "trainer/recipe_fields.h"
 #include "trainer/recipe_keys.h"
@@ -10,6 +11,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -255,12 +257,37 @@ void resolve_dependent_defaults(Recipe& recipe, const RecipeOrigins& origins) {
 
 }  // namespace
 
+namespace {
+
+// YAML is UTF-8 text; yaml-cpp would pass stray bytes through into strings (paths), where they
+// change meaning on the way back out (found by fuzz_recipe). UTF-8 never uses the newline byte
+// inside a character, so each line can be checked alone and named.
+void check_utf8_lines(const std::string& text, const std::string& source) {
+  int64_t line = 1;
+  for (size_t begin = 0; begin <= text.size(); ++line) {
+    const size_t end = std::min(text.find('\n', begin), text.size());
+    if (!is_valid_utf8(std::string_view(text).substr(begin, end - begin))) {
+      throw_error(ErrorKind::kConfig, "not valid UTF-8 text (save the recipe as UTF-8)",
+                  {.file = source, .line = line});
+    }
+    begin = end + 1;
+  }
+}
+
+}  // namespace
+
 Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
   Recipe recipe;
+  check_utf8_lines(yaml_text, source);
   read_file_settings(load_yaml(yaml_text, source), recipe, origins);
-  for (const std::string& text : overrides) apply_override(text, recipe, origins);
+  for (const std::string& text : overrides) {
+    if (!is_valid_utf8(text)) {
+      throw_error(ErrorKind::kUsage, "override is not valid UTF-8 text");
+    }
+    apply_override(text, recipe, origins);
+  }
   resolve_dependent_defaults(recipe, origins);
   validate_recipe(recipe, origins);
   recipe.source = source;

@@ -186,6 +186,27 @@ TEST(RecipeErrors, MissingFileIsAnIoError) {
   }
 }
 
+// Found by fuzz_recipe: a stray byte in a string went through yaml-cpp into model.path and came
+// back out of the resolved recipe as something else.
+TEST(RecipeErrors, TextThatIsNotUtf8IsRefusedWithItsLine) {
+  try {
+    parse_recipe("model:\n  path: \"at1\xff\"\ndata:\n  path: d.jsonl\n", "bad.yaml");
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_EQ(e.context().file, "bad.yaml");
+    EXPECT_EQ(e.context().line, 2);
+    EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+  }
+  try {
+    parse_recipe("model:\n  path: builtin:micro\ndata:\n  path: d.jsonl\n", "ok.yaml",
+                 {"model.path=x\xc3"});
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUsage);
+  }
+}
+
 TEST(RecipeDefaults, MinimalRecipeTakesThePaperDefaults) {
   const Recipe r = parse_recipe(kValid, kSource);
   EXPECT_EQ(r.quantization.type, "nf4");
