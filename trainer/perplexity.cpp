@@ -90,7 +90,12 @@ std::vector<int64_t> evaluation_token_stream(const std::string& path, const Toke
   std::vector<int64_t> ids;
   for (const std::string& doc : documents) {
     if (doc.empty()) continue;
-    const std::vector<int64_t> part = tokenizer.encode(doc, tokenizer.add_bos_default(), true);
+    std::vector<int64_t> part;
+    try {
+      part = tokenizer.encode(doc, tokenizer.add_bos_default(), true);
+    } catch (const Error& e) {
+      throw e.with_context({.file = path});  // e.g. text that is not UTF-8
+    }
     ids.insert(ids.end(), part.begin(), part.end());
   }
   if (ids.size() < 2) throw_error(ErrorKind::kConfig, "no text to evaluate", {.file = path});

@@ -453,9 +453,11 @@ TrainResult TrainingRun::run() {
   if (dp_.is_main()) check_run_directory(recipe_, start);
   dp_.barrier();
   setup();
+  // The checkpoint is loaded and checked before the run directory records a resume, so a resume
+  // that fails leaves run_info.json and recipe.resumed.yaml as they were.
+  if (checkpoint) resume_from(*checkpoint);
   if (dp_.is_main()) prepare_run_directory(recipe_, start, options_.command_line);
   dp_.barrier();
-  if (checkpoint) resume_from(*checkpoint);
   dp_.broadcast(params_);
   dp_.attach(params_, recipe_.distributed.bucket_mb);
   if (dp_.is_main()) {
