@@ -130,6 +130,16 @@ ExportReport run_export(const ExportSource& source, const std::string& out,
     throw_error(ErrorKind::kIo, "the output exists; pass --overwrite to replace it",
                 {.file = target.string()});
   }
+  // GGUF embeds the base's tokenizer: check for it before merging, naming the base directory
+  // rather than the staging copy that the merged weights are written to.
+  if (options.format == ExportFormat::kGguf) {
+    const fs::path base(source.model_dir);
+    if (!fs::is_regular_file(base / "tokenizer.model") &&
+        !fs::is_regular_file(base / "tokenizer.json")) {
+      throw_error(ErrorKind::kIo, "no tokenizer.model or tokenizer.json",
+                  {.file = source.model_dir});
+    }
+  }
   std::error_code ec;
   fs::create_directories(target.parent_path(), ec);
   ExportReport report;

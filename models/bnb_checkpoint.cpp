@@ -139,9 +139,16 @@ QuantizedTensor read_bnb_4bit_weight(const CheckpointReader& checkpoint, const s
     used.push_back(name);
     return checkpoint.tensor(name);
   };
-  std::string source = checkpoint.contains(module + ".weight")
-                           ? checkpoint.file_of(module + ".weight")
-                           : std::string();
+  // The shard holding the weight, or (when the packed weight itself is missing) its quant_state,
+  // so that every error names a file.
+  std::string source;
+  for (const char* suffix : {".weight", ".weight.quant_state.bitsandbytes__nf4",
+                             ".weight.quant_state.bitsandbytes__fp4"}) {
+    if (checkpoint.contains(module + suffix)) {
+      source = checkpoint.file_of(module + suffix);
+      break;
+    }
+  }
   const QuantizedTensor mapped = from_bnb_entries(module, lookup, source);
 
   // Own copies, so that the result does not pin the mapping.

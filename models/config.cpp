@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -167,7 +168,11 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
 
 ModelConfig ModelConfig::from_file(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open model config", {.file = path});
+  std::error_code ec;
+  // A directory opens as a stream but fails on the first read (an exit-70 "internal error").
+  if (!in || std::filesystem::is_directory(path, ec)) {
+    throw_error(ErrorKind::kIo, "cannot open model config", {.file = path});
+  }
   json j;
   try {
     j = json::parse(in);
