@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 
 namespace qtrain {
 namespace {
@@ -36,6 +37,23 @@ std::optional<int> inherited_listen_fd() {
   const char* fd = std::getenv("QTRAIN_MASTER_LISTEN_FD");
   if (fd == nullptr || *fd == '\0') return std::nullopt;
   return std::atoi(fd);
+}
+
+// Gloo collectives are enqueued under this lock. c10d's flight recorder (torch 2.11) registers a
+// group's status in a shared std::map before taking its own mutex, so two groups of one process
+// (ranks as threads, as in the tests) starting collectives at once corrupt that map. Enqueueing a
+// Gloo collective never waits for peers; NCCL's first one may (communicator setup), and NCCL runs
+// one group per process, so it goes unlocked.
+std::mutex& gloo_enqueue_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+template <typename Start>
+c10::intrusive_ptr<c10d::Work> enqueue(const std::string& backend, Start&& start) {
+  if (backend != "gloo") return start();
+  std::lock_guard<std::mutex> lock(gloo_enqueue_mutex());
+  return start();
 }
 
 }  // namespace
@@ -118,7 +136,8 @@ std::function<void()> ProcessGroup::all_reduce_sum_async(at::Tensor& tensor) {
   c10::intrusive_ptr<c10d::Work> work;
   guarded("all-reduce", [&] {
     std::vector<at::Tensor> tensors{tensor};
-    work = state_->backend->allreduce(tensors, c10d::AllreduceOptions{});
+    work = enqueue(backend_,
+                   [&] { return state_->backend->allreduce(tensors, c10d::AllreduceOptions{}); });
   });
   return [this, work] { guarded("all-reduce", [&] { work->wait(); }); };
 }
@@ -128,7 +147,7 @@ void ProcessGroup::all_reduce_max(at::Tensor& tensor) {
     std::vector<at::Tensor> tensors{tensor};
     c10d::AllreduceOptions options;
     options.reduceOp = c10d::ReduceOp::MAX;
-    state_->backend->allreduce(tensors, options)->wait();
+    enqueue(backend_, [&] { return state_->backend->allreduce(tensors, options); })->wait();
   });
 }
 
@@ -155,7 +174,7 @@ void ProcessGroup::broadcast(at::Tensor& tensor, int root) {
     std::vector<at::Tensor> tensors{tensor};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    state_->backend->broadcast(tensors, options)->wait();
+    enqueue(backend_, [&] { return state_->backend->broadcast(tensors, options); })->wait();
   });
 }
 
@@ -164,7 +183,9 @@ void ProcessGroup::barrier() {
   at::Tensor token = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(device()));
   guarded("barrier", [&] {
     std::vector<at::Tensor> tensors{token};
-    state_->backend->allreduce(tensors, c10d::AllreduceOptions{})->wait();
+    enqueue(backend_, [&] {
+      return state_->backend->allreduce(tensors, c10d::AllreduceOptions{});
+    })->wait();
   });
 }
 
