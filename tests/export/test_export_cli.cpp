@@ -87,6 +87,7 @@ class ExportCli : public ::testing::Test {
       EXPECT_EQ(code, 0) << e.format << ": " << out;
       exports_ok_ = exports_ok_ && code == 0;
       if (e.format == "gptq-int4") gptq_report_ = out;
+      if (e.format == "gguf") gguf_report_ = out;
     }
     model_dir_ = resolve_model_dir("builtin:micro");
     ids_ = at::randint(3, 300, {2, 24}, at::TensorOptions().dtype(at::kLong));
@@ -173,6 +174,7 @@ class ExportCli : public ::testing::Test {
   static testing::ScratchDir* dir_;
   static bool exports_ok_;
   static std::string gptq_report_;
+  static std::string gguf_report_;
   static std::string model_dir_;
   static at::Tensor ids_;
 };
@@ -180,6 +182,7 @@ class ExportCli : public ::testing::Test {
 testing::ScratchDir* ExportCli::dir_ = nullptr;
 bool ExportCli::exports_ok_ = false;
 std::string ExportCli::gptq_report_;
+std::string ExportCli::gguf_report_;
 std::string ExportCli::model_dir_;
 at::Tensor ExportCli::ids_;
 
@@ -291,6 +294,15 @@ TEST_F(ExportCli, GgufExportHoldsTheMergedWeightsAndRunsInLlamaCpp) {
   EXPECT_EQ(report["tensor_count"].get<int64_t>(), 21) << out;  // 2 x 9 + norm, embd, output
   EXPECT_TRUE(report["checks"]["layout"].empty()) << out;
   EXPECT_TRUE(report["checks"]["tokenizer"].empty()) << out;
+  // qexport's read-back summary counts the same tensors and types as gguf-py.
+  std::map<std::string, int> types;
+  for (const auto& t : report["tensors"]) ++types[t["type"].get<std::string>()];
+  std::string summary = "read back: " + std::to_string(report["tensors"].size()) + " tensors (";
+  for (const auto& [type, count] : types) {
+    summary += (summary.back() == '(' ? "" : ", ") + std::to_string(count) + " " + type;
+  }
+  summary += "), " + std::to_string(report["metadata"].size()) + " metadata keys";
+  EXPECT_NE(gguf_report_.find(summary), std::string::npos) << summary << "\n" << gguf_report_;
   for (const auto& [name, diff] : report["compared"].items()) {
     if (name.find("norm") != std::string::npos) {
       EXPECT_LT(diff.get<double>(), 1e-3) << name;

@@ -11,6 +11,7 @@
 #include "models/config.h"
 #include "models/gguf_export.h"
 #include "models/tiny_model.h"
+#include "tests/support/le_bytes.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
@@ -27,31 +28,8 @@ namespace qtrain {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::Bytes;
 using testing::ScratchDir;
-
-// Little-endian byte spelling of the fields, for building expected files by hand.
-struct Bytes {
-  std::string s;
-  Bytes& u8(uint8_t v) { return raw(&v, 1); }
-  Bytes& u16(uint16_t v) { return raw(&v, 2); }
-  Bytes& u32(uint32_t v) { return raw(&v, 4); }
-  Bytes& u64(uint64_t v) { return raw(&v, 8); }
-  Bytes& f32(float v) { return raw(&v, 4); }
-  Bytes& f64(double v) { return raw(&v, 8); }
-  Bytes& str(const std::string& v) {
-    u64(v.size());
-    s += v;
-    return *this;
-  }
-  Bytes& zeros(size_t n) {
-    s.append(n, '\0');
-    return *this;
-  }
-  Bytes& raw(const void* p, size_t n) {
-    s.append(static_cast<const char*>(p), n);
-    return *this;
-  }
-};
 
 std::string hex_diff(const std::string& got, const std::string& want) {
   if (got.size() != want.size()) {
