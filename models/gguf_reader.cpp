@@ -414,8 +414,9 @@ std::vector<uint8_t> GgufReader::read_bytes(const std::string& name) const {
   if (t == nullptr) {
     throw_error(ErrorKind::kShape, "no such tensor in the file", {.file = path_, .tensor = name});
   }
-  std::ifstream in(path_, std::ios::binary);
   std::vector<uint8_t> bytes(static_cast<size_t>(t->nbytes));
+  if (bytes.empty()) return bytes;  // a tensor with a zero dim
+  std::ifstream in(path_, std::ios::binary);
   in.seekg(static_cast<std::streamoff>(data_offset_ + t->offset));
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   if (!in) {
@@ -448,7 +449,7 @@ at::Tensor GgufReader::read_tensor(const std::string& name) const {
   }
   at::Tensor out = at::empty(t->shape(), at::dtype(dtype));
   const std::vector<uint8_t> bytes = read_bytes(name);
-  std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
+  if (!bytes.empty()) std::memcpy(out.data_ptr(), bytes.data(), bytes.size());
   return out;
 }
 

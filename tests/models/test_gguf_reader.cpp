@@ -402,6 +402,18 @@ TEST(GgufReader, HostileHeadersAreRefusedWithTheirPlace) {
   }
 }
 
+// fuzz_gguf finding: a tensor with a zero dim was copied from a null buffer (UBSan).
+TEST(GgufReader, TensorsWithAZeroDimReadAsEmpty) {
+  ScratchDir dir;
+  const std::string path = dir.file("empty.gguf");
+  testing::write_file(
+      path, with_data(gguf(2, 0, tensor("e", {0, 3}, 0, 0) + tensor("f", {2}, 1, 0)), 32));
+  const GgufReader r = GgufReader::open(path);
+  EXPECT_EQ(r.read_tensor("e").sizes().vec(), (std::vector<int64_t>{3, 0}));
+  EXPECT_TRUE(r.read_bytes("e").empty());
+  EXPECT_EQ(r.read_tensor("f").numel(), 2);
+}
+
 TEST(GgufReader, MissingFilesAndDirectoriesAreIoErrors) {
   ScratchDir dir;
   EXPECT_EQ(refusal_of(dir.file("none.gguf")).kind, ErrorKind::kIo);
