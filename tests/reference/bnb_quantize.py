@@ -12,6 +12,7 @@ qtrain never runs this; its interop tests compare against it.
 import sys
 
 import bitsandbytes.functional as F
+import bnb_reference_kernels  # noqa: F401  (same values on every CPU)
 import torch
 from safetensors.torch import load_file, save_file
 

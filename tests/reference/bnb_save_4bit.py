@@ -7,6 +7,7 @@ pre-quantized `*-bnb-4bit` layout. qtrain never runs this.
 """
 import sys
 
+import bnb_reference_kernels  # noqa: F401  (same values on every CPU)
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

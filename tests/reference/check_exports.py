@@ -108,6 +108,7 @@ def main():
             i += 3
         elif flag == "--nf4":
             import bitsandbytes as bnb
+            import bnb_reference_kernels  # noqa: F401  (same values on every CPU)
             model = AutoModelForCausalLM.from_pretrained(args[i + 1], dtype=torch.float32,
                                                          attn_implementation="eager")
             linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

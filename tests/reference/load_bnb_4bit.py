@@ -13,6 +13,7 @@ import os
 import sys
 
 import bitsandbytes as bnb
+import bnb_reference_kernels  # noqa: F401  (same values on every CPU)
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -56,9 +57,11 @@ std::string reference_python() {
   return fs::exists(python) ? python : "";
 }
 
-int run_command(const std::string& command_line, std::string* output) {
-  std::string full = command_line + " 2>&1";
-  FILE* pipe = popen(full.c_str(), "r");
+namespace {
+
+// Runs a shell command line and returns its exit status; stdout goes to `output`.
+int capture_stdout(const std::string& shell_line, std::string* output) {
+  FILE* pipe = popen(shell_line.c_str(), "r");
   if (pipe == nullptr) return -1;
   std::array<char, 4096> buffer;
   std::string captured;
@@ -67,6 +70,12 @@ int run_command(const std::string& command_line, std::string* output) {
   int status = pclose(pipe);
   if (output) *output = captured;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+int run_command(const std::string& command_line, std::string* output) {
+  return capture_stdout(command_line + " 2>&1", output);
 }
 
 int free_loopback_port() {
@@ -86,7 +95,16 @@ int run_reference_script(const std::string& script, const std::vector<std::strin
   std::ostringstream cmd;
   cmd << "'" << reference_python() << "' '" << source_dir() << "/tests/reference/" << script << "'";
   for (const auto& a : args) cmd << " '" << a << "'";
-  return run_command(cmd.str(), output);
+  // Libraries log warnings on stderr (bitsandbytes does on import), which must not land in the
+  // JSON or text a script prints; the test's log shows them when the script fails.
+  ScratchDir scratch("reference-stderr");
+  const std::string stderr_path = scratch.file("stderr.txt");
+  const int rc = capture_stdout(cmd.str() + " 2>'" + stderr_path + "'", output);
+  if (rc != 0) {
+    std::ifstream in(stderr_path, std::ios::binary);
+    std::cerr << "[" << script << " exited with " << rc << "; its stderr:]\n" << in.rdbuf() << "\n";
+  }
+  return rc;
 }
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

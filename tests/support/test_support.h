@@ -31,7 +31,7 @@ std::string binary_dir();  // the CMake build root
 std::string reference_python();
 
 // Runs `python script args...` (script relative to tests/reference/); returns its exit status and
-// captures stdout+stderr into `output`.
+// captures its stdout into `output`; its stderr goes to this test's stderr when it fails.
 int run_reference_script(const std::string& script, const std::vector<std::string>& args,
                          std::string* output);
 
