@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -103,7 +104,11 @@ class AddedTokenMatcher {
 
 std::string read_text_file(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(ErrorKind::kIo, std::string("cannot open ") + what, {.file = path});
+  std::error_code ec;
+  // A directory opens as a stream and reads as empty: it would pass for malformed JSON.
+  if (!in || std::filesystem::is_directory(path, ec)) {
+    throw_error(ErrorKind::kIo, std::string("cannot open ") + what, {.file = path});
+  }
   std::ostringstream bytes;
   bytes << in.rdbuf();
   if (in.bad()) throw_error(ErrorKind::kIo, std::string("cannot read ") + what, {.file = path});

@@ -4,6 +4,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -20,7 +21,11 @@ SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 SentencePieceTokenizer SentencePieceTokenizer::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open SentencePiece model", {.file = path});
+  std::error_code ec;
+  // A directory opens as a stream and reads as empty: it would pass for a corrupt model.
+  if (!in || std::filesystem::is_directory(path, ec)) {
+    throw_error(ErrorKind::kIo, "cannot open SentencePiece model", {.file = path});
+  }
   std::ostringstream bytes;
   bytes << in.rdbuf();
   if (in.bad()) throw_error(ErrorKind::kIo, "cannot read SentencePiece model", {.file = path});

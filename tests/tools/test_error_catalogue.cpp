@@ -1327,6 +1327,14 @@ std::vector<Case> all_cases() {
         return eval_args(m);
       },
       {"model/tokenizer.model: "});
+  add(c, "TOK-10", "spm_directory", "qeval",
+      [](Env& e) {
+        const std::string m = model(e);
+        fs::remove(e.path(m + "/tokenizer.model"));
+        fs::create_directory(e.path(m + "/tokenizer.model"));
+        return eval_args(m);
+      },
+      {"model/tokenizer.model: "});
   auto bpe_case = [&c](const std::string& id, const std::string& name,
                        std::function<void(ojson&)> edit, std::vector<std::string> expect,
                        const std::string& file = "tokenizer.json") {
@@ -1344,6 +1352,14 @@ std::vector<Case> all_cases() {
       [](Env& e) {
         const std::string m = bpe_model(e);
         write(e.path(m + "/tokenizer.json"), "{\"model\": ");
+        return eval_args(m);
+      },
+      {"bpe/tokenizer.json: "});
+  add(c, "TOK-20", "json_directory", "qeval",
+      [](Env& e) {
+        const std::string m = bpe_model(e);
+        fs::remove(e.path(m + "/tokenizer.json"));
+        fs::create_directory(e.path(m + "/tokenizer.json"));
         return eval_args(m);
       },
       {"bpe/tokenizer.json: "});
