@@ -302,6 +302,12 @@ int line_of(const std::string& text, const std::string& needle) {
   return 1 + static_cast<int>(std::count(text.begin(), text.begin() + at, '\n'));
 }
 
+// A directory where a file is expected (a user's mkdir or a botched copy).
+void replace_with_directory(const std::string& path) {
+  fs::remove(path);
+  fs::create_directories(path);
+}
+
 void copy_tree(const std::string& from, const std::string& to) {
   fs::create_directories(fs::path(to).parent_path());
   fs::copy(from, to, fs::copy_options::recursive);
@@ -1030,8 +1036,7 @@ std::vector<Case> all_cases() {
   add(c, "CKP-02", "directory", "qeval",
       [](Env& e) {
         const std::string m = model(e);
-        fs::remove(e.path(m + "/model.safetensors"));
-        fs::create_directories(e.path(m + "/model.safetensors"));
+        replace_with_directory(e.path(m + "/model.safetensors"));
         return eval_args(m);
       },
       {"model/model.safetensors: "});
@@ -1330,8 +1335,7 @@ std::vector<Case> all_cases() {
   add(c, "TOK-10", "spm_directory", "qeval",
       [](Env& e) {
         const std::string m = model(e);
-        fs::remove(e.path(m + "/tokenizer.model"));
-        fs::create_directory(e.path(m + "/tokenizer.model"));
+        replace_with_directory(e.path(m + "/tokenizer.model"));
         return eval_args(m);
       },
       {"model/tokenizer.model: "});
@@ -1358,8 +1362,7 @@ std::vector<Case> all_cases() {
   add(c, "TOK-20", "json_directory", "qeval",
       [](Env& e) {
         const std::string m = bpe_model(e);
-        fs::remove(e.path(m + "/tokenizer.json"));
-        fs::create_directory(e.path(m + "/tokenizer.json"));
+        replace_with_directory(e.path(m + "/tokenizer.json"));
         return eval_args(m);
       },
       {"bpe/tokenizer.json: "});
@@ -1962,8 +1965,7 @@ std::vector<Case> all_cases() {
   add(c, "MOD-09", "config_is_directory", "qeval",
       [](Env& e) {
         const std::string m = model(e);
-        fs::remove(e.path(m + "/config.json"));
-        fs::create_directories(e.path(m + "/config.json"));
+        replace_with_directory(e.path(m + "/config.json"));
         return eval_args(m);
       },
       {"model/config.json: "});
