@@ -17,8 +17,10 @@ have_all() {
 if ! have_all; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
+  # Without build isolation pip skips fetching the build backend, but it fails where the venv
+  # lacks one; only the isolated retry's errors are worth showing.
   "$venv/bin/python3" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
-    --no-build-isolation "llama-cpp-python==$version" -d "$tmp" >&2 ||
+    --no-build-isolation "llama-cpp-python==$version" -d "$tmp" >/dev/null 2>&1 ||
     "$venv/bin/python3" -m pip download -q --disable-pip-version-check --no-deps \
       --no-binary :all: "llama-cpp-python==$version" -d "$tmp" >&2
   members=()

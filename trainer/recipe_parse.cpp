@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -40,6 +41,29 @@ std::string describe(const YAML::Node& node) {
   return (node.Tag() == "!" ? "the quoted string '" : "'") + node.Scalar() + "'";
 }
 
+// YAML 1.2's c-printable set: TAB, LF, CR, and everything printable from U+0020 on except DEL,
+// the C1 controls other than NEL, and U+FFFE/U+FFFF. yaml-cpp reads some of the others silently
+// (a NUL vanishes from a string) and writes some back raw (found by fuzz_recipe).
+bool is_yaml_printable(char32_t c) {
+  if (c < 0x20) return c == '\t' || c == '\n' || c == '\r';
+  if (c >= 0x7F && c <= 0x9F) return c == 0x85;
+  return c != 0xFFFE && c != 0xFFFF;
+}
+
+// The first character of valid UTF-8 `text` that YAML does not allow, as "U+XXXX (<place> N)"
+// where N counts characters from 1; empty when there is none.
+std::string first_unprintable(std::string_view text, const char* place) {
+  for (size_t pos = 0, index = 1; pos < text.size(); ++index) {
+    const char32_t c = next_code_point(text, &pos);
+    if (!is_yaml_printable(c)) {
+      char code[16];
+      std::snprintf(code, sizeof(code), "U+%04X", static_cast<unsigned>(c));
+      return std::string(code) + " (" + place + " " + std::to_string(index) + ")";
+    }
+  }
+  return {};
+}
+
 // Converts one YAML value into a field of its type; failures name the field and its origin.
 class FieldReader {
  public:
@@ -50,7 +74,7 @@ class FieldReader {
     if (node.IsNull()) {
       out.clear();
     } else if (node.IsScalar()) {
-      out = node.Scalar();
+      out = text_of(node);
     } else {
       fail("expected a string", node);
     }
@@ -78,13 +102,13 @@ class FieldReader {
     out.clear();
     if (node.IsNull()) return;
     if (node.IsScalar()) {
-      out.push_back(node.Scalar());
+      out.push_back(text_of(node));
       return;
     }
     if (!node.IsSequence()) fail("expected a list of strings", node);
     for (const YAML::Node& item : node) {
       if (!item.IsScalar()) fail("expected a list of strings, found " + describe(item), item);
-      out.push_back(item.Scalar());
+      out.push_back(text_of(item));
     }
   }
 
@@ -95,11 +119,22 @@ class FieldReader {
     for (const auto& entry : node) {
       if (!entry.first.IsScalar() || !entry.second.IsScalar())
         fail("expected a mapping of strings, found " + describe(entry.second), entry.second);
-      out[entry.first.Scalar()] = entry.second.Scalar();
+      out[text_of(entry.first)] = text_of(entry.second);
     }
   }
 
  private:
+  // A string value. The text is printable UTF-8 by now, but a double-quoted escape ("\0",
+  // "\x7f") can still produce a character that YAML text may not hold: no path or name needs
+  // one, and the resolved recipe could not show it. (yaml-cpp refuses surrogate escapes.)
+  std::string text_of(const YAML::Node& node) const {
+    const std::string& text = node.Scalar();
+    // Not through fail(): its ", got <value>" would print the offending bytes.
+    if (const std::string bad = first_unprintable(text, "character"); !bad.empty())
+      origins_.fail(key_, "the string contains control character " + bad);
+    return text;
+  }
+
   static bool is_plain_scalar(const YAML::Node& node) {
     return node.IsScalar() && node.Tag() != "!";
   }
@@ -262,12 +297,20 @@ namespace {
 // YAML is UTF-8 text; yaml-cpp would pass stray bytes through into strings (paths), where they
 // change meaning on the way back out (found by fuzz_recipe). UTF-8 never uses the newline byte
 // inside a character, so each line can be checked alone and named.
-void check_utf8_lines(const std::string& text, const std::string& source) {
+void check_yaml_text_lines(const std::string& text, const std::string& source) {
   int64_t line = 1;
   for (size_t begin = 0; begin <= text.size(); ++line) {
     const size_t end = std::min(text.find('\n', begin), text.size());
-    if (!is_valid_utf8(std::string_view(text).substr(begin, end - begin))) {
+    const std::string_view content = std::string_view(text).substr(begin, end - begin);
+    if (!is_valid_utf8(content)) {
       throw_error(ErrorKind::kConfig, "not valid UTF-8 text (save the recipe as UTF-8)",
+                  {.file = source, .line = line});
+    }
+    if (const std::string bad = first_unprintable(content, "column"); !bad.empty()) {
+      throw_error(ErrorKind::kConfig,
+                  "control character " + bad +
+                      " is not allowed in YAML text (only printable characters, tab and line "
+                      "breaks are)",
                   {.file = source, .line = line});
     }
     begin = end + 1;
@@ -280,11 +323,15 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
   Recipe recipe;
-  check_utf8_lines(yaml_text, source);
+  check_yaml_text_lines(yaml_text, source);
   read_file_settings(load_yaml(yaml_text, source), recipe, origins);
   for (const std::string& text : overrides) {
     if (!is_valid_utf8(text)) {
       throw_error(ErrorKind::kUsage, "override is not valid UTF-8 text");
+    }
+    if (const std::string bad = first_unprintable(text, "character"); !bad.empty()) {
+      throw_error(ErrorKind::kUsage,
+                  "override contains control character " + bad + ", which YAML does not allow");
     }
     apply_override(text, recipe, origins);
   }

@@ -621,6 +621,15 @@ std::vector<Case> all_cases() {
         return std::string("r.yaml --dry-run");
       },
       {"r.yaml:2: "});
+  add(c, "REC-07", "control_character", "qtrain", [](Env& e) {
+    // A BEL in a comment: YAML text holds printable characters only, comments included.
+    return recipe_at(e, {{"output:\n", "output:  # done\x07\n"}}, "output:") + " --dry-run";
+  });
+  add(c, "REC-08", "escaped_control_character", "qtrain",
+      [](Env& e) {
+        return recipe_at(e, {{"  dir: run\n", "  dir: \"run\\0\"\n"}}, "  dir:") + " --dry-run";
+      },
+      {"field 'output.dir'", "U+0000 (character 4)"});
   // ---- 3.2 Sections and keys
   add(c, "REC-10", "misspelt_section", "qtrain",
       [](Env& e) {
@@ -918,6 +927,9 @@ std::vector<Case> all_cases() {
       {"'adapter.target_modules=[q_proj'"});
   add(c, "REC-104", "not_utf8", "qtrain",
       [](Env& e) { return recipe(e) + " 'model.path=caf\xe9' --dry-run"; }, {});
+  add(c, "REC-105", "control_character", "qtrain",
+      [](Env& e) { return recipe(e) + " 'output.dir=run\x1b[0m' --dry-run"; },
+      {"U+001B (character 15)"});
   // ---- 3.7 Planning
   add(c, "REC-110", "no_config", "qmem",
       [](Env& e) {

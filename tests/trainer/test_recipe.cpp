@@ -207,6 +207,63 @@ TEST(RecipeErrors, TextThatIsNotUtf8IsRefusedWithItsLine) {
   }
 }
 
+// Found by fuzz_recipe: a NUL in output.dir vanished inside yaml-cpp and the resolved recipe came
+// back with a lone byte that is not UTF-8. YAML text holds only its printable set (c-printable).
+TEST(RecipeErrors, ControlCharactersInTheTextAreRefusedWithLineAndColumn) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {std::string("ruy\0_qlora", 10), "U+0000 (column 11)"},
+      {"ruy\x01q", "U+0001 (column 11)"},
+      {"ruy\x7fq", "U+007F (column 11)"},
+      {"ruy\xc2\x9fq", "U+009F (column 11)"},
+      {"r\xc3\xa9y\xef\xbf\xbf", "U+FFFF (column 11)"},
+  };
+  for (const auto& [dir, place] : cases) {
+    try {
+      parse_recipe(kValid + "output:\n  dir: " + dir + "\n", "bad.yaml");
+      FAIL() << "accepted " << place;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+      EXPECT_EQ(e.context().file, "bad.yaml");
+      EXPECT_EQ(e.context().line, 6);
+      EXPECT_NE(std::string(e.what()).find("control character " + place), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// Double-quoted escapes reach the same characters without putting them in the text.
+TEST(RecipeErrors, ControlCharactersFromEscapesAreRefusedNamingTheField) {
+  for (const std::string escape : {"\\0", "\\x01", "\\x7f", "\\x9b"}) {
+    try {
+      parse_recipe(kValid + "output:\n  dir: \"runs" + escape + "\"\n", "bad.yaml");
+      FAIL() << "accepted " << escape;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+      EXPECT_EQ(e.context().field, "output.dir");
+      EXPECT_EQ(e.context().line, 6);
+      EXPECT_NE(std::string(e.what()).find("control character U+00"), std::string::npos)
+          << e.what();
+    }
+  }
+  try {
+    parse_recipe(kValid, "ok.yaml", {"output.dir=runs\x1b[0m"});
+    FAIL() << "accepted an override with ESC";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUsage);
+    EXPECT_NE(std::string(e.what()).find("U+001B (character 16)"), std::string::npos) << e.what();
+  }
+}
+
+// What YAML does allow in strings survives the resolved recipe: tab, newline and NEL from
+// escapes, accented letters, a character outside the BMP, a byte order mark.
+TEST(RecipeRoundTrip, PrintableUnicodeAndEscapedWhiteSpaceSurvive) {
+  const Recipe r = parse_recipe(
+      kValid + "output:\n  dir: \"caf\xc3\xa9\\t\\n\\x85 \xf0\x9f\xa6\x99\xef\xbb\xbf\"\n",
+      kSource);
+  EXPECT_EQ(r.output.dir, "caf\xc3\xa9\t\n\xc2\x85 \xf0\x9f\xa6\x99\xef\xbb\xbf");
+  EXPECT_EQ(parse_recipe(recipe_to_yaml(r), "resolved.yaml"), r) << recipe_to_yaml(r);
+}
+
 TEST(RecipeDefaults, MinimalRecipeTakesThePaperDefaults) {
   const Recipe r = parse_recipe(kValid, kSource);
   EXPECT_EQ(r.quantization.type, "nf4");
