@@ -226,16 +226,17 @@ GgufTensorInfo read_tensor_info(Cursor& in) {
                 std::to_string(kGgufMaxDims),
             where);
   }
+  constexpr auto kMaxSize = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  // `span` multiplies the dims with zeros counted as 1: a zero dim makes the tensor empty, but
+  // LibTorch still multiplies every dim and refuses a shape whose others overflow (fuzz_gguf).
   uint64_t elems = 1;
+  uint64_t span = 1;
   for (uint32_t d = 0; d < n_dims; ++d) {
     const auto ne = in.get<uint64_t>("a tensor dim", where);
-    if (ne > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      in.fail("tensor dim " + std::to_string(d) + " is negative", where);
-    }
+    if (ne > kMaxSize) in.fail("tensor dim " + std::to_string(d) + " is negative", where);
     elems = checked_mul(elems, ne, in, where);
-    if (elems > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      in.fail("the tensor's element count overflows", where);
-    }
+    span = checked_mul(span, std::max<uint64_t>(ne, 1), in, where);
+    if (span > kMaxSize) in.fail("the tensor's element count overflows", where);
     t.ne.push_back(static_cast<int64_t>(ne));
   }
   const auto type_id = in.get<uint32_t>("the tensor's type", where);
@@ -252,8 +253,12 @@ GgufTensorInfo read_tensor_info(Cursor& in) {
                 "'s block of " + std::to_string(traits->block_elems),
             where);
   }
-  t.nbytes = checked_mul(elems / static_cast<uint64_t>(traits->block_elems),
-                         static_cast<uint64_t>(traits->block_bytes), in, where);
+  const auto block_elems = static_cast<uint64_t>(traits->block_elems);
+  const auto block_bytes = static_cast<uint64_t>(traits->block_bytes);
+  t.nbytes = checked_mul(elems / block_elems, block_bytes, in, where);
+  if (checked_mul((span + block_elems - 1) / block_elems, block_bytes, in, where) > kMaxSize) {
+    in.fail("the tensor's size overflows", where);
+  }
   t.offset = in.get<uint64_t>("the tensor's offset", where);
   return t;
 }

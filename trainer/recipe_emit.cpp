@@ -1,6 +1,7 @@
 // Recipe -> YAML (every key, schema order) and settings equality, both walking the schema.
 #include "trainer/recipe.h"
 #include "trainer/recipe_fields.h"
+#include "trainer/yaml_text.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -20,7 +21,11 @@ std::string shortest_decimal(double value) {
   return buffer;
 }
 
+// yaml-cpp writes a carriage return raw in a plain scalar, where YAML (and yaml-cpp itself, when
+// a newline follows) reads it as a line break; double quotes keep it as "\r" (found by
+// fuzz_recipe).
 void emit(YAML::Emitter& out, const std::string& v) {
+  if (v.find('\r') != std::string::npos) out << YAML::DoubleQuoted;
   out << v;
 }
 void emit(YAML::Emitter& out, int64_t v) {
@@ -37,12 +42,17 @@ void emit(YAML::Emitter& out, bool v) {
 }
 void emit(YAML::Emitter& out, const std::vector<std::string>& v) {
   out << YAML::Flow << YAML::BeginSeq;
-  for (const std::string& item : v) out << item;
+  for (const std::string& item : v) emit(out, item);
   out << YAML::EndSeq;
 }
 void emit(YAML::Emitter& out, const std::map<std::string, std::string>& v) {
   out << YAML::Flow << YAML::BeginMap;
-  for (const auto& [key, value] : v) out << YAML::Key << key << YAML::Value << value;
+  for (const auto& [key, value] : v) {
+    out << YAML::Key;
+    emit(out, key);
+    out << YAML::Value;
+    emit(out, value);
+  }
   out << YAML::EndMap;
 }
 
@@ -72,11 +82,12 @@ bool same_fields(const Section& a, const Section& b) {
 
 std::string recipe_to_yaml(const Recipe& recipe) {
   YAML::Emitter out;
-  out << YAML::Comment("qtrain recipe, fully resolved" +
-                       (recipe.source.empty() ? std::string() : " from " + recipe.source));
+  out << YAML::Comment(
+      "qtrain recipe, fully resolved" +
+      (recipe.source.empty() ? std::string() : " from " + comment_safe(recipe.source)));
   if (!recipe.overrides.empty()) {
     std::string overrides;
-    for (const std::string& o : recipe.overrides) overrides += " " + o;
+    for (const std::string& o : recipe.overrides) overrides += " " + comment_safe(o);
     out << YAML::Newline << YAML::Comment("overrides:" + overrides);
   }
   out << YAML::BeginMap;

@@ -8,12 +8,12 @@
 #include "trainer/recipe_keys.h"
 #include "trainer/recipe_origins.h"
 #include "trainer/recipe_validate.h"
+#include "trainer/yaml_text.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -39,29 +39,6 @@ std::string describe(const YAML::Node& node) {
       break;
   }
   return (node.Tag() == "!" ? "the quoted string '" : "'") + node.Scalar() + "'";
-}
-
-// YAML 1.2's c-printable set: TAB, LF, CR, and everything printable from U+0020 on except DEL,
-// the C1 controls other than NEL, and U+FFFE/U+FFFF. yaml-cpp reads some of the others silently
-// (a NUL vanishes from a string) and writes some back raw (found by fuzz_recipe).
-bool is_yaml_printable(char32_t c) {
-  if (c < 0x20) return c == '\t' || c == '\n' || c == '\r';
-  if (c >= 0x7F && c <= 0x9F) return c == 0x85;
-  return c != 0xFFFE && c != 0xFFFF;
-}
-
-// The first character of valid UTF-8 `text` that YAML does not allow, as "U+XXXX (<place> N)"
-// where N counts characters from 1; empty when there is none.
-std::string first_unprintable(std::string_view text, const char* place) {
-  for (size_t pos = 0, index = 1; pos < text.size(); ++index) {
-    const char32_t c = next_code_point(text, &pos);
-    if (!is_yaml_printable(c)) {
-      char code[16];
-      std::snprintf(code, sizeof(code), "U+%04X", static_cast<unsigned>(c));
-      return std::string(code) + " (" + place + " " + std::to_string(index) + ")";
-    }
-  }
-  return {};
 }
 
 // Converts one YAML value into a field of its type; failures name the field and its origin.
@@ -323,9 +300,12 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
   Recipe recipe;
-  check_yaml_text_lines(yaml_text, source);
-  read_file_settings(load_yaml(yaml_text, source), recipe, origins);
-  for (const std::string& text : overrides) {
+  const std::string text_lf = normalize_line_breaks(yaml_text);
+  check_yaml_text_lines(text_lf, source);
+  read_file_settings(load_yaml(text_lf, source), recipe, origins);
+  for (const std::string& given : overrides) {
+    // A CR from a script saved with Windows line endings ends the value, as in the file.
+    const std::string text = normalize_line_breaks(given);
     if (!is_valid_utf8(text)) {
       throw_error(ErrorKind::kUsage, "override is not valid UTF-8 text");
     }

@@ -363,6 +363,13 @@ TEST(GgufReader, HostileHeadersAreRefusedWithTheirPlace) {
        ErrorKind::kFormat, "overflows", "", "t"},
       {"byte overflow", with_data(gguf(1, 0, tensor("t", {uint64_t{1} << 62}, f32, 0)), 16),
        ErrorKind::kFormat, "overflows", "", "t"},
+      // fuzz_gguf finding: empty, yet LibTorch refused the shape with its own exception.
+      {"zero dim among overflowing dims",
+       with_data(gguf(1, 0, tensor("t", {291950, uint64_t{1} << 62, 0, 3}, f32, 0)), 16),
+       ErrorKind::kFormat, "overflows", "", "t"},
+      {"zero dim, size overflows",
+       with_data(gguf(1, 0, tensor("t", {0, uint64_t{1} << 62}, f32, 0)), 16), ErrorKind::kFormat,
+       "size overflows", "", "t"},
       {"unknown type", with_data(gguf(1, 0, tensor("t", {4}, 99, 0)), 16), ErrorKind::kUnsupported,
        "ggml type 99", "", "t"},
       {"partial block", with_data(gguf(1, 0, tensor("t", {33}, q8_0, 0)), 64), ErrorKind::kFormat,

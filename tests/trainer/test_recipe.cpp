@@ -264,6 +264,43 @@ TEST(RecipeRoundTrip, PrintableUnicodeAndEscapedWhiteSpaceSurvive) {
   EXPECT_EQ(parse_recipe(recipe_to_yaml(r), "resolved.yaml"), r) << recipe_to_yaml(r);
 }
 
+// YAML reads a lone CR as a line break, and CRLF as one. yaml-cpp kept a lone CR inside a plain
+// scalar and wrote it back raw, so the resolved recipe lost it (found by fuzz_recipe).
+TEST(RecipeLineBreaks, LoneCarriageReturnsAndCrlfAreLineBreaks) {
+  const Recipe lf = parse_recipe(kValid + "output:\n  dir: runs\n", kSource);
+  for (const std::string& eol : {std::string("\r"), std::string("\r\n")}) {
+    std::string text = kValid + "output:\n  dir: runs \r \n";
+    std::string converted;
+    for (const char c : text) converted += c == '\n' ? eol : std::string(1, c);
+    const Recipe r = parse_recipe(converted, kSource);
+    EXPECT_EQ(r.output.dir, "runs");
+    EXPECT_EQ(r, lf);
+  }
+  try {
+    parse_recipe("model:\r  path: builtin:tiny\rdata:\r  path: d.jsonl\r  lr: 1\r", "mac.yaml");
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.context().line, 5) << e.what();
+  }
+  // An override from a script saved with CRLF line endings.
+  EXPECT_EQ(parse_recipe(kValid, kSource, {"output.dir=runs\r"}).output.dir, "runs");
+}
+
+TEST(RecipeRoundTrip, EscapedCarriageReturnsAndOddSourceNamesSurvive) {
+  const Recipe r = parse_recipe(
+      kValid + "output:\n  dir: \"runs \\r\"\nquantization:\n" + "  skip_modules: [\"a\\r\"]\n",
+      "odd\nname\x01\xff.yaml", {"output.save_every=7\n"});
+  EXPECT_EQ(r.output.dir, "runs \r");
+  EXPECT_EQ(r.quantization.skip_modules, std::vector<std::string>{"a\r"});
+  EXPECT_EQ(r.output.save_every, 7);
+  const std::string yaml = recipe_to_yaml(r);
+  EXPECT_NE(yaml.find("# qtrain recipe, fully resolved from odd\\x0Aname\\x01\xef\xbf\xbd.yaml"),
+            std::string::npos)
+      << yaml;
+  EXPECT_NE(yaml.find("# overrides: output.save_every=7\\x0A\n"), std::string::npos) << yaml;
+  EXPECT_EQ(parse_recipe(yaml, "resolved.yaml"), r) << yaml;
+}
+
 TEST(RecipeDefaults, MinimalRecipeTakesThePaperDefaults) {
   const Recipe r = parse_recipe(kValid, kSource);
   EXPECT_EQ(r.quantization.type, "nf4");
