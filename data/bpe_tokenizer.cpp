@@ -457,6 +457,16 @@ BpeTokenizer BpeTokenizer::from_json_text(const std::string& json_text,
     state->vocab.emplace(token, static_cast<int32_t>(id));
     max_id = std::max(max_id, id);
   }
+  // The id tables below are dense, so a few tokens with ids near 2^31 would ask for tens of GB
+  // (found by fuzz_tokenizer_json). Real vocabularies are dense or nearly so.
+  const auto used = static_cast<int64_t>(state->vocab.size());
+  if (const int64_t unused = max_id + 1 - used; unused > std::max<int64_t>(used, 1024)) {
+    f.fail(ErrorKind::kFormat,
+           "token ids are too sparse: the largest is " + std::to_string(max_id) + " but only " +
+               std::to_string(used) + " are used (qtrain accepts at most " +
+               std::to_string(std::max<int64_t>(used, 1024)) + " unused ids below the largest)",
+           "model.vocab");
+  }
   auto vocab_id = [&](const std::string& token, const std::string& path) {
     const auto it = state->vocab.find(token);
     if (it == state->vocab.end()) {

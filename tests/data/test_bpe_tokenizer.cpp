@@ -441,6 +441,24 @@ TEST(BpeErrors, Model) {
   expect_error(j, ErrorKind::kUnsupported, "model.continuing_subword_prefix");
 }
 
+// fuzz_tokenizer_json finding: one vocabulary id near 2^31 made the dense id tables ask for
+// tens of GB. Gaps are accepted up to max(tokens in model.vocab, 1024).
+TEST(BpeErrors, SparseIdsAreRefusedPastTheGapLimit) {
+  json j = tiny_tokenizer_json();
+  const auto used = static_cast<int64_t>(j["model"]["vocab"].size());
+  ASSERT_LT(used, 1024);
+  ASSERT_TRUE(j["model"]["vocab"].contains("x"));
+  j["model"]["vocab"]["x"] = used + 1023;  // 1024 ids below it unused (x's old one among them)
+  const BpeTokenizer loaded = tiny(j);
+  EXPECT_EQ(loaded.vocab_size(), used + 1024);
+  EXPECT_EQ(loaded.decode({used + 1023}), "x");
+  EXPECT_EQ(loaded.encode("x").back(), used + 1023);
+  j["model"]["vocab"]["x"] = used + 1024;
+  expect_error(j, ErrorKind::kFormat, "model.vocab", "too sparse");
+  j["model"]["vocab"]["x"] = 2000000000;
+  expect_error(j, ErrorKind::kFormat, "model.vocab", "the largest is 2000000000");
+}
+
 TEST(BpeErrors, Components) {
   json j = tiny_tokenizer_json();
   j["normalizer"] = {{"type", "Lowercase"}};

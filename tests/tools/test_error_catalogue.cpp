@@ -1400,6 +1400,8 @@ std::vector<Case> all_cases() {
            {"field 'model.dropout'"});
   bpe_case("TOK-32", "duplicate_id", [](ojson& j) { j["model"]["vocab"]["hello"] = 256; },
            {"field 'model.vocab'"});
+  bpe_case("TOK-58", "sparse_ids", [](ojson& j) { j["model"]["vocab"]["far"] = 2000000000; },
+           {"field 'model.vocab'", "2000000000"});
   bpe_case("TOK-33", "merge_part", [](ojson& j) { j["model"]["merges"].push_back("he zz"); },
            {"field 'model.merges[2]'", "\"zz\""});
   bpe_case("TOK-34", "merge_three", [](ojson& j) { j["model"]["merges"].push_back("h e l"); },
