@@ -103,10 +103,16 @@ class FieldReader {
  private:
   // A string value. The text is printable UTF-8 by now, but a double-quoted escape ("\0",
   // "\x7f") can still produce a character that YAML text may not hold: no path or name needs
-  // one, and the resolved recipe could not show it. (yaml-cpp refuses surrogate escapes.)
+  // one, and the resolved recipe could not show it. yaml-cpp refuses surrogate escapes but
+  // writes \_ and \N as the Latin-1 bytes A0 and 85 (found by fuzz_recipe).
   std::string text_of(const YAML::Node& node) const {
     const std::string& text = node.Scalar();
     // Not through fail(): its ", got <value>" would print the offending bytes.
+    if (!is_valid_utf8(text)) {
+      origins_.fail(key_,
+                    "the string is not valid UTF-8 (yaml-cpp turns the escapes \\_ and \\N into "
+                    "single bytes; write the character itself)");
+    }
     if (const std::string bad = first_unprintable(text, "character"); !bad.empty())
       origins_.fail(key_, "the string contains control character " + bad);
     return text;

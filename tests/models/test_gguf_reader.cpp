@@ -421,6 +421,23 @@ TEST(GgufReader, TensorsWithAZeroDimReadAsEmpty) {
   EXPECT_EQ(r.read_tensor("f").numel(), 2);
 }
 
+// fuzz_gguf finding (a harness property, not the reader): with only empty tensors the file may
+// end before the aligned start of the data section, as gguf-py and llama.cpp accept.
+TEST(GgufReader, EmptyTensorsNeedNoDataSection) {
+  ScratchDir dir;
+  const std::string path = dir.file("short.gguf");
+  const std::string header = gguf(1, 0, tensor("e", {0, 3}, 0, 0));
+  ASSERT_NE(header.size() % 32, 0u);
+  testing::write_file(path, header);
+  const GgufReader r = GgufReader::open(path);
+  EXPECT_GT(r.data_offset(), header.size());
+  EXPECT_TRUE(r.read_bytes("e").empty());
+  EXPECT_EQ(r.read_tensor("e").numel(), 0);
+  // A tensor with data still needs it inside the file.
+  testing::write_file(path, gguf(1, 0, tensor("f", {2}, 0, 0)));
+  EXPECT_THROW(GgufReader::open(path), Error);
+}
+
 TEST(GgufReader, MissingFilesAndDirectoriesAreIoErrors) {
   ScratchDir dir;
   EXPECT_EQ(refusal_of(dir.file("none.gguf")).kind, ErrorKind::kIo);

@@ -630,6 +630,11 @@ std::vector<Case> all_cases() {
         return recipe_at(e, {{"  dir: run\n", "  dir: \"run\\0\"\n"}}, "  dir:") + " --dry-run";
       },
       {"field 'output.dir'", "U+0000 (character 4)"});
+  add(c, "REC-09", "latin1_escape", "qtrain",
+      [](Env& e) {
+        return recipe_at(e, {{"  dir: run\n", "  dir: \"run\\_1\"\n"}}, "  dir:") + " --dry-run";
+      },
+      {"field 'output.dir'"});
   // ---- 3.2 Sections and keys
   add(c, "REC-10", "misspelt_section", "qtrain",
       [](Env& e) {

@@ -245,6 +245,16 @@ TEST(RecipeErrors, ControlCharactersFromEscapesAreRefusedNamingTheField) {
           << e.what();
     }
   }
+  // yaml-cpp decodes \_ and \N as the single bytes A0 and 85, which are not UTF-8.
+  for (const std::string escape : {"\\_", "\\N"}) {
+    try {
+      parse_recipe(kValid + "output:\n  dir: \"runs" + escape + "x\"\n", "bad.yaml");
+      FAIL() << "accepted " << escape;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.context().field, "output.dir");
+      EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+    }
+  }
   try {
     parse_recipe(kValid, "ok.yaml", {"output.dir=runs\x1b[0m"});
     FAIL() << "accepted an override with ESC";
