@@ -5,12 +5,17 @@
 #include <cstdio>
 
 namespace qtrain {
+namespace {
 
+// YAML 1.2's c-printable set: TAB, LF, CR, and everything printable from U+0020 on except DEL,
+// the C1 controls other than NEL, and U+FFFE/U+FFFF.
 bool is_yaml_printable(char32_t c) {
   if (c < 0x20) return c == '\t' || c == '\n' || c == '\r';
   if (c >= 0x7F && c <= 0x9F) return c == 0x85;
   return c != 0xFFFE && c != 0xFFFF;
 }
+
+}  // namespace
 
 std::string first_unprintable(std::string_view text, const char* place) {
   for (size_t pos = 0, index = 1; pos < text.size(); ++index) {

@@ -7,12 +7,8 @@
 
 namespace qtrain {
 
-// YAML 1.2's c-printable set: TAB, LF, CR, and everything printable from U+0020 on except DEL,
-// the C1 controls other than NEL, and U+FFFE/U+FFFF.
-bool is_yaml_printable(char32_t c);
-
-// The first character of valid UTF-8 `text` outside that set, as "U+XXXX (<place> N)" with N
-// counting characters from 1; empty when there is none.
+// The first character of valid UTF-8 `text` outside YAML 1.2's printable set (c-printable), as
+// "U+XXXX (<place> N)" with N counting characters from 1; empty when there is none.
 std::string first_unprintable(std::string_view text, const char* place);
 
 // `text` with CRLF and lone CR turned into LF. YAML reads a lone CR as a line break; yaml-cpp
