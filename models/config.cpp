@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -13,6 +14,11 @@ namespace qtrain {
 namespace {
 
 using nlohmann::json;
+
+// Far beyond any real model (Llama 3.1 405B has 126 layers and about 2^38.6 parameters), low
+// enough that tensor sizes and parameter counts fit int64 with room to spare.
+constexpr int64_t kMaxLayers = 4096;
+constexpr double kMaxParameters = 281474976710656.0;  // 2^48
 
 [[noreturn]] void config_error(const std::string& source, const std::string& field,
                                const std::string& message) {
@@ -194,6 +200,29 @@ void ModelConfig::validate(const std::string& source) const {
   positive(num_key_value_heads, "num_key_value_heads");
   positive(head_dim, "head_dim");
   positive(max_position_embeddings, "max_position_embeddings");
+  if (num_hidden_layers > kMaxLayers) {
+    config_error(source, "num_hidden_layers",
+                 "must be at most " + std::to_string(kMaxLayers) + ", got " +
+                     std::to_string(num_hidden_layers));
+  }
+  // In double so that absurd sizes cannot overflow before they are refused; biases and norms are
+  // left out (they are a rounding error at any size this bound matters for).
+  const double hidden = static_cast<double>(hidden_size);
+  const double attention = hidden * 2.0 *
+                           static_cast<double>(num_attention_heads + num_key_value_heads) *
+                           static_cast<double>(head_dim);
+  const double mlp = 3.0 * hidden * static_cast<double>(intermediate_size);
+  const double embeddings =
+      static_cast<double>(vocab_size) * hidden * (tie_word_embeddings ? 1.0 : 2.0);
+  const double parameters = embeddings + static_cast<double>(num_hidden_layers) * (attention + mlp);
+  if (parameters > kMaxParameters) {
+    char approx[32];
+    std::snprintf(approx, sizeof(approx), "%.3g", parameters);
+    config_error(source, "",
+                 std::string("describes about ") + approx +
+                     " parameters, more than 2^48 (check vocab_size, hidden_size, "
+                     "intermediate_size, head counts and head_dim)");
+  }
   if (num_attention_heads % num_key_value_heads != 0) {
     config_error(source, "num_key_value_heads",
                  "must divide num_attention_heads (" + std::to_string(num_attention_heads) + ")");

@@ -18,6 +18,8 @@ namespace {
 using nlohmann::json;
 
 const char* const kQuantStatePrefix = ".weight.quant_state.bitsandbytes__";
+// No real weight comes near 2^48 elements (128 TiB of packed 4-bit data).
+constexpr int64_t kMaxElements = int64_t{1} << 48;
 
 bool is_4bit(QuantType type) {
   return type == QuantType::kNF4 || type == QuantType::kFP4;
@@ -179,6 +181,14 @@ QuantState parse_quant_state(const EntryReader& entries, const std::string& suff
       entries.fail(suffix, "expected non-negative integers, found " + shape.dump(), "shape");
     }
     state.shape.push_back(d.get<int64_t>());
+  }
+  // Bounds the element count so that numel and block arithmetic cannot overflow; a zero dim
+  // does not excuse the others (the file's tensors are then checked against this shape).
+  int64_t elements = 1;
+  for (int64_t d : state.shape) {
+    if (d != 0 && (__builtin_mul_overflow(elements, d, &elements) || elements > kMaxElements)) {
+      entries.fail(suffix, "shape " + shape.dump() + " has more than 2^48 elements", "shape");
+    }
   }
 
   const int nested_keys = object.contains("nested_blocksize") + object.contains("nested_dtype") +

@@ -144,6 +144,36 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   EXPECT_EQ(kind_of(gelu, &message), ErrorKind::kUnsupported);
 }
 
+// Sizes whose tensor specs would not fit memory or whose parameter count overflows int64 are
+// refused before anything is built from them.
+TEST(ModelConfigTest, RefusesAbsurdSizes) {
+  std::string message;
+  json layers = base("llama");
+  layers["num_hidden_layers"] = 4097;
+  EXPECT_EQ(kind_of(layers, &message), ErrorKind::kConfig);
+  EXPECT_NE(message.find("field 'num_hidden_layers'"), std::string::npos) << message;
+  layers["num_hidden_layers"] = 4096;
+  EXPECT_NO_THROW(ModelConfig::from_json(layers, "cfg.json"));
+
+  // Untied 2^28 x 2^20 embeddings and lm_head: 2^49, plus 2^43 of attention and 3 * 2^20 * 128
+  // of MLP in each of two layers.
+  json wide = base("llama");
+  wide["vocab_size"] = int64_t{1} << 28;
+  wide["hidden_size"] = int64_t{1} << 20;
+  EXPECT_EQ(kind_of(wide, &message), ErrorKind::kConfig);
+  EXPECT_NE(message.find("about 5.72e+14 parameters, more than 2^48"), std::string::npos)
+      << message;
+  wide["tie_word_embeddings"] = true;  // 2^48 + 2^43 + ...
+  EXPECT_EQ(kind_of(wide, &message), ErrorKind::kConfig);
+  wide["vocab_size"] = int64_t{1} << 27;  // 2^47 + 2^43 + ...
+  EXPECT_NO_THROW(ModelConfig::from_json(wide, "cfg.json"));
+
+  json huge = base("llama");
+  huge["intermediate_size"] = int64_t{1} << 62;
+  EXPECT_EQ(kind_of(huge, &message), ErrorKind::kConfig);
+  EXPECT_NE(message.find("cfg.json"), std::string::npos) << message;
+}
+
 TEST(ModelConfigTest, FileErrors) {
   try {
     ModelConfig::from_file("/nonexistent/config.json");

@@ -207,6 +207,9 @@ TEST(BnbEntriesTest, BadQuantStateJsonNamesTheField) {
       {"dtype", 16},
       {"shape", "48x40"},
       {"shape", json::array({48, -40})},
+      // Found by CI's fuzz_bnb_quant_state: numel() overflowed int64 (UBSan).
+      {"shape", json::array({int64_t{911111111111111116}, 4040})},
+      {"shape", json::array({0, int64_t{1} << 40, int64_t{1} << 40})},
       {"nested_dtype", "float16"},
       {"nested_offset", "0.1"},
       {"nested_offset", removed},
@@ -217,8 +220,10 @@ TEST(BnbEntriesTest, BadQuantStateJsonNamesTheField) {
     const Error e = format_error(with(c.key, c.value), state);
     EXPECT_EQ(e.context().field, c.key) << c.key << " = " << c.value.dump() << ": " << e.what();
   }
-  // A shape that disagrees with the tensors is reported on the tensor that does not fit.
+  // A shape that disagrees with the tensors is reported on the tensor that does not fit, also at
+  // the 2^48-element limit.
   format_error(with("shape", json::array({48, 41})), "");
+  format_error(with("shape", json::array({int64_t{1} << 24, int64_t{1} << 24})), "");
   format_error(edited(q, state, json_bytes("{not json")), state);
   format_error(edited(q, state, json_bytes("[1, 2]")), state);
 }

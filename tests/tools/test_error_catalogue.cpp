@@ -1004,6 +1004,10 @@ std::vector<Case> all_cases() {
   config_case("MOD-20", "kv_heads", [](ojson& j) { j["num_key_value_heads"] = 3; },
               {"field 'num_key_value_heads'", "(4)"});
   config_case("MOD-21", "odd_head_dim", [](ojson& j) { j["head_dim"] = 15; }, {"field 'head_dim'"});
+  config_case("MOD-30", "many_layers", [](ojson& j) { j["num_hidden_layers"] = 100000; },
+              {"field 'num_hidden_layers'", "100000"});
+  config_case("MOD-31", "huge_mlp", [](ojson& j) { j["intermediate_size"] = int64_t{1} << 50; },
+              {"config.json", "more than 2^48"});
   config_case("MOD-22", "rope_scaling", [](ojson& j) { j["rope_scaling"] = 2; },
               {"field 'rope_scaling'"});
   config_case("MOD-23", "llama3_freq",
@@ -2181,6 +2185,11 @@ std::vector<Case> all_cases() {
                      s["shape"] = ojson::array({-64, 64});
                    },
                    {qs, "field 'shape'"});
+  quant_state_case("BNB-46", "shape_overflow",
+                   [](ojson& s) {
+                     s["shape"] = ojson::array({int64_t{1} << 40, 0, int64_t{1} << 40});
+                   },
+                   {qs, "field 'shape'", "2^48"});
   quant_state_case("BNB-35", "nested_dtype", [](ojson& s) { s["nested_dtype"] = "float16"; },
                    {qs, "field 'nested_dtype'"});
   quant_state_case("BNB-36", "nested_offset", [](ojson& s) { s["nested_offset"] = "x"; },
