@@ -6,10 +6,11 @@
 #include "core/staging_dir.h"
 #include "export/gptq_export.h"
 #include "export/hf_merged_export.h"
-#include "models/bnb_checkpoint.h"
-#include "models/gguf_export.h"
-#include "models/gguf_mix.h"
-#include "models/gguf_reader.h"
+#include "formats/bnb/bnb_checkpoint.h"
+#include "models/bnb_4bit_save.h"
+#include "export/gguf_export.h"
+#include "formats/gguf/gguf_mix.h"
+#include "formats/gguf/gguf_reader.h"
 
 #include <filesystem>
 #include <fstream>

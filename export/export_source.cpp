@@ -2,25 +2,24 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "trainer/recipe.h"
-#include "trainer/training_model.h"
+#include "formats/checkpoint/checkpoint_dir.h"
+#include "trainer/recipe/recipe.h"
+#include "models/model_dir.h"
 
 #include <filesystem>
-#include <fstream>
 
 namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
 
-// <run>/adapter when the run finished, else the checkpoint `latest` names.
+// <run>/adapter when the run finished, else the checkpoint a resume would take (the one `latest`
+// names when it is complete, else the newest complete one).
 std::string run_adapter_dir(const fs::path& run) {
   if (fs::exists(run / "adapter" / "adapter_config.json")) return (run / "adapter").string();
-  std::ifstream latest(run / "checkpoints" / "latest");
-  std::string name;
-  if (latest && std::getline(latest, name) && !name.empty() &&
-      fs::exists(run / "checkpoints" / name / "adapter_config.json")) {
-    log::warn("the run has no final adapter; exporting its newest checkpoint ", name);
-    return (run / "checkpoints" / name).string();
+  if (const auto checkpoint = latest_checkpoint(run.string())) {
+    log::warn("the run has no final adapter; exporting its newest checkpoint ",
+              fs::path(*checkpoint).filename().string());
+    return *checkpoint;
   }
   throw_error(ErrorKind::kIo, "the run has no adapter yet (no adapter/ and no checkpoint)",
               {.file = run.string()});

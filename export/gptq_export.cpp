@@ -3,8 +3,9 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "core/text.h"
+#include "formats/gptq/gptq_layout.h"
 #include "models/model_files.h"
 #include "models/quantized_loader.h"
 #include "quant/int4_group.h"
@@ -16,25 +17,6 @@
 #include <set>
 
 namespace qtrain {
-namespace {
-
-// Packs 4-bit values (0..15) along the last dim of `nibbles` [..., 8] into int32 [...]: value j
-// goes to bits 4j..4j+3 (the int32 read as uint32 bits, as GPTQ readers do).
-at::Tensor pack_nibbles_int32(const at::Tensor& nibbles) {
-  const at::Tensor shifts = at::arange(0, 32, 4, at::kLong);
-  at::Tensor packed = at::bitwise_left_shift(nibbles.to(at::kLong), shifts).sum(-1);
-  packed = at::where(packed >= (int64_t{1} << 31), packed - (int64_t{1} << 32), packed);
-  return packed.to(at::kInt);
-}
-
-struct PackedProjection {
-  at::Tensor qweight;  // int32 [in/8, out]
-  at::Tensor qzeros;   // int32 [groups, out/8]
-  at::Tensor scales;   // fp16 [groups, out]
-  at::Tensor g_idx;    // int32 [in]
-};
-
-}  // namespace
 
 GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string& dir,
                                  uint64_t max_shard_bytes) {
@@ -79,14 +61,14 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
     specs.push_back({module + ".qzeros", at::kInt, {groups, out / 8}});
     specs.push_back({module + ".scales", at::kHalf, {groups, out}});
     specs.push_back({module + ".g_idx", at::kInt, {in}});
-    for (const char* part : {".qweight", ".qzeros", ".scales", ".g_idx"}) {
+    for (const char* part : kGptqSuffixes) {
       projection_of[module + part] = name;
     }
   }
 
   std::string cached_name;
-  PackedProjection cached;
-  auto pack = [&](const std::string& name) -> const PackedProjection& {
+  GptqProjection cached;
+  auto pack = [&](const std::string& name) -> const GptqProjection& {
     if (name == cached_name) return cached;
     // The codes, scales and zeros training used: GPTQ RTN over the original weight.
     const Int4GroupTensor q = quantize_int4_group(weights.base_tensor(name), g);
@@ -104,14 +86,7 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
     ++report.projections;
     rounded = rounded.clamp(1, 16);
 
-    const at::Tensor codes = q.unpacked_codes();  // uint8 [out, in]
-    const int64_t out = codes.size(0), in = codes.size(1);
-    // qweight[r, n] holds inputs 8r..8r+7 of output n.
-    cached.qweight = pack_nibbles_int32(codes.t().reshape({in / 8, 8, out}).permute({0, 2, 1}));
-    // qzeros[G, c] holds outputs 8c..8c+7 of group G, each as zero - 1 (GPTQ v1).
-    cached.qzeros = pack_nibbles_int32((rounded.t() - 1).reshape({in / g, out / 8, 8}));
-    cached.scales = q.scales.t().contiguous().to(at::kHalf);
-    cached.g_idx = at::arange(in, at::kInt).div(g, "floor");
+    cached = pack_gptq_projection(q.unpacked_codes(), rounded, q.scales, g);
     cached_name = name;
     return cached;
   };
@@ -123,7 +98,7 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
       [&](const StreamedTensor& spec) -> at::Tensor {
         auto it = projection_of.find(spec.name);
         if (it == projection_of.end()) return weights.tensor(spec.name).to(spec.dtype);
-        const PackedProjection& p = pack(it->second);
+        const GptqProjection& p = pack(it->second);
         if (ends_with(spec.name, ".qweight")) return p.qweight;
         if (ends_with(spec.name, ".qzeros")) return p.qzeros;
         if (ends_with(spec.name, ".scales")) return p.scales;
@@ -132,15 +107,7 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
       shards);
   report.mean_zero_rounding = report.groups > 0 ? rounding_sum / report.groups : 0.0;
 
-  const nlohmann::json quantize_config = {{"bits", 4},
-                                          {"group_size", g},
-                                          {"damp_percent", 0.01},
-                                          {"desc_act", false},
-                                          {"static_groups", false},
-                                          {"sym", false},
-                                          {"true_sequential", true},
-                                          {"quant_method", "gptq"},
-                                          {"checkpoint_format", "gptq"}};
+  const nlohmann::json quantize_config = gptq_quantize_config(g);
   nlohmann::json config = weights.config_json();
   config["torch_dtype"] = "float16";
   if (config.contains("dtype")) config["dtype"] = "float16";

@@ -3,7 +3,7 @@
 #include "core/atomic_file.h"
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/model_files.h"
 
 #include <ATen/ATen.h>

@@ -2,8 +2,9 @@
 
 #include "core/error.h"
 #include "core/json_file.h"
-#include "core/safetensors.h"
-#include "models/bnb_checkpoint.h"
+#include "core/shape_string.h"
+#include "formats/bnb/bnb_checkpoint.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/quantized_loader.h"
 #include "quant/int4_group.h"
 #include "quant/quantized_tensor.h"
@@ -11,13 +12,6 @@
 #include <ATen/ATen.h>
 
 namespace qtrain {
-namespace {
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  return c10::str(at::IntArrayRef(shape));
-}
-
-}  // namespace
 
 BaseWeights base_weights_from_name(const std::string& name) {
   if (name == "original") return BaseWeights::kOriginal;

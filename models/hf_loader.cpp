@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/shape_string.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -9,7 +10,6 @@
 
 #include <filesystem>
 #include <set>
-#include <sstream>
 
 namespace qtrain {
 namespace {
@@ -19,14 +19,6 @@ bool ignorable(const std::string& name) {
   static const std::string kSuffix = "rotary_emb.inv_freq";
   return name.size() >= kSuffix.size() &&
          name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
-}
-
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << "]";
-  return s.str();
 }
 
 std::string list_names(const std::vector<std::string>& names) {

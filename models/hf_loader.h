@@ -2,7 +2,7 @@
 // CausalLM, streaming one tensor at a time from the mmap'd shards to the target device.
 #pragma once
 
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/llama.h"
 
 #include <c10/core/Device.h>

@@ -4,8 +4,8 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "core/safetensors.h"
-#include "models/bnb_checkpoint.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/bnb/bnb_checkpoint.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
 

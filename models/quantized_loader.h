@@ -3,7 +3,7 @@
 // target device, release the source pages, move on. Host memory never holds the dense model.
 #pragma once
 
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/llama.h"
 #include "quant/quantized_tensor.h"
 

@@ -3,7 +3,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "core/staging_dir.h"
 #include "core/text.h"
 #include "data/sentencepiece_to_hf.h"

@@ -1,21 +1,11 @@
 #include "peft/lora_pair.h"
 
 #include "core/error.h"
+#include "core/shape_string.h"
 
 #include <c10/core/GradMode.h>
 
-#include <sstream>
-
 namespace qtrain {
-namespace {
-
-std::string shape_string(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
-
-}  // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> lora_pair_tensors(const at::Tensor& lora_A,
                                                                   const at::Tensor& lora_B) {

@@ -2,7 +2,8 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "core/shape_string.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/int4_linear_slot.h"
 #include "peft/lora_linear.h"
 #include "peft/peft_config_json.h"
@@ -15,7 +16,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 
 namespace qtrain {
 namespace {
@@ -29,12 +29,6 @@ const char* const kAdapterTensorNames[] = {"lora_A.weight", "lora_B.weight"};
 std::string last_component(const std::string& name) {
   const size_t dot = name.rfind('.');
   return dot == std::string::npos ? name : name.substr(dot + 1);
-}
-
-std::string shape_string(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
 }
 
 json target_modules_json(const NamedAdapters& adapters, const LoraConfig& config) {

@@ -6,6 +6,8 @@
 //   value  = code[q] * absmax      (float32, then one cast to the output type).
 #include "quant/blockwise_cpu.h"
 
+#include "quant/codebook_tables.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,21 +21,18 @@
 namespace qtrain::cpu {
 namespace {
 
-// Decision thresholds of CUDA's dQuantizeNF4 tree, ascending: the code is the number of
-// thresholds that xn exceeds, so a value exactly on a threshold takes the lower code.
-constexpr std::array<float, 15> kNF4Thresholds = {
-    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
-    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
-    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f,
-};
+// The tables of quant/codebook_tables.h as static arrays, since the lookups below index them at
+// run time. NF4: the code is the number of thresholds that xn exceeds, so a value exactly on a
+// threshold takes the lower code.
+constexpr std::array<float, codebook::kNF4Thresholds> kNF4Thresholds =
+    codebook::table<float, codebook::kNF4Thresholds>(codebook::nf4_threshold);
 
 // CUDA's dQuantizeFP4: thresholds on |xn| between the sorted FP4 magnitudes, and the 3-bit code
 // of each magnitude rank (0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1).
-constexpr std::array<float, 7> kFP4Thresholds = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
-                                                 0.4166667f,  0.583333f,  0.8333333f};
-constexpr std::array<uint8_t, 8> kFP4MagnitudeCode = {0b000, 0b001, 0b110, 0b111,
-                                                      0b100, 0b101, 0b010, 0b011};
+constexpr std::array<float, codebook::kFP4Thresholds> kFP4Thresholds =
+    codebook::table<float, codebook::kFP4Thresholds>(codebook::fp4_threshold);
+constexpr std::array<uint8_t, codebook::kFP4Ranks> kFP4MagnitudeCode =
+    codebook::table<uint8_t, codebook::kFP4Ranks>(codebook::fp4_code_of_rank);
 
 // The number of thresholds below xn, found by CUDA's tree (t[7], then t[3] or t[11], ...) as a
 // branchless binary search. NaN (an all-zero block: 0 * (1/0)) passes no comparison: code 0.

@@ -1,5 +1,7 @@
 #include "quant/codebooks.h"
 
+#include "quant/codebook_tables.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -10,32 +12,11 @@
 namespace qtrain {
 namespace {
 
-// bitsandbytes' float32 NF4 table (formats.md §1.1), sorted: the nibble value is the index.
-constexpr std::array<float, 16> kNF4 = {
-    -1.0f,
-    -0.6961928009986877f,
-    -0.5250730514526367f,
-    -0.39491748809814453f,
-    -0.28444138169288635f,
-    -0.18477343022823334f,
-    -0.09105003625154495f,
-    0.0f,
-    0.07958029955625534f,
-    0.16093020141124725f,
-    0.24611230194568634f,
-    0.33791524171829224f,
-    0.44070982933044434f,
-    0.5626170039176941f,
-    0.7229568362236023f,
-    1.0f,
-};
-
-// FP4 (e2m1, bias 2) in code order, before the division by its largest magnitude 12. Code 8
-// ("-0") is +0.0: bitsandbytes lists it as the Python int -0, which is 0, so the quant_map it
-// stores has +0.0 there.
-constexpr std::array<float, 16> kFP4Raw = {0.0f,  0.0625f, 8.0f,  12.0f,    4.0f,  6.0f,
-                                           2.0f,  3.0f,    0.0f,  -0.0625f, -8.0f, -12.0f,
-                                           -4.0f, -6.0f,   -2.0f, -3.0f};
+// The NF4 table and the raw FP4 values (quant/codebook_tables.h) as arrays.
+constexpr std::array<float, codebook::kNF4Values> kNF4 =
+    codebook::table<float, codebook::kNF4Values>(codebook::nf4_value);
+constexpr std::array<float, codebook::kFP4Values> kFP4Raw =
+    codebook::table<float, codebook::kFP4Values>(codebook::fp4_raw_value);
 
 at::Tensor to_tensor(const float* values, int64_t count) {
   return at::from_blob(const_cast<float*>(values), {count}, at::kFloat).clone();

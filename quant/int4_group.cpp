@@ -1,23 +1,18 @@
 #include "quant/int4_group.h"
 
 #include "core/error.h"
+#include "core/shape_string.h"
+#include "quant/frozen_linear.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/ivalue.h>
-#include <torch/csrc/autograd/custom_function.h>
 
 #include <string>
+#include <utility>
 
 namespace qtrain {
 namespace {
 
 constexpr float kMaxCode = 15.0f;
-
-std::string shape_string(at::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
 int64_t tensor_bytes(const at::Tensor& t) {
   return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;
@@ -102,35 +97,6 @@ Int4GroupTensor quantize_int4_group(const at::Tensor& weight, int64_t group_size
   return result;
 }
 
-namespace {
-
-// Keeps the weight reachable from the autograd graph without copying it.
-struct Int4WeightHolder : torch::CustomClassHolder {
-  explicit Int4WeightHolder(std::shared_ptr<const Int4GroupTensor> w) : weight(std::move(w)) {}
-  std::shared_ptr<const Int4GroupTensor> weight;
-};
-
-class Int4GroupLinearFunction : public torch::autograd::Function<Int4GroupLinearFunction> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            c10::intrusive_ptr<Int4WeightHolder> holder) {
-    at::Tensor w = holder->weight->dequantize(x.scalar_type());  // [out, in]
-    ctx->saved_data["weight"] = at::IValue::make_capsule(holder);
-    return at::linear(x, w);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const at::Tensor& grad_out = grads[0];  // [..., out]
-    auto holder =
-        c10::static_intrusive_pointer_cast<Int4WeightHolder>(ctx->saved_data["weight"].toCapsule());
-    at::Tensor w = holder->weight->dequantize(grad_out.scalar_type());  // [out, in]
-    return {at::matmul(grad_out, w), at::Tensor()};                     // [..., in]
-  }
-};
-
-}  // namespace
-
 at::Tensor int4_group_linear(const at::Tensor& x, std::shared_ptr<const Int4GroupTensor> weight,
                              const at::Tensor& bias) {
   if (weight->shape.size() != 2 || x.size(-1) != weight->shape[1]) {
@@ -138,10 +104,10 @@ at::Tensor int4_group_linear(const at::Tensor& x, std::shared_ptr<const Int4Grou
                 "input has " + std::to_string(x.size(-1)) + " features, the int4 weight expects " +
                     std::to_string(weight->shape.size() == 2 ? weight->shape[1] : -1));
   }
-  auto holder = c10::make_intrusive<Int4WeightHolder>(std::move(weight));
-  at::Tensor y = Int4GroupLinearFunction::apply(x, holder);
-  // The bias stays outside the Function so autograd's own add handles a trainable bias.
-  return bias.defined() ? y + bias.to(y.scalar_type()) : y;
+  // dequantize() computes in float32 for every dtype, float64 included (gradient checks).
+  return frozen_linear(
+      x, [weight = std::move(weight)](at::ScalarType dtype) { return weight->dequantize(dtype); },
+      bias);
 }
 
 }  // namespace qtrain

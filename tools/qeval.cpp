@@ -21,7 +21,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/perplexity.h"
 #include "trainer/precision_model.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 #include "trainer/training_data.h"
 #include "trainer/training_model.h"
 

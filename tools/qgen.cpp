@@ -33,7 +33,7 @@
 #include "peft/peft_files.h"
 #include "tools/cli_main.h"
 #include "trainer/precision_model.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 #include "trainer/training_data.h"
 #include "trainer/training_model.h"
 

@@ -5,7 +5,7 @@
 // Exit codes: 0 (fits, or no budget given), 1 does not fit, 2 bad command line, 3 bad recipe.
 #include "tools/cli_main.h"
 #include "trainer/memory_plan.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <CLI/CLI.hpp>
 

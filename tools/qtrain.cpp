@@ -20,7 +20,7 @@
 #include "trainer/dry_run.h"
 #include "trainer/interrupt.h"
 #include "trainer/memory_estimate.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 #include "trainer/trainer.h"
 
 #include <CLI/CLI.hpp>

@@ -2,7 +2,7 @@
 
 #include "data/batcher.h"
 #include "data/tokenizer.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 #include "trainer/training_data.h"
 #include "trainer/training_model.h"
 

@@ -2,7 +2,7 @@
 
 #include "core/error.h"
 #include "models/tiny_model.h"
-#include "trainer/known_models.h"
+#include "trainer/recipe/known_models.h"
 
 #include <filesystem>
 #include <sstream>

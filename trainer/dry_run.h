@@ -3,7 +3,7 @@
 
 #include "models/config.h"
 #include "trainer/memory_estimate.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <string>
 

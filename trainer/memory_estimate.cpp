@@ -1,6 +1,7 @@
 #include "trainer/memory_estimate.h"
 
 #include "core/dtype.h"
+#include "core/int_math.h"
 #include "models/hf_names.h"
 #include "models/quantized_loader.h"
 #include "models/quantized_memory.h"
@@ -11,10 +12,6 @@
 
 namespace qtrain {
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 int64_t dtype_bytes(const std::string& name) {
   return static_cast<int64_t>(element_size(scalar_type_from_name(name)));

@@ -32,7 +32,7 @@
 #pragma once
 
 #include "models/config.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <cstdint>
 #include <string>

@@ -3,7 +3,7 @@
 #include "core/error.h"
 #include "trainer/dry_run.h"
 #include "trainer/memory_usage.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <nlohmann/json.hpp>
 

@@ -4,7 +4,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/staging_dir.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <torch/version.h>
 #include <unistd.h>

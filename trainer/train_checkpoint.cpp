@@ -3,8 +3,9 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "core/staging_dir.h"
+#include "formats/checkpoint/checkpoint_dir.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -25,22 +26,8 @@ namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
 
-std::string step_dir_name(int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
-  return name;
-}
-
 c10::Device device_of(const std::string& name) {
   return name == "cpu" ? c10::Device(c10::kCPU) : c10::Device(name);
-}
-
-void fsync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
 }
 
 std::map<std::string, at::Tensor> read_tensor_file(const std::string& path) {
@@ -48,32 +35,6 @@ std::map<std::string, at::Tensor> read_tensor_file(const std::string& path) {
   std::map<std::string, at::Tensor> out;
   for (const auto& name : file->names()) out[name] = file->tensor(name).clone();
   return out;
-}
-
-std::vector<std::string> checkpoint_names(const std::string& dir) {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind("step-", 0) == 0) names.push_back(name);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-// Staging directories of checkpoints that a killed process never finished (".step-N.tmp-PID-R",
-// see make_staging_dir). Only one process writes a run's checkpoints, so any that is not this
-// process's own is dead weight.
-void remove_stale_staging_dirs(const std::string& root) {
-  const std::string own = ".tmp-" + std::to_string(::getpid()) + "-";
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(root, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(".step-", 0) == 0 && name.find(".tmp-") != std::string::npos &&
-        name.find(own) == std::string::npos) {
-      remove_tree(entry.path());
-    }
-  }
 }
 
 // The fields the trainer reads back on resume, with their types and ranges, so a damaged file
@@ -146,8 +107,8 @@ std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpo
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) throw_error(ErrorKind::kIo, "cannot create directory: " + ec.message(), {.file = root});
-  const std::string target = root + "/" + step_dir_name(state.step);
-  remove_stale_staging_dirs(root);
+  const std::string target = root + "/" + checkpoint_dir_name(state.step);
+  remove_stale_checkpoint_temps(root);
   const fs::path staging = make_staging_dir(target);
   try {
     write_adapter(staging.string());
@@ -158,35 +119,14 @@ std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpo
     nlohmann::json info = state.trainer_state;
     info["step"] = state.step;
     write_file_atomically((staging / "trainer_state.json").string(), info.dump(2) + "\n");
-    if (fs::exists(target)) remove_tree(target);  // a re-save of the same step replaces it
-    fs::rename(staging, target);
+    install_checkpoint_dir(staging, target);
   } catch (...) {
     remove_tree(staging);
     throw;
   }
-  fsync_dir(root);
-  write_file_atomically(root + "/latest", step_dir_name(state.step) + "\n");
-
-  const std::vector<std::string> names = checkpoint_names(root);
-  const int64_t excess = static_cast<int64_t>(names.size()) - std::max<int64_t>(keep_last, 1);
-  for (int64_t i = 0; i < excess; ++i) {
-    if (names[i] == step_dir_name(state.step)) continue;
-    remove_tree(root + "/" + names[i]);
-  }
+  write_file_atomically(root + "/latest", checkpoint_dir_name(state.step) + "\n");
+  prune_checkpoints(root, keep_last, checkpoint_dir_name(state.step));
   return target;
-}
-
-std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
-  const std::string root = run_dir + "/checkpoints";
-  std::ifstream in(root + "/latest");
-  std::string name;
-  if (in && std::getline(in, name) && !name.empty() && fs::is_directory(root + "/" + name)) {
-    return root + "/" + name;
-  }
-  // `latest` missing (killed between the rename and its update): the newest complete directory.
-  const std::vector<std::string> names = checkpoint_names(root);
-  if (names.empty()) return std::nullopt;
-  return root + "/" + names.back();
 }
 
 TrainCheckpoint load_train_checkpoint(const std::string& dir) {

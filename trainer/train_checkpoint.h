@@ -8,8 +8,12 @@
 //   <run>/checkpoints/latest                            name of the newest complete checkpoint
 //
 // A checkpoint is built in a staging directory and renamed into place, so a crash or a kill
-// leaves either the complete directory or none; `latest` is replaced atomically afterwards.
+// leaves either the complete directory or none; `latest` is replaced atomically afterwards, and
+// pruning and re-saving keep every `step-N` complete too (formats/checkpoint/checkpoint_dir.h,
+// which also has latest_checkpoint).
 #pragma once
+
+#include "formats/checkpoint/checkpoint_dir.h"
 
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
@@ -39,9 +43,6 @@ void restore_rng_states(const std::map<std::string, at::Tensor>& states);
 std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpoint& state,
                                   const std::function<void(const std::string&)>& write_adapter,
                                   int64_t keep_last);
-
-// The newest complete checkpoint of a run, or nullopt when it has none.
-std::optional<std::string> latest_checkpoint(const std::string& run_dir);
 
 // Reads optimizer, rng and trainer_state of a checkpoint directory (the adapter is read with
 // load_peft_adapter). Errors name the file.

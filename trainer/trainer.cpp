@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include "core/error.h"
+#include "core/int_math.h"
 #include "core/log.h"
 #include "data/batcher.h"
 #include "data/shuffle.h"
@@ -17,7 +18,7 @@
 #include "trainer/optim/lr_scheduler.h"
 #include "trainer/optim/optimizer.h"
 #include "trainer/progress.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 #include "trainer/run_directory.h"
 #include "trainer/tensorboard_writer.h"
 #include "trainer/train_checkpoint.h"
@@ -40,10 +41,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
 }
 
 NamedParameters named_adapter_parameters(const NamedAdapters& adapters) {

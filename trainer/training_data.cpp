@@ -3,7 +3,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/split.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <nlohmann/json.hpp>
 

@@ -5,6 +5,7 @@
 #include "models/hf_loader.h"
 #include "models/int4_loader.h"
 #include "models/llama.h"
+#include "models/model_dir.h"
 #include "models/quantized_loader.h"
 #include "models/synthetic_model.h"
 #include "models/tiny_model.h"
@@ -12,7 +13,7 @@
 #include "peft/peft_files.h"
 #include "quant/quantized_tensor.h"
 #include "trainer/dry_run.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <ATen/Context.h>
 
@@ -22,15 +23,6 @@
 namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
-
-std::string cache_root() {
-  if (const char* dir = std::getenv("QTRAIN_CACHE_DIR"); dir && *dir) return dir;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
-    return std::string(xdg) + "/qtrain";
-  }
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : "/tmp") + "/.cache/qtrain";
-}
 
 std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir,
                                     const c10::Device& device, at::ScalarType dtype) {
@@ -99,29 +91,6 @@ at::ScalarType resolve_dtype(const std::string& name, const std::string& field) 
   if (name == "float32") return at::kFloat;
   throw_error(ErrorKind::kConfig, "unknown dtype '" + name + "' (bfloat16, float16, float32)",
               {.field = field});
-}
-
-std::string resolve_model_dir(const std::string& path) {
-  const std::string builtin = "builtin:";
-  if (path.rfind(builtin, 0) == 0) {
-    TinyModelOptions options;
-    options.preset = path.substr(builtin.size());
-    tiny_model_config(options);  // Error(kConfig) for an unknown preset, before touching disk
-    const std::string dir = cache_root() + "/models/builtin-" + options.preset + "-llama-seed0";
-    if (!fs::exists(dir + "/config.json")) {
-      log::info("generating the built-in ", options.preset, " model into ", dir);
-      std::error_code ec;
-      fs::create_directories(fs::path(dir).parent_path(), ec);
-      options.overwrite = true;
-      write_tiny_model(options, dir);
-    }
-    return dir;
-  }
-  if (!fs::exists(path + "/config.json")) {
-    throw_error(ErrorKind::kIo, "not a model directory (no config.json): " + path,
-                {.field = "model.path"});
-  }
-  return path;
 }
 
 LoraConfig lora_config_of(const Recipe& recipe) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "peft/apply_lora.h"
+#include "models/model_dir.h"
 #include "peft/lora_config.h"
 
 #include <c10/core/Device.h>
@@ -30,11 +31,6 @@ struct TrainingModel {
 // CUDA device this machine lacks.
 c10::Device resolve_device(const std::string& name);
 at::ScalarType resolve_dtype(const std::string& name, const std::string& field);
-
-// A model directory for model.path: "builtin:<preset>" is generated once (deterministically) into
-// $QTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/qtrain, else ~/.cache/qtrain; anything else is a
-// directory that must hold config.json (Error(kIo) naming model.path otherwise).
-std::string resolve_model_dir(const std::string& path);
 
 // The recipe's LoRA settings for peft/.
 LoraConfig lora_config_of(const Recipe& recipe);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "core/error.h"
+#include "core/int_math.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
@@ -111,10 +112,6 @@ __device__ __forceinline__ float warp_absmax(const T* __restrict__ x, int64_t co
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
   }
   return m;
-}
-
-inline int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
 }
 
 inline bool aligned(const void* p, int64_t bytes) {

@@ -1,5 +1,6 @@
 // NF4 / FP4 quantization: one warp per absmax block. Each lane codes a pair of elements and
 // writes their byte (element 2k in the high nibble), so a warp stores 32 contiguous bytes.
+#include "quant/codebook_tables.h"
 #include "quant/cuda/blockwise_cuda.h"
 #include "quant/cuda/common.cuh"
 
@@ -16,29 +17,30 @@ using namespace detail;
 // The number of NF4 decision thresholds (formats.md §1.2) that xn exceeds: a value exactly on a
 // threshold takes the lower code, and NaN (an all-zero block) exceeds none, giving code 0.
 __device__ __forceinline__ uint32_t nf4_code(float xn) {
-  constexpr float kThresholds[15] = {
-      -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
-      -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-      0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
-      0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
   uint32_t q = 0;
 #pragma unroll
-  for (int k = 0; k < 15; ++k) q += xn > kThresholds[k];
+  for (int k = 0; k < codebook::kNF4Thresholds; ++k) q += xn > codebook::nf4_threshold(k);
   return q;
+}
+
+// The 3-bit FP4 code of every magnitude rank packed into one constant (rank r at bits 3r..3r+2).
+constexpr uint32_t fp4_code_of_rank_bits() {
+  uint32_t bits = 0;
+  for (int rank = 0; rank < codebook::kFP4Ranks; ++rank) {
+    bits |= static_cast<uint32_t>(codebook::fp4_code_of_rank(rank)) << (3 * rank);
+  }
+  return bits;
 }
 
 // FP4: sign bit for any xn < 0, magnitude rank by the thresholds on |xn|, then the 3-bit code of
 // that rank (magnitudes 0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1 have codes 0,1,6,7,4,5,2,3), read
 // from a packed constant so no array is indexed at run time.
 __device__ __forceinline__ uint32_t fp4_code(float xn) {
-  constexpr float kThresholds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
-                                    0.4166667f,  0.583333f,  0.8333333f};
-  constexpr uint32_t kCodeOfRank =
-      0u | 1u << 3 | 6u << 6 | 7u << 9 | 4u << 12 | 5u << 15 | 2u << 18 | 3u << 21;
+  constexpr uint32_t kCodeOfRank = fp4_code_of_rank_bits();
   const float magnitude = fabsf(xn);
   uint32_t rank = 0;
 #pragma unroll
-  for (int k = 0; k < 7; ++k) rank += magnitude > kThresholds[k];
+  for (int k = 0; k < codebook::kFP4Thresholds; ++k) rank += magnitude > codebook::fp4_threshold(k);
   return (xn < 0.0f ? 0b1000u : 0u) | ((kCodeOfRank >> (3 * rank)) & 0b111u);
 }
 

@@ -3,7 +3,7 @@
 #include "core/atomic_file.h"
 
 #include "core/error.h"
-#include "tests/core/safetensors_test_util.h"
+#include "tests/formats/safetensors_test_util.h"
 #include "tests/support/test_support.h"
 
 #include <dirent.h>

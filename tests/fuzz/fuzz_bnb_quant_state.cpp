@@ -2,7 +2,7 @@
 // first byte picks the real entries it goes with (NF4 with double quantization, or FP4 without);
 // the rest replaces the `quant_state.bitsandbytes__<type>` JSON bytes. An accepted state must
 // dequantize to a tensor of the shape it declares.
-#include "quant/bnb_format.h"
+#include "formats/bnb/quant_state.h"
 #include "quant/quantized_tensor.h"
 #include "tests/fuzz/fuzz_support.h"
 

@@ -1,6 +1,6 @@
 // libFuzzer target: one GGUF file through GgufReader (header, metadata, tensor table), then every
 // tensor it accepted is read, as values where the type allows.
-#include "models/gguf_reader.h"
+#include "formats/gguf/gguf_reader.h"
 #include "tests/fuzz/fuzz_support.h"
 
 #include <ATen/ATen.h>

@@ -1,7 +1,7 @@
 // libFuzzer target: a YAML recipe through the parser and validator. An accepted recipe must
 // round-trip: its resolved YAML parses back to an equal recipe.
 #include "tests/fuzz/fuzz_support.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

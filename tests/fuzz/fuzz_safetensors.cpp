@@ -1,6 +1,6 @@
 // libFuzzer target: one safetensors file (header JSON, offsets, dtypes, data) through the reader
 // the loaders use, then every tensor it accepted is read end to end.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "tests/fuzz/fuzz_support.h"
 
 #include <ATen/ATen.h>

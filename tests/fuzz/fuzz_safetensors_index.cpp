@@ -1,7 +1,7 @@
 // libFuzzer target: model.safetensors.index.json beside two real shards (one in a subdirectory).
 // Beyond "succeed or qtrain::Error", every shard the reader accepted must lie inside the
 // checkpoint directory: an index must never reach files outside it.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "tests/fuzz/fuzz_support.h"
 
 #include <ATen/ATen.h>

@@ -1,7 +1,7 @@
 // The loader names every tensor it cannot use: missing, unexpected or mis-shaped, and loads
 // sharded and single-file checkpoints to the same model.
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "tests/models/random_model.h"
 #include "tests/support/test_support.h"

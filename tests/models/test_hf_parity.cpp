@@ -1,7 +1,7 @@
 // Forward parity with transformers: random Llama / Mistral / Qwen2 / Qwen3 checkpoints written
 // here, loaded by qtrain and by transformers (float32, CPU); logits must agree within 1e-4 and
 // greedy continuations token for token.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/generate.h"
 #include "models/hf_loader.h"
 #include "tests/models/random_model.h"

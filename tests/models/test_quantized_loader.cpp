@@ -2,8 +2,9 @@
 // computes, skip lists keep modules dense, bad checkpoints name the tensor, and streaming keeps
 // resident memory near one shard plus the quantized model.
 #include "core/error.h"
-#include "core/safetensors.h"
-#include "models/bnb_checkpoint.h"
+#include "formats/safetensors/safetensors.h"
+#include "formats/bnb/bnb_checkpoint.h"
+#include "models/bnb_4bit_save.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"

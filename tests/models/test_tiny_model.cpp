@@ -1,6 +1,6 @@
 // The tiny-model maker (models/tiny_model.h) and its CLI, tools/qtiny.
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "models/config.h"
 #include "models/hf_names.h"

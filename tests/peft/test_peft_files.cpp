@@ -2,7 +2,7 @@
 // dtype, adapter_config.json fields), the save -> load -> attach round trip, and the errors of
 // load_peft_adapter / attach_peft_adapter on bad or mismatched input.
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "peft/apply_lora.h"
 #include "peft/lora_linear.h"
 #include "peft/peft_files.h"

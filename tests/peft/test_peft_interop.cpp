@@ -3,7 +3,7 @@
 // (a) an adapter qtrain saves loads in PeftModel.from_pretrained with the same logits;
 // (b) an adapter peft creates (rsLoRA, random B) loads in qtrain with the same logits;
 // (c) one training step: qtrain's autograd gradients of every lora_A / lora_B equal PEFT's.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/tiny_model.h"
 #include "peft/apply_lora.h"

@@ -3,9 +3,12 @@
 // bitsandbytes stores in checkpoints.
 #include "quant/codebooks.h"
 
+#include "quant/codebook_tables.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -54,6 +57,41 @@ TEST(CodebooksTest, Fp4IsCodeOrderTableOverTwelveAndMatchesTheCudaLut) {
   for (int i = 0; i < 8; ++i) {
     EXPECT_EQ(code[i], lut[i]) << i;
     EXPECT_EQ(code[i + 8], -lut[i]) << i;
+  }
+}
+
+TEST(CodebooksTest, SharedNf4TablesMatchTheCodeTensor) {
+  const std::vector<float> code = values(nf4_code());
+  ASSERT_EQ(code.size(), static_cast<size_t>(codebook::kNF4Values));
+  for (int i = 0; i < codebook::kNF4Values; ++i) EXPECT_EQ(codebook::nf4_value(i), code[i]) << i;
+  // Each decision threshold is the midpoint of two adjacent (sorted) NF4 values.
+  for (int k = 0; k < codebook::kNF4Thresholds; ++k) {
+    const double midpoint = (static_cast<double>(code[k]) + code[k + 1]) / 2;
+    EXPECT_NEAR(codebook::nf4_threshold(k), midpoint, 1e-7) << k;
+  }
+}
+
+TEST(CodebooksTest, SharedFp4TablesMatchTheCodeTensor) {
+  const std::vector<float> code = values(fp4_code());
+  ASSERT_EQ(code.size(), static_cast<size_t>(codebook::kFP4Values));
+  for (int i = 0; i < codebook::kFP4Values; ++i) {
+    EXPECT_EQ(codebook::fp4_raw_value(i) / 12.0f, code[i]) << i;
+  }
+  // The magnitude ranks: code_of_rank(r) holds the r-th smallest magnitude, sign bit clear.
+  std::vector<float> magnitudes(code.begin(), code.begin() + codebook::kFP4Ranks);
+  std::sort(magnitudes.begin(), magnitudes.end());
+  for (int r = 0; r < codebook::kFP4Ranks; ++r) {
+    const int c = codebook::fp4_code_of_rank(r);
+    ASSERT_LT(c, 8) << r;
+    EXPECT_EQ(code[c], magnitudes[r]) << r;
+  }
+  // Each threshold lies between adjacent magnitudes, at their midpoint to bitsandbytes' rounding
+  // of the decimal literals (0.583333f is the farthest off).
+  for (int k = 0; k < codebook::kFP4Thresholds; ++k) {
+    EXPECT_LT(magnitudes[k], codebook::fp4_threshold(k)) << k;
+    EXPECT_LT(codebook::fp4_threshold(k), magnitudes[k + 1]) << k;
+    const double midpoint = (static_cast<double>(magnitudes[k]) + magnitudes[k + 1]) / 2;
+    EXPECT_NEAR(codebook::fp4_threshold(k), midpoint, 1e-6) << k;
   }
 }
 

@@ -2,7 +2,7 @@
 // a scalar re-implementation and with a torch reference script, the reconstruction bound, tie
 // rounding, nibble order, errors, and the grad_input-only linear.
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "quant/int4_group.h"
 #include "tests/support/test_support.h"
 

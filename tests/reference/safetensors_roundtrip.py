@@ -5,7 +5,7 @@
     safetensors_roundtrip.py write FILE          write the expected tensors for qtrain to read
 
 The expected tensors are defined by `expected()` and mirrored in
-tests/core/test_safetensors_interop.cpp; both build them from arange so no data file is needed.
+tests/formats/test_safetensors_interop.cpp; both build them from arange so no data file is needed.
 """
 
 import json

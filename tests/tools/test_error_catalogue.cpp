@@ -6,7 +6,7 @@
 // skipped (and listed in the summary) until the code is fixed and the string removed.
 //
 // Run a subset with --gtest_filter='Docs/*REC_*' (only the selected cases are set up and run).
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "data/byte_level.h"
 #include "data/tiny_instruct.h"
 #include "tests/support/test_support.h"

@@ -1,8 +1,9 @@
 // Crash safety of the training state, through the real qtrain binary:
-//   * SIGKILL at random moments (every step saves, so many land inside checkpoint writes), then
-//     --resume, again and again: after every kill the checkpoint resume would pick is complete and
-//     loads, no partial directory is ever named step-N, and the finished run's losses equal those
-//     of an uninterrupted run exactly;
+//   * SIGKILL at random moments (every step saves and keeps only the newest checkpoint, and a test
+//     delay stretches the steps of replacing and pruning one, so many kills land inside checkpoint
+//     writes, prunes and re-saves), then --resume, again and again: after every kill every
+//     step-N directory is complete, the checkpoint resume would pick loads, and the finished
+//     run's losses equal those of an uninterrupted run exactly;
 //   * a checkpoint write that fails (a file-size limit, as a full disk would) stops the run with a
 //     clear I/O error and leaves the previous checkpoint complete and `latest`.
 #include "data/tiny_instruct.h"
@@ -61,7 +62,7 @@ training:
   seed: 11
 output:
   save_every: 1
-  keep_last: 2
+  keep_last: 1
 )");
   }
 
@@ -73,6 +74,7 @@ output:
     if (pid != 0) return pid;
     const std::string cache = testing::binary_dir() + "/test-cache";
     setenv("QTRAIN_CACHE_DIR", cache.c_str(), 1);
+    setenv("QTRAIN_CHECKPOINT_TEST_DELAY_MS", "25", 1);
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
@@ -114,6 +116,34 @@ bool staging_dir_exists(const std::string& run) {
     if (entry.path().filename().string().find(".tmp-") != std::string::npos) return true;
   }
   return false;
+}
+
+// Whether a checkpoint on its way out (".trash-step-N-...": pruned or replaced) exists.
+bool trash_dir_exists(const std::string& run) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(run + "/checkpoints", ec)) {
+    if (entry.path().filename().string().rfind(".trash-", 0) == 0) return true;
+  }
+  return false;
+}
+
+// The step named by checkpoints/latest, or -1.
+int64_t latest_step(const std::string& run) {
+  std::ifstream in(run + "/checkpoints/latest");
+  std::string name;
+  if (!std::getline(in, name) || name.size() < 6) return -1;
+  return std::stoll(name.substr(5));
+}
+
+// The newest step-N directory, or -1.
+int64_t newest_step_dir(const std::string& run) {
+  int64_t newest = -1;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(run + "/checkpoints", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) == 0) newest = std::max<int64_t>(newest, std::stoll(name.substr(5)));
+  }
+  return newest;
 }
 
 // Every step-N directory is complete, and the one resume would take loads.
@@ -158,7 +188,8 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
   std::mt19937 random(20261123);
   std::uniform_real_distribution<double> moment(0.05 * whole_run, 1.0 * whole_run);
   constexpr int kKills = 15;
-  int kills = 0, during_checkpoint_write = 0, runs_finished = 0;
+  int kills = 0, during_checkpoint_write = 0, during_prune = 0, before_latest = 0;
+  int runs_finished = 0;
   std::string killed = dir_.file("killed-0");
   bool resume = false;
   auto check_finished_run = [&] {
@@ -167,9 +198,10 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
     for (const auto& [step, loss] : expected) {
       EXPECT_DOUBLE_EQ(losses.at(step), loss) << killed << " step " << step;
     }
-    // Resumes cleared the staging directories that kills left behind.
+    // Resumes cleared the staging and trash directories that kills left behind.
     for (const auto& entry : fs::directory_iterator(killed + "/checkpoints")) {
       EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+      EXPECT_NE(entry.path().filename().string().rfind(".trash-", 0), 0u) << entry.path();
     }
     ++runs_finished;
   };
@@ -179,14 +211,16 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(moment(random)));
     // Every third kill waits instead for a checkpoint write to be under way (its staging
-    // directory to appear) and strikes then.
-    const bool at_a_write = kills % 3 == 2;
+    // directory to appear), and every third for a prune (a trash directory), and strikes then.
+    const bool at_a_write = kills % 3 == 2, at_a_prune = kills % 3 == 1;
     bool exited = false;
     while (!exited) {
       exited = waitpid(pid, &status, WNOHANG) == pid;
       if (exited) break;
-      if (at_a_write ? staging_dir_exists(killed) : Clock::now() >= deadline) break;
-      std::this_thread::sleep_for(std::chrono::microseconds(at_a_write ? 200 : 2000));
+      if (at_a_write && staging_dir_exists(killed)) break;
+      if (at_a_prune && trash_dir_exists(killed)) break;
+      if (!at_a_write && !at_a_prune && Clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(at_a_write || at_a_prune ? 200 : 2000));
     }
     if (exited) {
       ASSERT_EQ(exit_code(status), 0) << testing::read_file(killed + ".log");
@@ -198,8 +232,11 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
     ++kills;
-    // A staging directory left behind means the kill hit a checkpoint write.
+    // A staging directory left behind means the kill hit a checkpoint write, a trash directory a
+    // prune or a replacement; a step-N newer than `latest` makes the resume re-save step N.
     if (staging_dir_exists(killed)) ++during_checkpoint_write;
+    if (trash_dir_exists(killed)) ++during_prune;
+    if (newest_step_dir(killed) > latest_step(killed) && latest_step(killed) >= 0) ++before_latest;
     expect_consistent_checkpoints(killed, "after kill " + std::to_string(kills));
   }
   pid = start(killed, resume, killed + ".log");
@@ -207,8 +244,10 @@ TEST_F(CrashSafety, KilledAtRandomMomentsThenResumedGivesTheUninterruptedLosses)
   ASSERT_EQ(exit_code(status), 0) << testing::read_file(killed + ".log");
   check_finished_run();
   std::cout << "kills: " << kills << " (" << during_checkpoint_write
-            << " during a checkpoint write), runs finished after kills: " << runs_finished
-            << ", whole run " << whole_run << " s\n";
+            << " during a checkpoint write, " << during_prune << " during a prune, "
+            << before_latest << " before `latest` named the new step: a re-save follows), "
+            << "runs finished after kills: " << runs_finished << ", whole run " << whole_run
+            << " s\n";
 }
 
 TEST_F(CrashSafety, AFailedCheckpointWriteKeepsThePreviousCheckpoint) {

@@ -4,7 +4,7 @@
 #include "tests/support/sanitizer.h"
 #include "tests/support/test_support.h"
 #include "trainer/memory_plan.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <gtest/gtest.h>
 

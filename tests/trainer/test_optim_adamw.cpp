@@ -1,6 +1,6 @@
 // AdamW (32-bit states) and its paged twin against LibTorch's torch::optim::AdamW and PyTorch's
 // torch.optim.AdamW.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "tests/support/test_support.h"
 #include "trainer/optim/optimizer.h"
 

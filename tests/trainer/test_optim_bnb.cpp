@@ -12,7 +12,7 @@
 //    corrections in float64: parameters differ by rounding only.
 // Each step is checked from the same starting state (bnb's previous one), then a free run over
 // all steps reports how far the two drift apart.
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "quant/codebooks.h"
 #include "tests/support/test_support.h"
 #include "trainer/optim/optimizer.h"

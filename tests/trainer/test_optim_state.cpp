@@ -1,7 +1,7 @@
 // Optimizer state: exact resume through a safetensors round trip for every kind, validation of
 // mismatched state dicts, option and kind errors.
 #include "core/error.h"
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "tests/support/test_support.h"
 #include "trainer/optim/optimizer.h"
 

@@ -2,7 +2,7 @@
 // the "tiny" and "small" llama presets, and streaming a checkpoint in from safetensors.
 //
 //   build/tools/bench/bench_decoder [--benchmark_filter=...]
-#include "core/safetensors.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/llama.h"
 #include "models/tiny_model.h"

@@ -5,7 +5,7 @@
 #include "core/text.h"
 #include "trainer/distributed/grad_reducer.h"
 #include "trainer/distributed/process_group.h"
-#include "trainer/recipe.h"
+#include "trainer/recipe/recipe.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>

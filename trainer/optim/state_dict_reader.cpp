@@ -1,23 +1,11 @@
 #include "trainer/optim/state_dict_reader.h"
 
 #include "core/error.h"
+#include "core/shape_string.h"
 
 #include <ATen/ATen.h>
 
-#include <sstream>
-
 namespace qtrain {
-namespace {
-
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
-}  // namespace
 
 const at::Tensor& StateDictReader::take(const std::string& key, at::ScalarType dtype,
                                         at::IntArrayRef shape) {

@@ -1,0 +1,239 @@
+#include "export/gguf_export.h"
+
+#include "core/error.h"
+#include "core/log.h"
+#include "formats/safetensors/safetensors.h"
+#include "core/text.h"
+#include "models/config.h"
+#include "export/gguf_tokenizer.h"
+#include "models/hf_names.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <set>
+
+namespace qtrain {
+namespace {
+
+// HF tensor name -> GGUF name (formats.md §7.3); "" for a name with no GGUF counterpart.
+std::string gguf_tensor_name(const std::string& hf) {
+  static const std::map<std::string, std::string> kTop = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  static const std::map<std::string, std::string> kLayer = {
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+  };
+  if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
+  const std::string prefix = "model.layers.";
+  if (hf.compare(0, prefix.size(), prefix) != 0) return "";
+  const size_t dot = hf.find('.', prefix.size());
+  const size_t last = hf.rfind('.');
+  if (dot == std::string::npos || last <= dot) return "";
+  const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
+  const std::string module = hf.substr(dot + 1, last - dot - 1);
+  const std::string suffix = hf.substr(last);  // ".weight" / ".bias"
+  auto it = kLayer.find(module);
+  if (it == kLayer.end()) return "";
+  return "blk." + layer + "." + it->second + suffix;
+}
+
+// N of a "blk.N." name, -1 for the others.
+int64_t layer_of(const std::string& gguf_name) {
+  if (gguf_name.compare(0, 4, "blk.") != 0) return -1;
+  return std::stoll(gguf_name.substr(4, gguf_name.find('.', 4) - 4));
+}
+
+uint32_t to_u32(int64_t value, const char* field) {
+  if (value < 0 || value > std::numeric_limits<uint32_t>::max()) {
+    throw_error(ErrorKind::kConfig, "does not fit a GGUF u32: " + std::to_string(value),
+                {.field = field});
+  }
+  return static_cast<uint32_t>(value);
+}
+
+constexpr double kPi = 3.14159265358979323846;
+
+// llama3 rope scaling as llama.cpp takes it: per-frequency divisors [head_dim/2] (formats.md
+// §7.2). Frequencies in float32 like the converter; wavelength comparisons in double.
+at::Tensor llama3_rope_freqs(const ModelConfig& c) {
+  const RopeScaling& s = c.rope_scaling;
+  const int64_t d = c.head_dim;
+  const double orig = static_cast<double>(s.original_max_position_embeddings);
+  const double low_wavelen = orig / s.low_freq_factor;
+  const double high_wavelen = orig / s.high_freq_factor;
+  at::Tensor out = at::empty({d / 2}, at::kFloat);
+  float* p = out.data_ptr<float>();
+  for (int64_t j = 0; j < d / 2; ++j) {
+    const float exponent = static_cast<float>(2 * j) / static_cast<float>(d);
+    const float freq = 1.0f / std::pow(static_cast<float>(c.rope_theta), exponent);
+    const double wavelen = 2.0 * kPi / static_cast<double>(freq);
+    double divisor;
+    if (wavelen < high_wavelen) {
+      divisor = 1.0;
+    } else if (wavelen > low_wavelen) {
+      divisor = s.factor;
+    } else {
+      const double smooth =
+          (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+      divisor = 1.0 / ((1.0 - smooth) / s.factor + smooth);
+    }
+    p[j] = static_cast<float>(divisor);
+  }
+  return out;
+}
+
+void add_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& arch,
+                        const std::string& name, uint32_t file_type) {
+  w.add_string("general.architecture", arch);
+  w.add_string("general.name", name);
+  w.add_u32(arch + ".block_count", to_u32(c.num_hidden_layers, "num_hidden_layers"));
+  w.add_u32(arch + ".context_length", to_u32(c.max_position_embeddings, "max_position_embeddings"));
+  w.add_u32(arch + ".embedding_length", to_u32(c.hidden_size, "hidden_size"));
+  w.add_u32(arch + ".feed_forward_length", to_u32(c.intermediate_size, "intermediate_size"));
+  w.add_u32(arch + ".attention.head_count", to_u32(c.num_attention_heads, "num_attention_heads"));
+  w.add_u32(arch + ".attention.head_count_kv",
+            to_u32(c.num_key_value_heads, "num_key_value_heads"));
+  if (c.rope_scaling.type == RopeType::kLinear) {
+    w.add_string(arch + ".rope.scaling.type", "linear");
+    w.add_f32(arch + ".rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+  }
+  w.add_f32(arch + ".rope.freq_base", static_cast<float>(c.rope_theta));
+  w.add_f32(arch + ".attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
+  w.add_u32(arch + ".attention.key_length", to_u32(c.head_dim, "head_dim"));
+  w.add_u32(arch + ".attention.value_length", to_u32(c.head_dim, "head_dim"));
+  w.add_u32("general.file_type", file_type);
+  w.add_u32(arch + ".vocab_size", to_u32(c.vocab_size, "vocab_size"));
+  w.add_u32(arch + ".rope.dimension_count", to_u32(c.head_dim, "head_dim"));
+}
+
+std::string directory_name(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const size_t slash = dir.rfind('/');
+  return slash == std::string::npos ? dir : dir.substr(slash + 1);
+}
+
+}  // namespace
+
+std::string gguf_architecture(const std::string& model_type) {
+  if (model_type == "llama" || model_type == "mistral") return "llama";
+  if (model_type == "qwen2" || model_type == "qwen3") return model_type;
+  throw_error(ErrorKind::kUnsupported, "no GGUF architecture for model_type '" + model_type + "'",
+              {.field = "model_type"});
+}
+
+// Rows of one head: [t, j] (t in {0,1}, j < hd/2) in HF order become [j, t] in GGUF order.
+at::Tensor permute_qk_for_gguf(const at::Tensor& w, int64_t n_heads) {
+  const int64_t rows = w.size(0);
+  if (n_heads <= 0 || rows % (2 * n_heads) != 0) {
+    throw_error(ErrorKind::kShape, "Q/K rows (" + std::to_string(rows) +
+                                       ") are not a multiple of 2 * heads (" +
+                                       std::to_string(2 * n_heads) + ")");
+  }
+  std::vector<int64_t> split = {n_heads, 2, rows / n_heads / 2};
+  for (int64_t i = 1; i < w.dim(); ++i) split.push_back(w.size(i));
+  return w.reshape(split).transpose(1, 2).contiguous().reshape(w.sizes());
+}
+
+at::Tensor unpermute_qk_from_gguf(const at::Tensor& w, int64_t n_heads) {
+  const int64_t rows = w.size(0);
+  if (n_heads <= 0 || rows % (2 * n_heads) != 0) {
+    throw_error(ErrorKind::kShape, "Q/K rows (" + std::to_string(rows) +
+                                       ") are not a multiple of 2 * heads (" +
+                                       std::to_string(2 * n_heads) + ")");
+  }
+  std::vector<int64_t> split = {n_heads, rows / n_heads / 2, 2};
+  for (int64_t i = 1; i < w.dim(); ++i) split.push_back(w.size(i));
+  return w.reshape(split).transpose(1, 2).contiguous().reshape(w.sizes());
+}
+
+void export_gguf(const std::string& hf_dir, const std::string& out_path,
+                 const GgufExportOptions& options) {
+  const std::string config_path = hf_dir + "/config.json";
+  const ModelConfig config = ModelConfig::from_file(config_path);
+  const std::string arch = gguf_architecture(config.model_type);
+  const bool permute = arch == "llama";
+  const uint32_t file_type = gguf_file_type(options.outtype);
+  if (config.rope_scaling.type == RopeType::kLlama3 && arch != "llama") {
+    throw_error(ErrorKind::kUnsupported, "llama3 rope scaling is only exported for llama models",
+                {.file = config_path, .field = "rope_scaling"});
+  }
+  if (config.sliding_window) {
+    log::warn("GGUF export: llama.cpp's llama architecture ignores sliding_window (",
+              *config.sliding_window, "); it attends to the whole context");
+  }
+
+  GgufWriter w;
+  add_model_metadata(w, config, arch, options.name.empty() ? directory_name(hf_dir) : options.name,
+                     file_type);
+  if (options.outtype != GgufOutType::kF32 && options.outtype != GgufOutType::kF16) {
+    w.add_u32("general.quantization_version", 2);
+  }
+  if (!options.skip_tokenizer) add_gguf_tokenizer_metadata(w, hf_dir, config);
+
+  if (config.rope_scaling.type == RopeType::kLlama3) {
+    w.add_tensor("rope_freqs.weight", llama3_rope_freqs(config), GgmlType::kF32);
+  }
+
+  const CheckpointReader reader = CheckpointReader::open_dir(hf_dir);
+  const std::vector<TensorSpec> specs = hf_tensor_specs(config);
+  std::set<std::string> expected;
+  for (const TensorSpec& spec : specs) {
+    expected.insert(spec.name);
+    if (!reader.contains(spec.name)) {
+      throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
+                  {.file = hf_dir, .tensor = spec.name});
+    }
+    const TensorInfo& info = reader.info(spec.name);
+    if (info.shape != spec.shape) {
+      throw_error(ErrorKind::kShape,
+                  "shape " + c10::str(at::IntArrayRef(info.shape)) + " differs from config's " +
+                      c10::str(at::IntArrayRef(spec.shape)),
+                  {.file = reader.file_of(spec.name), .tensor = spec.name});
+    }
+    const std::string name = gguf_tensor_name(spec.name);
+    if (name.empty()) {
+      throw_error(ErrorKind::kInternal, "no GGUF name", {.tensor = spec.name});
+    }
+    int64_t heads = 0;
+    if (permute && spec.name.find("self_attn.q_proj.") != std::string::npos) {
+      heads = config.num_attention_heads;
+    } else if (permute && spec.name.find("self_attn.k_proj.") != std::string::npos) {
+      heads = config.num_key_value_heads;
+    }
+    GgufMixTensor mix{.name = name,
+                      .n_dims = static_cast<int64_t>(spec.shape.size()),
+                      .ne0 = spec.shape.back(),
+                      .layer = layer_of(name),
+                      .n_layers = config.num_hidden_layers,
+                      .tied = config.tie_word_embeddings};
+    const GgmlType type = gguf_tensor_type(options.outtype, mix);
+    w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads] {
+      // Copied out of the mapping and its pages dropped, so resident memory stays near one tensor.
+      at::Tensor t = heads > 0 ? permute_qk_for_gguf(reader.tensor(hf_name), heads)
+                               : reader.tensor(hf_name).clone();
+      reader.evict(hf_name);
+      return t;
+    });
+  }
+  for (const std::string& name : reader.names()) {
+    if (expected.count(name) || ends_with(name, "rotary_emb.inv_freq")) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // tied: no `output`
+    throw_error(ErrorKind::kShape, "unexpected tensor for this config",
+                {.file = reader.file_of(name), .tensor = name});
+  }
+  log::info("GGUF export: ", w.tensor_count(), " tensors, ", w.kv_count(), " metadata keys -> ",
+            out_path);
+  w.write(out_path);
+}
+
+}  // namespace qtrain
