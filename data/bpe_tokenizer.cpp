@@ -1,15 +1,13 @@
 #include "data/bpe_tokenizer.h"
 
 #include "core/error.h"
+#include "core/read_file.h"
 #include "data/bpe_tokenizer_internal.h"
 #include "data/byte_level.h"
 #include "data/unicode_text.h"
 
 #include <algorithm>
 #include <deque>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
 namespace qtrain {
 
@@ -17,30 +15,51 @@ using bpe_tokenizer_internal::AddedTokenMatcher;
 
 namespace {
 
-std::string read_text_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  // A directory opens as a stream and reads as empty: it would pass for malformed JSON.
-  if (!in || std::filesystem::is_directory(path, ec)) {
-    throw_error(ErrorKind::kIo, std::string("cannot open ") + what, {.file = path});
-  }
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) throw_error(ErrorKind::kIo, std::string("cannot read ") + what, {.file = path});
-  return bytes.str();
+// Where the edge for `byte` is, or would go, in a node's sorted edges.
+template <class Edges>
+auto edge_position(Edges& edges, unsigned char byte) {
+  return std::lower_bound(edges.begin(), edges.end(), byte,
+                          [](const auto& edge, unsigned char b) { return edge.first < b; });
 }
 
 }  // namespace
 
+AddedTokenMatcher::AddedTokenMatcher() : nodes_(1) {}
+
+int32_t AddedTokenMatcher::child(int32_t node, unsigned char byte) const {
+  const auto& edges = nodes_[node].edges;
+  const auto it = edge_position(edges, byte);
+  return it != edges.end() && it->first == byte ? it->second : -1;
+}
+
 void AddedTokenMatcher::add(const std::string& pattern, int32_t id, bool lstrip, bool rstrip) {
-  const auto first = static_cast<unsigned char>(pattern[0]);
-  by_first_byte_[first].push_back(tokens_.size());
-  tokens_.push_back({pattern, id, lstrip, rstrip});
-  for (auto& bucket : by_first_byte_) {
-    std::stable_sort(bucket.begin(), bucket.end(), [&](size_t a, size_t b) {
-      return tokens_[a].pattern.size() > tokens_[b].pattern.size();
-    });
+  if (pattern.empty()) return;
+  int32_t node = 0;
+  for (const char c : pattern) {
+    const auto byte = static_cast<unsigned char>(c);
+    int32_t next = child(node, byte);
+    if (next < 0) {
+      next = static_cast<int32_t>(nodes_.size());
+      auto& edges = nodes_[node].edges;
+      edges.insert(edge_position(edges, byte), {byte, next});
+      nodes_.emplace_back();  // after the insert: `edges` refers into nodes_
+    }
+    node = next;
   }
+  if (nodes_[node].token < 0) nodes_[node].token = static_cast<int32_t>(tokens_.size());
+  tokens_.push_back({id, lstrip, rstrip, pattern.size()});
+}
+
+const AddedTokenMatcher::Token* AddedTokenMatcher::longest_match_at(std::string_view text,
+                                                                    size_t pos) const {
+  const Token* found = nullptr;
+  int32_t node = 0;
+  for (size_t i = pos; i < text.size(); ++i) {
+    node = child(node, static_cast<unsigned char>(text[i]));
+    if (node < 0) break;
+    if (nodes_[node].token >= 0) found = &tokens_[nodes_[node].token];
+  }
+  return found;
 }
 
 void AddedTokenMatcher::split(std::string_view text, std::vector<Segment>* out) const {
@@ -52,20 +71,13 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Segment>* out) 
   size_t start_offset = 0;
   size_t pos = 0;
   while (pos < text.size()) {
-    const Token* found = nullptr;
-    for (size_t index : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
-      const Token& t = tokens_[index];
-      if (text.compare(pos, t.pattern.size(), t.pattern) == 0) {
-        found = &t;
-        break;
-      }
-    }
+    const Token* found = longest_match_at(text, pos);
     if (!found) {
       ++pos;
       continue;
     }
     size_t start = pos;
-    size_t stop = pos + found->pattern.size();
+    size_t stop = pos + found->length;
     pos = stop;  // the automaton goes on after the match, whatever rstrip takes
     if (found->lstrip) {
       size_t space_start = start;
@@ -84,7 +96,7 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Segment>* out) 
       }
     }
     if (start_offset < start) out->push_back({start_offset, start, -1});
-    out->push_back({start, stop, found->id});
+    out->push_back({start, stop, found->id, found->lstrip || found->rstrip});
     start_offset = stop;
   }
   if (start_offset < text.size()) out->push_back({start_offset, text.size(), -1});
@@ -143,9 +155,12 @@ BpeTokenizer::~BpeTokenizer() = default;
 
 BpeTokenizer BpeTokenizer::load(const std::string& tokenizer_json,
                                 const std::string& tokenizer_config) {
-  const std::string json_text = read_text_file(tokenizer_json, "tokenizer.json");
+  const std::string json_text =
+      read_small_file(tokenizer_json, kMaxTokenizerJsonBytes, "tokenizer.json");
   const std::string config_text =
-      tokenizer_config.empty() ? "" : read_text_file(tokenizer_config, "tokenizer config");
+      tokenizer_config.empty()
+          ? ""
+          : read_small_file(tokenizer_config, kMaxConfigJsonBytes, "tokenizer config");
   return from_json_text(json_text, tokenizer_json, config_text, tokenizer_config);
 }
 
@@ -171,6 +186,27 @@ std::vector<int64_t> BpeTokenizer::encode(const std::string& text, bool add_bos,
   }
   if (add_eos && s.eos >= 0) ids.push_back(s.eos);
   return ids;
+}
+
+std::vector<Tokenizer::TextSegment> BpeTokenizer::split_at_atomic_tokens(
+    std::string_view text) const {
+  std::vector<AddedTokenMatcher::Segment> segments;
+  state_->raw_tokens.split(text, &segments);
+  std::vector<TextSegment> out;
+  size_t covered = 0;
+  for (const auto& segment : segments) {
+    // A token that takes white space along is not atomic; nor is one starting inside what the
+    // previous token's rstrip took (a token beginning with white space).
+    if (segment.id >= 0 && !segment.strips && segment.begin >= covered) {
+      out.push_back({segment.begin, segment.end, segment.id});
+    } else if (!out.empty() && out.back().id < 0) {
+      out.back().end = std::max<size_t>(out.back().end, segment.end);
+    } else {
+      out.push_back({std::max(segment.begin, covered), segment.end, -1});
+    }
+    covered = std::max(covered, segment.end);
+  }
+  return out;
 }
 
 std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {

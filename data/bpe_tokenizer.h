@@ -58,6 +58,8 @@ class BpeTokenizer : public Tokenizer {
   // alphabet; bytes that do not form UTF-8 become U+FFFD. Throws Error(kFormat) for an id
   // outside [0, vocab_size()).
   std::string decode(const std::vector<int64_t>& ids) const override;
+  // The added tokens with normalized, lstrip and rstrip false (special or not).
+  std::vector<TextSegment> split_at_atomic_tokens(std::string_view text) const override;
 
   // Largest id of the vocabulary and the added tokens, plus one.
   int64_t vocab_size() const override;

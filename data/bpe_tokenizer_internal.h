@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace qtrain {
@@ -22,14 +23,20 @@ namespace bpe_tokenizer_internal {
 
 // Added tokens cut out of text, as tokenizers' AddedVocabulary::find_matches does with its
 // leftmost-longest Aho-Corasick automaton: at the leftmost position where any token starts, the
-// longest one; the search goes on after it.
+// longest one; the search goes on after it. The tokens live in a byte trie, so finding the
+// longest one at a position costs at most the length of the longest token, however many tokens
+// share a prefix.
 class AddedTokenMatcher {
  public:
   struct Segment {
     size_t begin, end;
-    int32_t id;  // -1: text between tokens
+    int32_t id;           // -1: text between tokens
+    bool strips = false;  // a token with lstrip or rstrip: [begin, end) holds white space too
   };
 
+  AddedTokenMatcher();
+
+  // The first token added with a given pattern wins; an empty pattern is ignored.
   void add(const std::string& pattern, int32_t id, bool lstrip, bool rstrip);
   bool empty() const { return tokens_.empty(); }
 
@@ -38,12 +45,22 @@ class AddedTokenMatcher {
 
  private:
   struct Token {
-    std::string pattern;
     int32_t id;
     bool lstrip, rstrip;
+    size_t length;
   };
+  // A trie node: its outgoing edges sorted by byte, and the token that ends here (or -1).
+  struct Node {
+    std::vector<std::pair<unsigned char, int32_t>> edges;
+    int32_t token = -1;
+  };
+
+  int32_t child(int32_t node, unsigned char byte) const;
+  // The longest token that starts at `pos`, or nullptr.
+  const Token* longest_match_at(std::string_view text, size_t pos) const;
+
   std::vector<Token> tokens_;
-  std::vector<size_t> by_first_byte_[256];
+  std::vector<Node> nodes_;  // nodes_[0] is the root
 };
 
 // Everything a BpeTokenizer holds. It lives outside the private BpeTokenizer::State so that the

@@ -1,6 +1,7 @@
 #include "data/bpe_tokenizer.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 #include "data/bpe_model.h"
 #include "data/bpe_tokenizer_internal.h"
 #include "data/byte_level.h"
@@ -30,7 +31,7 @@ class JsonFile {
 
   json parse(const std::string& text) const {
     try {
-      json root = json::parse(text);
+      json root = parse_json_text(text, file_);
       if (!root.is_object()) fail(ErrorKind::kFormat, "is not a JSON object", "");
       return root;
     } catch (const json::exception& e) {

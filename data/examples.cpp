@@ -35,29 +35,76 @@ struct Piece {
   bool loss = false;
 };
 
-size_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+// How many leading ids of `tail` agree with ids[offset...].
+size_t common_prefix(const std::vector<int64_t>& ids, size_t offset,
+                     const std::vector<int64_t>& tail) {
   size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  while (offset + n < ids.size() && n < tail.size() && ids[offset + n] == tail[n]) ++n;
   return n;
+}
+
+std::vector<int64_t> encode_part(const Tokenizer& tokenizer, const std::string& text, size_t begin,
+                                 size_t end) {
+  return tokenizer.encode(text.substr(begin, end - begin), false, false);
+}
+
+// A run's text encoded as a whole, and where each token that splits text atomically ends.
+struct EncodedRun {
+  struct Cut {
+    size_t text_offset;
+    size_t ids_before;
+  };
+  std::vector<int64_t> ids;
+  std::vector<Cut> cuts = {{0, 0}};
+};
+
+EncodedRun encode_run(const std::string& text, const Tokenizer& tokenizer) {
+  EncodedRun run;
+  for (const auto& segment : tokenizer.split_at_atomic_tokens(text)) {
+    if (segment.id >= 0) {
+      run.ids.push_back(segment.id);
+      run.cuts.push_back({segment.end, run.ids.size()});
+    } else {
+      const auto ids = encode_part(tokenizer, text, segment.begin, segment.end);
+      run.ids.insert(run.ids.end(), ids.begin(), ids.end());
+    }
+  }
+  return run;
+}
+
+// How many leading ids of the whole run the text up to `boundary` shares with it. That text
+// encodes as the run's ids up to the last atomic token before the boundary followed by the
+// encoding of the text from there, so only that stretch is encoded again. `*cut` (the last
+// such token seen) only moves forward: boundaries come in order.
+size_t agreeing_prefix(const EncodedRun& run, const std::string& text, size_t boundary,
+                       const Tokenizer& tokenizer, size_t* cut) {
+  while (*cut + 1 < run.cuts.size() && run.cuts[*cut + 1].text_offset <= boundary) ++*cut;
+  const EncodedRun::Cut& from = run.cuts[*cut];
+  const std::vector<int64_t> tail = encode_part(tokenizer, text, from.text_offset, boundary);
+  return from.ids_before + common_prefix(run.ids, from.ids_before, tail);
 }
 
 // Tokenizes consecutive text pieces as one text, the way the model will see it served (a
 // tokenizer can merge across a piece boundary, and SentencePiece marks only the start of a text
 // with its dummy-prefix space). Each token takes the loss flag of the piece it starts in: the
-// boundary is where the tokens of the text up to it stop agreeing with the whole.
+// boundary is where the tokens of the text up to it stop agreeing with the whole. A chatml or
+// llama3 conversation is one run (its template tokens are text), so the work per boundary must
+// not grow with the run: see agreeing_prefix.
 void append_text_run(Example& example, const std::vector<Piece>& run, const Tokenizer& tokenizer) {
   std::string whole;
   for (const Piece& piece : run) whole += piece.text;
-  const std::vector<int64_t> ids = tokenizer.encode(whole, false, false);
-  std::string prefix;
+  const EncodedRun encoded = encode_run(whole, tokenizer);
+  size_t boundary = 0;
   size_t start = 0;
+  size_t cut = 0;
   for (size_t p = 0; p < run.size(); ++p) {
-    prefix += run[p].text;
+    boundary += run[p].text.size();
     const size_t end =
         p + 1 == run.size()
-            ? ids.size()
-            : std::max(start, common_prefix(ids, tokenizer.encode(prefix, false, false)));
-    append(example, std::vector<int64_t>(ids.begin() + start, ids.begin() + end), run[p].loss);
+            ? encoded.ids.size()
+            : std::max(start, agreeing_prefix(encoded, whole, boundary, tokenizer, &cut));
+    append(example, std::vector<int64_t>(encoded.ids.begin() + start, encoded.ids.begin() + end),
+           run[p].loss);
     start = end;
   }
 }
@@ -188,7 +235,8 @@ std::vector<Example> load_examples(const std::string& path, const std::string& f
   check_options(options);
   check_prompt_format(format, fields, options.chat_template);
   int64_t bad_lines = 0;
-  const std::vector<Record> records = read_records(path, options.skip_bad_lines, &bad_lines);
+  const std::vector<Record> records =
+      read_records(path, options.skip_bad_lines, &bad_lines, options.max_record_bytes);
   ExampleStats counts;
   std::vector<Example> examples =
       build_examples(records, format, fields, tokenizer, options, &counts);

@@ -37,6 +37,9 @@ struct ExampleOptions {
   // Records that do not fit the format (missing field, unknown role) are logged and counted in
   // ExampleStats::skipped_lines instead of failing; load_examples also skips malformed lines.
   bool skip_bad_lines = false;
+  // load_examples: a record (.jsonl line, .json element, .txt file) longer than this is a bad
+  // record (data.max_record_bytes).
+  int64_t max_record_bytes = kDefaultMaxRecordBytes;
 };
 
 struct ExampleStats {

@@ -2,13 +2,16 @@
 // compiled with PCRE2 in UTF + Unicode-property mode, JIT-compiled where PCRE2 has a JIT.
 // tokenizers itself uses Oniguruma; PCRE2 is a backtracking engine with the same leftmost-first
 // alternation and look-around (Llama 3's `\s+(?!\S)` needs it; RE2 cannot do it). Where the two
-// engines' Unicode tables differ, the pattern is rewritten before compiling: `\s` / `\S` become
-// the White_Space set Oniguruma uses, and `\p{L}` / `\p{N}` also take the letters and numbers of
-// Unicode 15-16 that Debian 12's PCRE2 (Unicode 14) lacks.
+// engines differ, the pattern is rewritten before compiling: `\s` / `\S` become the White_Space
+// set Oniguruma uses; every general category (`\p{L}`, `\p{Lu}`, `\p{M}`, `\P{N}`, `\p{^Mn}`,
+// `\d`, `\p{Letter}`, ..., in and out of classes) gets the members Unicode 15-16 gave it, which
+// Debian 12's PCRE2 (Unicode 14) lacks; and `\pL` without braces is the two letters "pL", as in
+// Oniguruma.
 #pragma once
 
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 struct pcre2_real_code_8;
@@ -35,6 +38,8 @@ class SplitRegex {
   // dropped. Matches are found left to right as Rust's find_iter does (an empty match right
   // after the previous match is skipped).
   void split_isolated(std::string_view text, std::vector<std::string_view>* pieces) const;
+  // The [begin, end) byte offsets of the matches split_isolated cuts at, in order (for tests).
+  std::vector<std::pair<size_t, size_t>> matches(std::string_view text) const;
 
   const std::string& pattern() const { return pattern_; }
 

@@ -3,13 +3,14 @@
 #include "data/unicode_text.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/log.h"
+#include "core/read_file.h"
 #include "core/text.h"
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 namespace qtrain {
 
@@ -18,12 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open dataset file", {.file = path});
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) throw_error(ErrorKind::kIo, "cannot read dataset file", {.file = path});
-  return bytes.str();
+  return read_small_file(path, kMaxDatasetFileBytes, "dataset file");
 }
 
 // "malformed JSON at column 7: syntax error ...": nlohmann's message without its exception id
@@ -46,10 +42,23 @@ std::string malformed_json_message(const nlohmann::json::exception& e) {
 // Reports a bad line: throws, or (skip_bad_lines) logs it and counts it.
 class BadLinePolicy {
  public:
-  BadLinePolicy(bool skip, int64_t* skipped) : skip_(skip), skipped_(skipped) {}
+  BadLinePolicy(bool skip, int64_t* skipped, int64_t max_record_bytes)
+      : skip_(skip), skipped_(skipped), max_record_bytes_(max_record_bytes) {}
 
-  void report(const std::string& message, const std::string& file, int64_t line) {
-    Error error(ErrorKind::kFormat, message, {.file = file, .line = line});
+  // Whether a record of `bytes` is within data.max_record_bytes; reports it when not. Tokenizing
+  // costs memory and time in proportion to a record (SentencePiece: ~200 bytes per byte of text).
+  bool record_fits(uint64_t bytes, const std::string& file, int64_t line) {
+    if (bytes <= static_cast<uint64_t>(max_record_bytes_)) return true;
+    report("record is " + std::to_string(bytes) + " bytes, more than data.max_record_bytes = " +
+               std::to_string(max_record_bytes_) + " (split it, or raise the limit)",
+           file, line);
+    return false;
+  }
+  uint64_t max_record_bytes() const { return static_cast<uint64_t>(max_record_bytes_); }
+
+  void report(const std::string& message, const std::string& file, int64_t line,
+              const std::string& field = "") {
+    Error error(ErrorKind::kFormat, message, {.file = file, .field = field, .line = line});
     if (!skip_) throw error;
     ++count_;
     if (skipped_) ++*skipped_;
@@ -61,23 +70,50 @@ class BadLinePolicy {
  private:
   bool skip_;
   int64_t* skipped_;
+  int64_t max_record_bytes_;
   int64_t count_ = 0;
 };
 
+// Reads one line (without its '\n') into *text, holding at most max_bytes + 1 of its bytes: a
+// longer line is only measured (*length). False at the end of the stream.
+bool read_bounded_line(std::istream& in, uint64_t max_bytes, std::string* text, uint64_t* length) {
+  text->clear();
+  *length = 0;
+  char chunk[1 << 16];
+  for (bool first = true;; first = false) {
+    in.getline(chunk, sizeof chunk);
+    const auto extracted = static_cast<uint64_t>(in.gcount());
+    const bool newline = !in.fail() && !in.eof();  // the '\n' was extracted and counted
+    const bool chunk_full = in.fail() && !in.eof() && !in.bad();
+    if (first && extracted == 0 && in.eof()) return false;
+    const uint64_t stored = newline ? extracted - 1 : extracted;
+    if (*length <= max_bytes) text->append(chunk, std::min(stored, max_bytes + 1 - *length));
+    *length += stored;
+    if (!chunk_full) return true;
+    in.clear(in.rdstate() & ~std::ios::failbit);
+  }
+}
+
 std::vector<Record> read_jsonl(const std::string& path, BadLinePolicy& policy) {
+  refuse_special_file(path, "dataset file");  // /dev/zero would be one endless line
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_error(ErrorKind::kIo, "cannot open dataset file", {.file = path});
   std::vector<Record> records;
   std::string text;
-  for (int64_t line = 1; std::getline(in, text); ++line) {
+  uint64_t length = 0;
+  for (int64_t line = 1; read_bounded_line(in, policy.max_record_bytes(), &text, &length); ++line) {
+    if (!policy.record_fits(length, path, line)) continue;
     if (std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isspace(c); })) {
       continue;
     }
     nlohmann::json value;
     try {
-      value = nlohmann::json::parse(text);
+      value = parse_json_text(text, path);
     } catch (const nlohmann::json::exception& e) {  // syntax, or a number beyond double
       policy.report(malformed_json_message(e), path, line);
+      continue;
+    } catch (const Error& e) {  // nested too deep, or a key given twice
+      policy.report(e.message(), path, line, e.context().field);
       continue;
     }
     if (!value.is_object()) {
@@ -129,11 +165,25 @@ std::vector<size_t> array_element_offsets(const std::string& text) {
   return offsets;
 }
 
+// The bytes of element i of a top-level array: from its start to the next element's (or the
+// closing bracket), less the comma and white space between them.
+uint64_t element_bytes(const std::string& text, const std::vector<size_t>& offsets, size_t i) {
+  size_t end = i + 1 < offsets.size() ? offsets[i + 1] : text.rfind(']');
+  if (end == std::string::npos || end < offsets[i]) return 0;
+  auto skip_space = [&] {
+    while (end > offsets[i] && std::isspace(static_cast<unsigned char>(text[end - 1]))) --end;
+  };
+  skip_space();
+  if (i + 1 < offsets.size() && end > offsets[i] && text[end - 1] == ',') --end;
+  skip_space();
+  return end - offsets[i];
+}
+
 std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& policy) {
   const std::string text = read_whole_file(path);
   nlohmann::json array;
   try {
-    array = nlohmann::json::parse(text);
+    array = parse_json_text(text, path);
   } catch (const nlohmann::json::parse_error& e) {
     throw_error(ErrorKind::kFormat, malformed_json_message(e),
                 {.file = path, .line = line_of_offset(text, e.byte == 0 ? 0 : e.byte - 1)});
@@ -154,6 +204,9 @@ std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& poli
       line += std::count(text.begin() + counted_to, text.begin() + offsets[i], '\n');
       counted_to = offsets[i];
     }
+    if (i < offsets.size() && !policy.record_fits(element_bytes(text, offsets, i), path, line)) {
+      continue;
+    }
     if (!array[i].is_object()) {
       policy.report(
           "element " + std::to_string(i) + " is not a JSON object but " + array[i].type_name(),
@@ -165,7 +218,7 @@ std::vector<Record> read_json_array(const std::string& path, BadLinePolicy& poli
   return records;
 }
 
-std::vector<Record> read_text_files(const std::string& path) {
+std::vector<Record> read_text_files(const std::string& path, BadLinePolicy& policy) {
   std::vector<std::string> files;
   if (fs::is_directory(path)) {
     for (const auto& entry : fs::directory_iterator(path)) {
@@ -178,6 +231,9 @@ std::vector<Record> read_text_files(const std::string& path) {
   }
   std::vector<Record> records;
   for (const auto& file : files) {
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(file, ec);
+    if (!ec && !policy.record_fits(size, file, 1)) continue;
     std::string text = read_whole_file(file);
     if (text.empty()) continue;
     if (!is_valid_utf8(text)) {
@@ -198,13 +254,14 @@ std::vector<Record> read_text_files(const std::string& path) {
 
 }  // namespace
 
-std::vector<Record> read_records(const std::string& path, bool skip_bad_lines, int64_t* skipped) {
+std::vector<Record> read_records(const std::string& path, bool skip_bad_lines, int64_t* skipped,
+                                 int64_t max_record_bytes) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw_error(ErrorKind::kIo, "dataset not found", {.file = path});
-  BadLinePolicy policy(skip_bad_lines, skipped);
+  BadLinePolicy policy(skip_bad_lines, skipped, max_record_bytes);
   std::vector<Record> records;
   if (fs::is_directory(path, ec) || ends_with(path, ".txt")) {
-    records = read_text_files(path);
+    records = read_text_files(path, policy);
   } else if (ends_with(path, ".jsonl")) {
     records = read_jsonl(path, policy);
   } else if (ends_with(path, ".json")) {

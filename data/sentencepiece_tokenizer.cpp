@@ -1,12 +1,9 @@
 #include "data/sentencepiece_tokenizer.h"
 
 #include "core/error.h"
+#include "core/read_file.h"
 
 #include <sentencepiece_processor.h>
-
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 
 namespace qtrain {
 
@@ -20,16 +17,8 @@ SentencePieceTokenizer& SentencePieceTokenizer::operator=(SentencePieceTokenizer
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 SentencePieceTokenizer SentencePieceTokenizer::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  // A directory opens as a stream and reads as empty: it would pass for a corrupt model.
-  if (!in || std::filesystem::is_directory(path, ec)) {
-    throw_error(ErrorKind::kIo, "cannot open SentencePiece model", {.file = path});
-  }
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) throw_error(ErrorKind::kIo, "cannot read SentencePiece model", {.file = path});
-  return from_serialized(bytes.str(), path);
+  return from_serialized(read_small_file(path, kMaxSentencePieceBytes, "SentencePiece model"),
+                         path);
 }
 
 SentencePieceTokenizer SentencePieceTokenizer::from_serialized(const std::string& bytes,

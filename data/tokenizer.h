@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace qtrain {
@@ -20,6 +21,22 @@ class Tokenizer {
                                       bool add_eos) const = 0;
   // Text of `ids`; special tokens decode to nothing.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+
+  // A stretch of text (id -1), or an added token that splits text atomically (its id).
+  struct TextSegment {
+    size_t begin, end;  // byte offsets
+    int64_t id;
+  };
+  // `text` cut at the added tokens that split any text atomically, found as encode finds them
+  // (tokenizer.json: leftmost-longest): encode(text) is the concatenation of encode(segment) for
+  // the text segments and [id] for the tokens, and a prefix of `text` cut where a token ends
+  // encodes as the segments before it followed by the rest. tokenizer.json added tokens with
+  // normalized, lstrip and rstrip false qualify (tokenizers cuts them out before normalizing and
+  // pre-tokenizing); SentencePiece has none: the whole text is one segment.
+  virtual std::vector<TextSegment> split_at_atomic_tokens(std::string_view text) const {
+    if (text.empty()) return {};
+    return {{0, text.size(), -1}};
+  }
 
   virtual int64_t vocab_size() const = 0;
   // Special ids; -1 when the model has none (pad, in Llama-style models).

@@ -1,13 +1,16 @@
 #include "export/gguf_tokenizer.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
+#include "core/read_file.h"
 #include "data/bpe_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
 
 #include <nlohmann/json.hpp>
 
 #include <sys/stat.h>
-#include <fstream>
+#include <unistd.h>
+#include <filesystem>
 #include <optional>
 
 namespace qtrain {
@@ -30,10 +33,13 @@ bool is_file(const std::string& path) {
 
 std::optional<nlohmann::json> read_json(const std::string& path) {
   if (!is_file(path)) return std::nullopt;
-  std::ifstream in(path);
-  if (!in) throw_error(ErrorKind::kIo, "cannot read", {.file = path});
+  if (::access(path.c_str(), R_OK) != 0) throw_error(ErrorKind::kIo, "cannot read", {.file = path});
+  const bool tokenizer_json = std::filesystem::path(path).filename() == "tokenizer.json";
+  const std::string text = tokenizer_json
+                               ? read_small_file(path, kMaxTokenizerJsonBytes, "tokenizer.json")
+                               : read_small_file(path, kMaxConfigJsonBytes, "tokenizer config");
   try {
-    return nlohmann::json::parse(in);
+    return parse_json_text(text, path);
   } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
   }

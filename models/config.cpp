@@ -1,13 +1,12 @@
 #include "models/config.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 
 #include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <set>
 
 namespace qtrain {
@@ -173,19 +172,7 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
 }
 
 ModelConfig ModelConfig::from_file(const std::string& path) {
-  std::ifstream in(path);
-  std::error_code ec;
-  // A directory opens as a stream but fails on the first read (an exit-70 "internal error").
-  if (!in || std::filesystem::is_directory(path, ec)) {
-    throw_error(ErrorKind::kIo, "cannot open model config", {.file = path});
-  }
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path, "model config"), path);
 }
 
 void ModelConfig::validate(const std::string& source) const {

@@ -1,8 +1,10 @@
 #include "models/hf_loader.h"
 
 #include "core/error.h"
+#include "core/finite.h"
 #include "core/log.h"
 #include "core/shape_string.h"
+#include "models/hf_names.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -29,7 +31,51 @@ std::string list_names(const std::vector<std::string>& names) {
   return out;
 }
 
+[[noreturn]] void throw_missing(const std::vector<std::string>& missing,
+                                const std::string& source) {
+  throw_error(ErrorKind::kShape,
+              std::to_string(missing.size()) +
+                  " tensor(s) missing from the checkpoint: " + list_names(missing),
+              {.file = source, .tensor = missing.front()});
+}
+
+void check_shape(const CheckpointReader& checkpoint, const std::string& name,
+                 at::IntArrayRef expected) {
+  const TensorInfo& info = checkpoint.info(name);
+  if (at::IntArrayRef(info.shape) != expected) {
+    throw_error(ErrorKind::kShape,
+                "checkpoint has shape " + shape_string(info.shape) + ", the model expects " +
+                    shape_string(expected),
+                {.file = checkpoint.file_of(name), .tensor = name});
+  }
+}
+
 }  // namespace
+
+void require_finite_weight(const at::Tensor& weight, const std::string& file,
+                           const std::string& name) {
+  if (!all_finite(weight)) {
+    throw_error(ErrorKind::kFormat, "holds NaN or Inf values", {.file = file, .tensor = name});
+  }
+}
+
+void check_checkpoint_shapes(const ModelConfig& config, const CheckpointReader& checkpoint,
+                             const std::string& source,
+                             const std::function<bool(const TensorSpec&)>& loaded_dense) {
+  std::vector<const TensorSpec*> present;
+  std::vector<std::string> missing;
+  const std::vector<TensorSpec> specs = hf_tensor_specs(config);
+  for (const TensorSpec& spec : specs) {
+    if (!loaded_dense(spec)) continue;
+    if (checkpoint.contains(spec.name)) {
+      present.push_back(&spec);
+    } else {
+      missing.push_back(spec.name);
+    }
+  }
+  if (!missing.empty()) throw_missing(missing, source);
+  for (const TensorSpec* spec : present) check_shape(checkpoint, spec->name, spec->shape);
+}
 
 void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source,
                      const std::set<std::string>& consumed) {
@@ -50,12 +96,7 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const 
     if (tied && name == "lm_head.weight") continue;
     unexpected.push_back(name);
   }
-  if (!missing.empty()) {
-    throw_error(ErrorKind::kShape,
-                std::to_string(missing.size()) +
-                    " tensor(s) missing from the checkpoint: " + list_names(missing),
-                {.file = source, .tensor = missing.front()});
-  }
+  if (!missing.empty()) throw_missing(missing, source);
   if (!unexpected.empty()) {
     throw_error(ErrorKind::kShape,
                 std::to_string(unexpected.size()) + " tensor(s) the " + model.config().model_type +
@@ -64,18 +105,15 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const 
   }
   torch::NoGradGuard no_grad;
   for (const auto& [name, param] : wanted) {
+    check_shape(checkpoint, name, param.sizes());
     const TensorInfo& info = checkpoint.info(name);
-    if (at::IntArrayRef(info.shape) != param.sizes()) {
-      throw_error(ErrorKind::kShape,
-                  "checkpoint has shape " + shape_string(info.shape) + ", the model expects " +
-                      shape_string(param.sizes()),
-                  {.file = checkpoint.file_of(name), .tensor = name});
-    }
     if (!at::isFloatingType(info.scalar_type)) {
       throw_error(ErrorKind::kShape, "expected a floating-point tensor, found " + info.dtype,
                   {.file = checkpoint.file_of(name), .tensor = name});
     }
-    param.copy_(checkpoint.tensor(name));
+    const at::Tensor stored = checkpoint.tensor(name);
+    require_finite_weight(stored, checkpoint.file_of(name), name);
+    param.copy_(stored);
     checkpoint.evict(name);
   }
 }
@@ -86,9 +124,10 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptio
     throw_error(ErrorKind::kIo, "not a model directory: config.json is missing", {.file = dir});
   }
   ModelConfig config = ModelConfig::from_file(config_path);
+  CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
+  check_checkpoint_shapes(config, checkpoint, dir, [](const TensorSpec&) { return true; });
   auto model = std::make_shared<CausalLM>(
       config, at::TensorOptions().dtype(options.dtype).device(options.device));
-  CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
   load_hf_weights(*model, checkpoint, dir);
   log::debug("loaded ", config.model_type, " model from ", dir);
   return model;

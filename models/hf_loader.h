@@ -3,11 +3,13 @@
 #pragma once
 
 #include "formats/safetensors/safetensors.h"
+#include "models/hf_names.h"
 #include "models/llama.h"
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -28,6 +30,19 @@ struct LoadOptions {
 // one tensor.
 void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const std::string& source,
                      const std::set<std::string>& consumed = {});
+
+// Before a model of `config` is allocated: every tensor of hf_tensor_specs(config) that
+// `loaded_dense` selects (those the loader allocates in full rather than reading one by one)
+// must be in the checkpoint with the config's shape. So a config.json whose sizes disagree with
+// its weights (hidden_size: 1000000000) is the Error(kShape) load_hf_weights would give, naming
+// the tensor, instead of an allocation that cannot succeed. Missing tensors come first, listed.
+void check_checkpoint_shapes(const ModelConfig& config, const CheckpointReader& checkpoint,
+                             const std::string& source,
+                             const std::function<bool(const TensorSpec&)>& loaded_dense);
+
+// Error(kFormat) naming `file` and tensor `name` when `weight` holds a NaN or an Inf.
+void require_finite_weight(const at::Tensor& weight, const std::string& file,
+                           const std::string& name);
 
 // config.json -> CausalLM with weights from the directory's safetensors.
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptions& options = {});

@@ -23,6 +23,10 @@ std::shared_ptr<CausalLM> load_int4_causal_lm(const std::string& dir,
   }
   ModelConfig config = read_model_dir_config(dir);
   CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
+  // Projections are read and checked one by one below; what is allocated in full is checked now.
+  check_checkpoint_shapes(config, checkpoint, dir, [&](const TensorSpec& spec) {
+    return !is_quantized_projection(spec.name, spec.shape, options.skip_modules);
+  });
   const auto dense_options = at::TensorOptions().dtype(options.dtype).device(options.device);
   std::set<std::string> consumed;
   int64_t quantized_count = 0, quantized_bytes = 0;

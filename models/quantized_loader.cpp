@@ -4,8 +4,8 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "formats/safetensors/safetensors.h"
 #include "formats/bnb/bnb_checkpoint.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
 
@@ -62,8 +62,27 @@ at::Tensor read_projection_weight(const CheckpointReader& checkpoint, const std:
     throw_error(ErrorKind::kShape, "expected a floating-point weight, found " + info.dtype,
                 {.file = checkpoint.file_of(weight_name), .tensor = weight_name});
   }
-  return checkpoint.tensor(weight_name);
+  at::Tensor weight = checkpoint.tensor(weight_name);
+  require_finite_weight(weight, checkpoint.file_of(weight_name), weight_name);
+  return weight;
 }
+
+namespace {
+
+// The tensors a quantized load allocates in full: with a pre-quantized base everything but its
+// 4-bit weights; otherwise everything but the projections that are read and quantized one by one.
+void check_dense_tensor_shapes(const ModelConfig& config, const CheckpointReader& checkpoint,
+                               const std::string& dir, bool prequantized,
+                               const std::set<std::string>& bnb_modules,
+                               const std::vector<std::string>& skip_modules) {
+  check_checkpoint_shapes(config, checkpoint, dir, [&](const TensorSpec& spec) {
+    if (!prequantized) return !is_quantized_projection(spec.name, spec.shape, skip_modules);
+    const bool weight = ends_with(spec.name, ".weight");
+    return !weight || bnb_modules.count(spec.name.substr(0, spec.name.size() - 7)) == 0;
+  });
+}
+
+}  // namespace
 
 at::Tensor read_projection_bias(const CheckpointReader& checkpoint, const std::string& dir,
                                 const std::string& name, const at::TensorOptions& options,
@@ -73,7 +92,9 @@ at::Tensor read_projection_bias(const CheckpointReader& checkpoint, const std::s
     throw_error(ErrorKind::kShape, "tensor missing from the checkpoint",
                 {.file = dir, .tensor = bias_name});
   }
-  at::Tensor bias = checkpoint.tensor(bias_name).to(options);
+  const at::Tensor stored = checkpoint.tensor(bias_name);
+  require_finite_weight(stored, checkpoint.file_of(bias_name), bias_name);
+  at::Tensor bias = stored.to(options);
   checkpoint.evict(bias_name);
   consumed.insert(bias_name);
   return bias;
@@ -106,6 +127,8 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
                 options.quant.double_quant ? ", double quant" : "", " does not apply");
     }
   }
+  check_dense_tensor_shapes(config, checkpoint, dir, prequantized.has_value(), bnb_modules,
+                            options.skip_modules);
   auto load_bias = [&](const std::string& name) {
     return read_projection_bias(checkpoint, dir, name, dense_options, consumed);
   };
@@ -118,6 +141,9 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
                       std::to_string(in) + "]",
                   {.file = checkpoint.file_of(name + ".weight"), .tensor = name + ".weight"});
     }
+    // Its block scales: a NaN or Inf there spreads over the whole block.
+    require_finite_weight(weight.block_absmax(), checkpoint.file_of(name + ".weight"),
+                          name + ".weight");
     const std::string prefix = name + ".weight";
     for (const auto& entry : checkpoint.names()) {
       if (entry.compare(0, prefix.size(), prefix) == 0) consumed.insert(entry);

@@ -1,10 +1,14 @@
 #include "models/synthetic_model.h"
 
+#include "core/error.h"
 #include "core/log.h"
 #include "core/text.h"
+#include "models/device_memory.h"
+#include "models/hf_names.h"
 #include "models/linear.h"
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"
+#include "models/quantized_memory.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -25,6 +29,35 @@ at::Tensor draw(const std::string& name, at::IntArrayRef shape, const at::Tensor
   return values.to(options.dtype());
 }
 
+int64_t synthetic_model_bytes(const ModelConfig& config, const SyntheticModelOptions& options) {
+  if (options.quant) {
+    return quantized_model_bytes(config, *options.quant, options.skip_modules, options.dtype)
+        .total();
+  }
+  int64_t elements = 0;
+  for (const TensorSpec& spec : hf_tensor_specs(config)) {
+    int64_t numel = 1;
+    for (int64_t d : spec.shape) numel *= d;
+    elements += numel;
+  }
+  return elements * static_cast<int64_t>(c10::elementSize(options.dtype));
+}
+
+// Built from the config alone, nothing else bounds the model's size: an absurd config.json
+// (hidden_size: 1000000000) would otherwise end in the allocator, naming no setting.
+void check_fits_device(const ModelConfig& config, const SyntheticModelOptions& options) {
+  const int64_t needed = synthetic_model_bytes(config, options);
+  const int64_t available = device_memory_bytes(options.device);
+  if (available <= 0 || needed <= available) return;
+  throw_error(ErrorKind::kConfig,
+              "a synthetic model of this config needs " + gib_text(double(needed)) + " on " +
+                  options.device.str() + ", which has " + gib_text(double(available)) +
+                  " (vocab_size " + std::to_string(config.vocab_size) + ", hidden_size " +
+                  std::to_string(config.hidden_size) + ", intermediate_size " +
+                  std::to_string(config.intermediate_size) + ", num_hidden_layers " +
+                  std::to_string(config.num_hidden_layers) + ")");
+}
+
 }  // namespace
 
 std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
@@ -32,6 +65,7 @@ std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
   torch::NoGradGuard no_grad;
   const auto dense = at::TensorOptions().dtype(options.dtype).device(options.device);
   if (options.quant) options.quant->validate();
+  check_fits_device(config, options);
   int64_t quantized_bytes = 0;
   LinearFactory make = [&](const std::string& name, int64_t in, int64_t out,
                            bool bias) -> std::shared_ptr<LinearSlot> {

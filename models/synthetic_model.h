@@ -27,8 +27,9 @@ struct SyntheticModelOptions {
   double init_std = 0.02;
 };
 
-// The same (config, options) give the same weights on the same device type. Every projection of
-// the result is a QuantizedLinearSlot (unless skipped or options.quant is nullopt).
+// Error(kConfig) before anything is allocated when the model needs more than the device's total
+// memory. The same (config, options) give the same weights on the same device type. Every
+// projection of the result is a QuantizedLinearSlot (unless skipped or options.quant is nullopt).
 std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
                                                    const SyntheticModelOptions& options);
 

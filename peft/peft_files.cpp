@@ -2,6 +2,8 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/finite.h"
+#include "core/json_file.h"
 #include "core/shape_string.h"
 #include "formats/safetensors/safetensors.h"
 #include "models/int4_linear_slot.h"
@@ -14,7 +16,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <set>
 
 namespace qtrain {
@@ -41,16 +42,6 @@ json target_modules_json(const NamedAdapters& adapters, const LoraConfig& config
     names.insert(dotted_entries ? module : last_component(module));
   }
   return json(std::vector<std::string>(names.begin(), names.end()));
-}
-
-json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open the adapter config", {.file = path});
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = path});
-  }
 }
 
 // "base_model.model.<module>.lora_A.weight" -> {module, "lora_A.weight"}.
@@ -153,7 +144,7 @@ LoadedAdapter load_peft_adapter(const std::string& dir) {
   }
 
   LoadedAdapter out;
-  out.raw_config = read_json_file(config_path);
+  out.raw_config = read_json_file(config_path, "the adapter config");
   out.config = lora_config_from_peft_json(out.raw_config, config_path);
   if (out.raw_config.contains("base_model_name_or_path") &&
       out.raw_config["base_model_name_or_path"].is_string()) {
@@ -168,6 +159,11 @@ LoadedAdapter load_peft_adapter(const std::string& dir) {
     auto [module, name] = split_key(key, weights_path);
     at::Tensor t = file->tensor(key).clone();  // owned: the file may be replaced later
     check_rank(key, t, name == "lora_A.weight" ? 0 : 1, out.config.r, weights_path);
+    // Else a trained-on NaN would be blamed on the data or the learning rate.
+    if (!all_finite(t)) {
+      throw_error(ErrorKind::kFormat, "holds NaN or Inf values",
+                  {.file = weights_path, .tensor = key});
+    }
     dtypes.insert(t.scalar_type());
     out.tensors[module][name] = std::move(t);
   }

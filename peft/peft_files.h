@@ -51,7 +51,8 @@ struct LoadedAdapter {
 // safetensors") and for features listed at lora_config_from_peft_json; Error(kFormat) for bad
 // JSON or safetensors; Error(kUnsupported) for a tensor that is not lora_A/lora_B.weight under
 // "base_model.model." (DoRA magnitudes, embedding LoRA, ...); Error(kShape) for tensors that
-// are not 2-D, whose rank differs from r, or whose partner (A or B) is missing.
+// are not 2-D, whose rank differs from r, or whose partner (A or B) is missing; Error(kFormat)
+// for a tensor holding a NaN or an Inf.
 LoadedAdapter load_peft_adapter(const std::string& dir);
 
 // Wraps exactly the modules of `adapter` in LoraLinear (in adapter.config.dtype, on the model's

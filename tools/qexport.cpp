@@ -11,6 +11,7 @@
 #include "export/export_source.h"
 #include "tools/cli_main.h"
 #include "trainer/memory_plan.h"
+#include "trainer/run_lock.h"
 
 #include <sys/resource.h>
 #include <CLI/CLI.hpp>
@@ -60,6 +61,12 @@ int main(int argc, char** argv) {
     if (out.empty()) {
       out = input + "/export/" + format_name;
       if (options.format == qtrain::ExportFormat::kGguf) out += "-" + options.gguf_type + ".gguf";
+    }
+    // Reading a run that is still training is safe (checkpoints appear complete or not at all);
+    // the user should know that the export is not of the finished run.
+    if (const auto holder = qtrain::run_lock_holder(input)) {
+      qtrain::log::warn(input, " is still training (qtrain pid ", holder->pid, " on ", holder->host,
+                        "); exporting what it has written so far");
     }
     const qtrain::ExportSource source = qtrain::open_export_source(input, base);
     const qtrain::ExportReport report = qtrain::run_export(source, out, options);

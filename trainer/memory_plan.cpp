@@ -1,6 +1,7 @@
 #include "trainer/memory_plan.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 #include "trainer/dry_run.h"
 #include "trainer/memory_usage.h"
 #include "trainer/recipe/recipe.h"
@@ -48,12 +49,14 @@ std::optional<int64_t> measured_peak(const Recipe& recipe) {
   std::string line;
   while (std::getline(in, line)) {
     try {
-      const auto record = nlohmann::json::parse(line);
+      const auto record = parse_json_text(line, recipe.output.dir + "/metrics.jsonl");
       if (record.contains("peak_memory_bytes")) {
         peak = std::max(peak.value_or(0), record["peak_memory_bytes"].get<int64_t>());
       }
     } catch (const nlohmann::json::exception&) {
       continue;  // a line cut short by a kill
+    } catch (const Error&) {
+      continue;  // not a line qtrain wrote
     }
   }
   return peak;

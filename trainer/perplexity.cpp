@@ -1,6 +1,8 @@
 #include "trainer/perplexity.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
+#include "core/read_file.h"
 #include "data/examples.h"
 #include "data/tokenizer.h"
 #include "models/llama.h"
@@ -12,7 +14,6 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
-#include <sstream>
 
 namespace qtrain {
 
@@ -61,24 +62,26 @@ PerplexityResult sliding_window_perplexity(CausalLM& model, const std::vector<in
 
 std::vector<int64_t> evaluation_token_stream(const std::string& path, const Tokenizer& tokenizer,
                                              const std::string& field) {
+  refuse_special_file(path, "evaluation data");  // /dev/zero would be read until memory runs out
   std::ifstream in(path);
   if (!in) throw_error(ErrorKind::kIo, "cannot read the evaluation data", {.file = path});
   std::vector<std::string> documents;
   const bool jsonl = path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
   if (!jsonl) {
-    std::ostringstream text;
-    text << in.rdbuf();
-    documents.push_back(text.str());
+    documents.push_back(read_small_file(path, kMaxDatasetFileBytes, "evaluation data"));
   } else {
     std::string line;
     for (int64_t number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       nlohmann::json record;
       try {
-        record = nlohmann::json::parse(line);
+        record = parse_json_text(line, path);
       } catch (const nlohmann::json::exception& e) {
         throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(),
                     {.file = path, .line = number});
+      } catch (const Error& e) {  // nested too deep, or a key given twice: name the file's line
+        throw_error(e.kind(), e.message(),
+                    {.file = path, .field = e.context().field, .line = number});
       }
       if (!record.is_object() || !record.contains(field) || !record[field].is_string()) {
         throw_error(ErrorKind::kFormat, "expected an object with a string \"" + field + "\"",

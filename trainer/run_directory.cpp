@@ -2,7 +2,9 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/log.h"
+#include "core/read_file.h"
 #include "core/staging_dir.h"
 #include "trainer/recipe/recipe.h"
 
@@ -119,11 +121,14 @@ void prepare_run_directory(const Recipe& recipe, RunStart start,
   const std::string info_path = dir + "/run_info.json";
   if (start == RunStart::kResume && fs::exists(info_path)) {
     try {
-      nlohmann::json previous = nlohmann::json::parse(read_text(info_path));
+      nlohmann::json previous =
+          parse_json_text(read_small_file(info_path, kMaxConfigJsonBytes, "run info"), info_path);
       previous["resumes"].push_back(info);
       info = previous;
     } catch (const nlohmann::json::exception&) {
       log::warn("run_info.json is unreadable; writing a new one");
+    } catch (const Error& e) {  // too large, not a file, nested too deep, a key given twice
+      log::warn("run_info.json is unreadable (", e.what(), "); writing a new one");
     }
   }
   write_file_atomically(info_path, info.dump(2) + "\n");
@@ -137,9 +142,11 @@ MetricsLog::MetricsLog(const std::string& run_dir, int64_t keep_through_step)
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       try {
-        if (nlohmann::json::parse(line).value("step", int64_t{0}) > keep_through_step) continue;
+        if (parse_json_text(line, path_).value("step", int64_t{0}) > keep_through_step) continue;
       } catch (const nlohmann::json::exception&) {
         continue;  // a line cut short by a kill
+      } catch (const Error&) {
+        continue;  // not a line qtrain wrote
       }
       kept += line + "\n";
     }

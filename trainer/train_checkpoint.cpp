@@ -1,11 +1,15 @@
 #include "trainer/train_checkpoint.h"
 
 #include "core/atomic_file.h"
+#include "core/dtype.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/log.h"
-#include "formats/safetensors/safetensors.h"
+#include "core/read_file.h"
+#include "core/shape_string.h"
 #include "core/staging_dir.h"
 #include "formats/checkpoint/checkpoint_dir.h"
+#include "formats/safetensors/safetensors.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -18,9 +22,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 #include <mutex>
-#include <sstream>
+#include <optional>
+#include <regex>
 
 namespace qtrain {
 namespace fs = std::filesystem;
@@ -28,6 +33,59 @@ namespace {
 
 c10::Device device_of(const std::string& name) {
   return name == "cpu" ? c10::Device(c10::kCPU) : c10::Device(name);
+}
+
+// "cpu", "cuda:<n>", or either after "rank<r>/" (the other ranks' states, which rank 0 saves).
+bool is_generator_state_name(const std::string& name) {
+  static const std::regex kName("(rank[1-9][0-9]*/)?(cpu|cuda:[0-9]{1,3})");
+  return std::regex_match(name, kName);
+}
+
+[[noreturn]] void not_a_generator_state(const std::string& file, const std::string& name) {
+  throw_error(ErrorKind::kFormat,
+              "not a generator state: expected cpu or cuda:N (after rankR/ for the other ranks)",
+              {.file = file, .tensor = name});
+}
+
+// The size of what set_state accepts for `device_name`: get_state() of this process's generator;
+// nullopt for a device this machine lacks (restore_rng_states reports that one).
+std::optional<int64_t> generator_state_bytes(const std::string& device_name,
+                                             const std::string& file, const std::string& tensor) {
+  c10::Device device(c10::kCPU);
+  if (device_name != "cpu") {
+    const int64_t index = std::stoll(device_name.substr(device_name.find(':') + 1));
+    if (index > std::numeric_limits<c10::DeviceIndex>::max()) not_a_generator_state(file, tensor);
+    if (index >= static_cast<int64_t>(at::getNumGPUs())) return std::nullopt;
+    device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  at::Generator gen = at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state().numel();
+}
+
+// rng.safetensors as set_state will take it, so a damaged file is a format error naming the
+// tensor, not LibTorch's "Expected a CPUGeneratorImplState of size ..." from deep in the resume.
+void check_rng_states(const std::map<std::string, at::Tensor>& states, const std::string& file) {
+  for (const auto& [name, state] : states) {
+    if (!is_generator_state_name(name)) not_a_generator_state(file, name);
+    if (state.scalar_type() != at::kByte || state.dim() != 1) {
+      throw_error(ErrorKind::kFormat,
+                  "a generator state is a 1-D uint8 tensor, got " +
+                      scalar_type_name(state.scalar_type()) + " " + shape_string(state.sizes()),
+                  {.file = file, .tensor = name});
+    }
+    const std::string device_name = name.substr(name.find('/') + 1);  // npos + 1 == 0
+    const std::optional<int64_t> expected = generator_state_bytes(device_name, file, name);
+    if (expected && state.numel() != *expected) {
+      throw_error(ErrorKind::kFormat,
+                  std::to_string(state.numel()) + " bytes, but this LibTorch's " + device_name +
+                      " generator state has " + std::to_string(*expected),
+                  {.file = file, .tensor = name});
+    }
+  }
+  if (!states.count("cpu")) {
+    throw_error(ErrorKind::kFormat, "no CPU generator state (tensor 'cpu')", {.file = file});
+  }
 }
 
 std::map<std::string, at::Tensor> read_tensor_file(const std::string& path) {
@@ -132,13 +190,13 @@ std::string save_train_checkpoint(const std::string& run_dir, const TrainCheckpo
 TrainCheckpoint load_train_checkpoint(const std::string& dir) {
   TrainCheckpoint state;
   const std::string info_path = dir + "/trainer_state.json";
-  std::ifstream in(info_path);
-  if (!in)
+  std::error_code ec;
+  if (!fs::exists(info_path, ec))
     throw_error(ErrorKind::kIo, "cannot read the checkpoint's trainer state", {.file = info_path});
-  std::stringstream text;
-  text << in.rdbuf();
+  const std::string text =
+      read_small_file(info_path, kMaxConfigJsonBytes, "the checkpoint's trainer state");
   try {
-    state.trainer_state = nlohmann::json::parse(text.str());
+    state.trainer_state = parse_json_text(text, info_path);
   } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("malformed trainer state: ") + e.what(),
                 {.file = info_path});
@@ -147,6 +205,7 @@ TrainCheckpoint load_train_checkpoint(const std::string& dir) {
   state.step = state.trainer_state["step"].get<int64_t>();
   state.optimizer = read_tensor_file(dir + "/optimizer.safetensors");
   state.rng = read_tensor_file(dir + "/rng.safetensors");
+  check_rng_states(state.rng, dir + "/rng.safetensors");
   return state;
 }
 

@@ -20,6 +20,7 @@
 #include "trainer/progress.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/run_directory.h"
+#include "trainer/run_lock.h"
 #include "trainer/tensorboard_writer.h"
 #include "trainer/train_checkpoint.h"
 #include "trainer/training_data.h"
@@ -62,6 +63,16 @@ nlohmann::json extra_adapter_config(const TrainingModel& m) {
   return extra;
 }
 
+// A checkpoint past the run's last step would train nothing and still report the run done.
+void check_checkpoint_step(int64_t step, int64_t total_steps, const std::string& state_file) {
+  if (step <= total_steps) return;
+  throw_error(ErrorKind::kFormat,
+              "step " + std::to_string(step) + " is past the " + std::to_string(total_steps) +
+                  " steps of this run (training.max_steps, or training.epochs over the data): "
+                  "the file is damaged, or the recipe changed since the checkpoint",
+              {.file = state_file, .field = "step"});
+}
+
 // Everything one run holds while it trains.
 class TrainingRun {
  public:
@@ -77,6 +88,26 @@ class TrainingRun {
   void save(int64_t step);
   // One optimizer step; returns false when it was skipped (non-finite, on_nonfinite = skip).
   bool optimizer_step(int64_t step);
+
+  // The pieces of one optimizer step.
+  struct StepBatches {
+    std::vector<Batch> micro;
+    int64_t loss_tokens = 0;           // over all ranks
+    int64_t tokens = 0;                // over all ranks
+    std::vector<std::string> origins;  // this rank's samples
+  };
+  struct StepLoss {
+    double loss_sum = 0;          // this rank's summed token losses
+    std::string nonfinite_where;  // the first micro-batch whose loss is NaN/Inf, described
+  };
+  StepBatches next_step_batches();
+  void skip_all_masked_step(int64_t step, double lr, const StepBatches& batches);
+  StepLoss forward_backward(int64_t step, const StepBatches& batches, double norm);
+  void skip_nonfinite_step(int64_t step, double lr, double loss, const GradNormResult& clip,
+                           const std::string& nonfinite_where, const StepBatches& batches);
+  void watch_loss_spike(int64_t step, double loss, const StepBatches& batches);
+  void log_step(int64_t done, double loss, double lr, const GradNormResult& clip,
+                const StepBatches& batches, double seconds);
 
   const Recipe& recipe_;
   TrainOptions options_;
@@ -167,6 +198,7 @@ void TrainingRun::setup() {
 void TrainingRun::resume_from(const std::string& dir) {
   log::info("resuming from ", dir);
   TrainCheckpoint state = load_train_checkpoint(dir);
+  check_checkpoint_step(state.step, total_steps_, dir + "/trainer_state.json");
   LoadedAdapter adapter = load_peft_adapter(dir);
   for (const auto& [module, slot] : m_.adapters) {
     auto found = adapter.tensors.find(module);
@@ -268,50 +300,46 @@ void TrainingRun::save(int64_t step) {
   dp_.barrier();
 }
 
-bool TrainingRun::optimizer_step(int64_t step) {
-  const auto& t = recipe_.training;
-  const double lr = lr_at(schedule_, step);
-  optimizer_->set_lr(lr);
-  const auto started = Clock::now();
-
-  std::vector<Batch> micro;
+TrainingRun::StepBatches TrainingRun::next_step_batches() {
+  StepBatches out;
   std::vector<double> counts{0, 0};  // loss tokens, tokens of the step, over all ranks
-  for (int64_t i = 0; i < t.grad_accum_steps; ++i) {
-    micro.push_back(batcher_->next());
-    counts[0] += static_cast<double>(count_loss_tokens(micro.back().labels));
-    counts[1] += static_cast<double>(micro.back().tokens);
+  for (int64_t i = 0; i < recipe_.training.grad_accum_steps; ++i) {
+    out.micro.push_back(batcher_->next());
+    counts[0] += static_cast<double>(count_loss_tokens(out.micro.back().labels));
+    counts[1] += static_cast<double>(out.micro.back().tokens);
   }
   dp_.sum(counts);
-  const auto loss_tokens = static_cast<int64_t>(counts[0]);
-  const auto tokens = static_cast<int64_t>(counts[1]);
-  // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
-  // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
-  const double norm = static_cast<double>(std::max<int64_t>(loss_tokens, 1));
-  std::vector<std::string> origins;  // this rank's samples of the step
-  for (const Batch& batch : micro) {
-    for (int64_t id : batch.example_ids) origins.push_back(batcher_->example(id).origin);
+  out.loss_tokens = static_cast<int64_t>(counts[0]);
+  out.tokens = static_cast<int64_t>(counts[1]);
+  for (const Batch& batch : out.micro) {
+    for (int64_t id : batch.example_ids) out.origins.push_back(batcher_->example(id).origin);
   }
-  if (loss_tokens == 0) {
-    // Every label of every micro-batch on every rank is masked: nothing to learn from, and an
-    // optimizer step on zero gradients would still move the weights (momentum, weight decay).
-    log::warn("step ", step + 1, " has no token to learn from (every label is masked) in samples ",
-              describe_samples(origins),
-              "; skipped. Their responses were cut off by data.max_seq_len (raise it, or set "
-              "data.overlong: drop) or the format masks them (data.train_on_inputs)");
-    ++result_.skipped_steps;
-    if (metrics_) {
-      metrics_->append({{"step", step + 1},
-                        {"skipped", true},
-                        {"event", "all_masked"},
-                        {"lr", lr},
-                        {"samples", origins}});
-    }
-    return false;
+  return out;
+}
+
+void TrainingRun::skip_all_masked_step(int64_t step, double lr, const StepBatches& batches) {
+  // Every label of every micro-batch on every rank is masked: nothing to learn from, and an
+  // optimizer step on zero gradients would still move the weights (momentum, weight decay).
+  log::warn("step ", step + 1, " has no token to learn from (every label is masked) in samples ",
+            describe_samples(batches.origins),
+            "; skipped. Their responses were cut off by data.max_seq_len (raise it, or set "
+            "data.overlong: drop) or the format masks them (data.train_on_inputs)");
+  ++result_.skipped_steps;
+  if (metrics_) {
+    metrics_->append({{"step", step + 1},
+                      {"skipped", true},
+                      {"event", "all_masked"},
+                      {"lr", lr},
+                      {"samples", batches.origins}});
   }
-  std::vector<double> loss_sum{0};
+}
+
+TrainingRun::StepLoss TrainingRun::forward_backward(int64_t step, const StepBatches& batches,
+                                                    double norm) {
+  StepLoss out;
+  const auto& micro = batches.micro;
   const auto device = m_.device;
   GradReducer* reducer = dp_.reducer();
-  std::string nonfinite_where;  // the first micro-batch whose loss is NaN/Inf, described
   for (size_t k = 0; k < micro.size(); ++k) {
     const Batch& batch = micro[k];
     std::vector<std::string> batch_origins;
@@ -334,102 +362,133 @@ bool TrainingRun::optimizer_step(int64_t step) {
     at::Tensor logits = m_.model->forward(inputs);
     at::Tensor sum = causal_lm_loss_sum(logits, batch.labels);
     const double micro_loss = sum.item<double>();
-    if (!std::isfinite(micro_loss) && nonfinite_where.empty()) {
+    if (!std::isfinite(micro_loss) && out.nonfinite_where.empty()) {
       const bool logits_finite = at::isfinite(logits).all().item<bool>();
-      nonfinite_where = "micro-batch " + std::to_string(k + 1) + " of " +
-                        std::to_string(micro.size()) + " (samples " +
-                        describe_samples(batch_origins) + ")" +
-                        (logits_finite ? "" : ", whose logits already hold NaN/Inf");
+      out.nonfinite_where = "micro-batch " + std::to_string(k + 1) + " of " +
+                            std::to_string(micro.size()) + " (samples " +
+                            describe_samples(batch_origins) + ")" +
+                            (logits_finite ? "" : ", whose logits already hold NaN/Inf");
     }
     (sum / norm).backward();
-    loss_sum[0] += micro_loss;
+    out.loss_sum += micro_loss;
   }
   if (reducer) reducer->finish();
-  dp_.sum(loss_sum);
-  const double loss = loss_sum[0] / norm;
-  const GradNormResult clip = clip_grad_norm(params_, t.max_grad_norm);
-  if (!std::isfinite(loss) || !clip.finite) {
-    std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient" : "loss") +
-                       " at step " + std::to_string(step + 1) + " (loss " + std::to_string(loss) +
-                       ", grad norm " + std::to_string(clip.total_norm) + ")";
-    if (!nonfinite_where.empty()) {
-      what += " in " + nonfinite_where;
-    } else if (std::isfinite(loss)) {
-      const std::string param = first_nonfinite_gradient(param_names_, params_);
-      what += (param.empty() ? std::string(" on another rank") : " first in " + param) +
-              " (samples " + describe_samples(origins) + ")";
-    } else {
-      what += " on another rank";
-    }
-    if (t.on_nonfinite == "stop") {
-      throw_error(ErrorKind::kDiverged,
-                  what + "; lower training.lr, check the data, or set training.on_nonfinite=skip",
-                  {.field = "training.on_nonfinite"});
-    }
-    log::warn(what, ": step skipped (training.on_nonfinite=skip)");
-    optimizer_->zero_grad();
-    ++result_.skipped_steps;
-    if (metrics_) {
-      metrics_->append({{"step", step + 1},
-                        {"skipped", true},
-                        {"event", "nonfinite"},
-                        {"lr", lr},
-                        {"samples", origins}});
-    }
+  return out;
+}
+
+void TrainingRun::skip_nonfinite_step(int64_t step, double lr, double loss,
+                                      const GradNormResult& clip,
+                                      const std::string& nonfinite_where,
+                                      const StepBatches& batches) {
+  std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient" : "loss") +
+                     " at step " + std::to_string(step + 1) + " (loss " + std::to_string(loss) +
+                     ", grad norm " + std::to_string(clip.total_norm) + ")";
+  if (!nonfinite_where.empty()) {
+    what += " in " + nonfinite_where;
+  } else if (std::isfinite(loss)) {
+    const std::string param = first_nonfinite_gradient(param_names_, params_);
+    what += (param.empty() ? std::string(" on another rank") : " first in " + param) +
+            " (samples " + describe_samples(batches.origins) + ")";
+  } else {
+    what += " on another rank";
+  }
+  if (recipe_.training.on_nonfinite == "stop") {
+    throw_error(ErrorKind::kDiverged,
+                what + "; lower training.lr, check the data, or set training.on_nonfinite=skip",
+                {.field = "training.on_nonfinite"});
+  }
+  log::warn(what, ": step skipped (training.on_nonfinite=skip)");
+  optimizer_->zero_grad();
+  ++result_.skipped_steps;
+  if (metrics_) {
+    metrics_->append({{"step", step + 1},
+                      {"skipped", true},
+                      {"event", "nonfinite"},
+                      {"lr", lr},
+                      {"samples", batches.origins}});
+  }
+}
+
+void TrainingRun::watch_loss_spike(int64_t step, double loss, const StepBatches& batches) {
+  const std::optional<double> mean = spikes_.observe(loss);
+  if (!mean) return;
+  char ratio[32];
+  std::snprintf(ratio, sizeof(ratio), "%.1f", loss / *mean);
+  log::warn("loss spike at step ", step + 1, ": ", loss, " is ", ratio, " times the recent mean ",
+            *mean, "; samples ", describe_samples(batches.origins),
+            ". If it recurs or the loss does not come back down: lower training.lr, raise "
+            "training.warmup_steps or training.max_grad_norm's clipping, or inspect these "
+            "samples");
+  if (metrics_) {
+    metrics_->append({{"step", step + 1},
+                      {"event", "loss_spike"},
+                      {"value", loss},
+                      {"recent_mean", *mean},
+                      {"samples", batches.origins}});
+  }
+}
+
+void TrainingRun::log_step(int64_t done, double loss, double lr, const GradNormResult& clip,
+                           const StepBatches& batches, double seconds) {
+  const auto& t = recipe_.training;
+  if (!metrics_ || (done % std::max<int64_t>(t.log_every, 1) != 0 && done != total_steps_)) return;
+  const MemoryUsage mem = memory_usage(m_.device);
+  const double tokens = static_cast<double>(batches.tokens);
+  StepReport report{.step = done,
+                    .total = total_steps_,
+                    .loss = loss,
+                    .lr = lr,
+                    .grad_norm = clip.total_norm,
+                    .tokens_per_second = tokens / seconds,
+                    .seconds_per_step = seconds,
+                    .memory_bytes = mem.current};
+  std::fprintf(stderr, "%s\n", format_progress(report).c_str());
+  metrics_->append({{"step", done},
+                    {"loss", loss},
+                    {"lr", lr},
+                    {"grad_norm", clip.total_norm},
+                    {"tokens", batches.tokens},
+                    {"loss_tokens", batches.loss_tokens},
+                    {"tokens_per_second", tokens / seconds},
+                    {"step_seconds", seconds},
+                    {"memory_bytes", mem.current},
+                    {"peak_memory_bytes", mem.peak}});
+  if (tensorboard_) {
+    tensorboard_->add_scalar("train/loss", loss, done);
+    tensorboard_->add_scalar("train/lr", lr, done);
+    tensorboard_->add_scalar("train/grad_norm", clip.total_norm, done);
+    tensorboard_->add_scalar("train/tokens_per_second", tokens / seconds, done);
+    tensorboard_->add_scalar("train/memory_bytes", static_cast<double>(mem.current), done);
+    tensorboard_->flush();
+  }
+}
+
+bool TrainingRun::optimizer_step(int64_t step) {
+  const double lr = lr_at(schedule_, step);
+  optimizer_->set_lr(lr);
+  const auto started = Clock::now();
+  const StepBatches batches = next_step_batches();
+  if (batches.loss_tokens == 0) {
+    skip_all_masked_step(step, lr, batches);
     return false;
   }
-  if (const std::optional<double> mean = spikes_.observe(loss)) {
-    char ratio[32];
-    std::snprintf(ratio, sizeof(ratio), "%.1f", loss / *mean);
-    log::warn("loss spike at step ", step + 1, ": ", loss, " is ", ratio, " times the recent mean ",
-              *mean, "; samples ", describe_samples(origins),
-              ". If it recurs or the loss does not come back down: lower training.lr, raise "
-              "training.warmup_steps or training.max_grad_norm's clipping, or inspect these "
-              "samples");
-    if (metrics_) {
-      metrics_->append({{"step", step + 1},
-                        {"event", "loss_spike"},
-                        {"value", loss},
-                        {"recent_mean", *mean},
-                        {"samples", origins}});
-    }
+  // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
+  // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
+  const double norm = static_cast<double>(batches.loss_tokens);
+  const StepLoss step_loss = forward_backward(step, batches, norm);
+  std::vector<double> loss_sum{step_loss.loss_sum};
+  dp_.sum(loss_sum);
+  const double loss = loss_sum[0] / norm;
+  const GradNormResult clip = clip_grad_norm(params_, recipe_.training.max_grad_norm);
+  if (!std::isfinite(loss) || !clip.finite) {
+    skip_nonfinite_step(step, lr, loss, clip, step_loss.nonfinite_where, batches);
+    return false;
   }
+  watch_loss_spike(step, loss, batches);
   optimizer_->step();
   optimizer_->zero_grad();
-  const double seconds = seconds_since(started);
   result_.last_loss = loss;
-
-  const int64_t done = step + 1;
-  if (metrics_ && (done % std::max<int64_t>(t.log_every, 1) == 0 || done == total_steps_)) {
-    const MemoryUsage mem = memory_usage(device);
-    StepReport report{.step = done,
-                      .total = total_steps_,
-                      .loss = loss,
-                      .lr = lr,
-                      .grad_norm = clip.total_norm,
-                      .tokens_per_second = tokens / seconds,
-                      .seconds_per_step = seconds,
-                      .memory_bytes = mem.current};
-    std::fprintf(stderr, "%s\n", format_progress(report).c_str());
-    metrics_->append({{"step", done},
-                      {"loss", loss},
-                      {"lr", lr},
-                      {"grad_norm", clip.total_norm},
-                      {"tokens", tokens},
-                      {"loss_tokens", loss_tokens},
-                      {"tokens_per_second", tokens / seconds},
-                      {"step_seconds", seconds},
-                      {"memory_bytes", mem.current},
-                      {"peak_memory_bytes", mem.peak}});
-    if (tensorboard_) {
-      tensorboard_->add_scalar("train/loss", loss, done);
-      tensorboard_->add_scalar("train/lr", lr, done);
-      tensorboard_->add_scalar("train/grad_norm", clip.total_norm, done);
-      tensorboard_->add_scalar("train/tokens_per_second", tokens / seconds, done);
-      tensorboard_->add_scalar("train/memory_bytes", static_cast<double>(mem.current), done);
-      tensorboard_->flush();
-    }
-  }
+  log_step(step + 1, loss, lr, clip, batches, seconds_since(started));
   return true;
 }
 
@@ -437,8 +496,11 @@ TrainResult TrainingRun::run() {
   InterruptGuard interrupt;
   dp_ = DataParallel::join(recipe_, launch_env(), options_.resume);
   // Rank 0 alone looks at and writes the run directory; the others follow its decisions.
+  if (dp_.is_main()) result_.run_lock = RunLock::acquire(run_dir_);
   std::optional<std::string> checkpoint;
   if (options_.resume && dp_.is_main()) {
+    // What a killed run left half-written or half-removed (it held the lock we now hold).
+    remove_stale_checkpoint_temps(run_dir_ + "/checkpoints");
     checkpoint = latest_checkpoint(run_dir_);
     if (!checkpoint) log::warn("--resume: ", run_dir_, " has no checkpoint; starting fresh");
   }

@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace qtrain {
 
 struct Recipe;
+class RunLock;
 
 struct TrainOptions {
   bool resume = false;  // continue from the run directory's newest checkpoint
@@ -28,6 +30,9 @@ struct TrainResult {
   std::string run_dir;
   int rank = 0;  // this process's rank; only rank 0 writes the run directory
   int world_size = 1;
+  // Rank 0's lock on the run directory (trainer/run_lock.h), held for as long as the result
+  // lives, so that what follows the training (output.export) still runs under it.
+  std::shared_ptr<RunLock> run_lock;
 };
 
 // Under a distributed launch (trainer/distributed/launch_env.h) this process is one data-parallel

@@ -1,26 +1,29 @@
 #include "trainer/training_data.h"
 
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/log.h"
+#include "core/read_file.h"
 #include "data/split.h"
 #include "trainer/recipe/recipe.h"
 
 #include <nlohmann/json.hpp>
 
-#include <fstream>
+#include <filesystem>
 
 namespace qtrain {
 
 std::string model_chat_template(const std::string& model_dir) {
   const std::string path = model_dir + "/tokenizer_config.json";
-  std::ifstream in(path);
-  if (!in) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
     throw_error(ErrorKind::kIo, "cannot open it (data.template auto reads the model's template)",
                 {.file = path});
   }
+  const std::string text = read_small_file(path, kMaxConfigJsonBytes, "tokenizer config");
   nlohmann::json config;
   try {
-    config = nlohmann::json::parse(in);
+    config = parse_json_text(text, path);
   } catch (const nlohmann::json::exception& e) {
     throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
   }
@@ -50,6 +53,7 @@ ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokeniz
         d.template_name == "auto" ? model_chat_template(model_dir) : d.template_name;
   }
   options.skip_bad_lines = d.skip_bad_lines;
+  options.max_record_bytes = d.max_record_bytes;
   return options;
 }
 

@@ -11,14 +11,18 @@
 #include "models/tiny_model.h"
 #include "peft/apply_qalora.h"
 #include "peft/peft_files.h"
+#include "peft/target_modules.h"
 #include "quant/quantized_tensor.h"
 #include "trainer/dry_run.h"
 #include "trainer/recipe/recipe.h"
 
 #include <ATen/Context.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <tuple>
 
 namespace qtrain {
 namespace fs = std::filesystem;
@@ -57,7 +61,34 @@ std::shared_ptr<CausalLM> synthetic_base(const Recipe& recipe, const c10::Device
                                 .blocksize = q.blocksize,
                                 .double_quant = q.double_quant};
   }
-  return make_synthetic_causal_lm(recipe_model_config(recipe), options);
+  try {
+    return make_synthetic_causal_lm(recipe_model_config(recipe), options);
+  } catch (const Error& e) {
+    // The shape came from model.known_config when set, else from model.path.
+    throw e.with_context(
+        {.field = recipe.model.known_config.empty() ? "model.path" : "model.known_config"});
+  }
+}
+
+// The recipe bounds adapter.r at 2^16; the model bounds it further: a rank above every targeted
+// projection's width adds nothing, and only makes the adapters larger (up to what no allocator
+// can give).
+void check_rank_fits_targets(const CausalLM& model, const LoraConfig& lora) {
+  std::map<std::string, std::shared_ptr<LinearSlot>> slots;
+  for (const auto& [name, slot] : model.named_linears()) slots[name] = slot;
+  std::string widest;
+  int64_t width = 0;
+  for (const std::string& name : select_target_modules(model, lora)) {
+    const int64_t side = std::max(slots.at(name)->in_features(), slots.at(name)->out_features());
+    if (side > width) std::tie(widest, width) = std::make_pair(name, side);
+  }
+  if (lora.r <= width) return;
+  throw_error(ErrorKind::kConfig,
+              "is " + std::to_string(lora.r) + ", wider than every projection it adapts (the " +
+                  "widest, " + widest + ", has " + std::to_string(slots.at(widest)->in_features()) +
+                  " inputs and " + std::to_string(slots.at(widest)->out_features()) +
+                  " outputs); a rank above min(inputs, outputs) adds nothing",
+              {.field = "adapter.r"});
 }
 
 }  // namespace
@@ -126,9 +157,11 @@ TrainingModel build_training_model(const Recipe& recipe) {
     out.lora = loaded.config;
     out.adapters = attach_peft_adapter(*out.model, loaded);
   } else if (recipe.adapter.type == "qalora") {
+    check_rank_fits_targets(*out.model, out.lora);
     out.qalora_group_size = recipe.quantization.group_size;
     out.adapters = apply_qalora(*out.model, out.lora, out.qalora_group_size, recipe.training.seed);
   } else {
+    check_rank_fits_targets(*out.model, out.lora);
     out.adapters = apply_lora(*out.model, out.lora, recipe.training.seed);
   }
   return out;

@@ -2,6 +2,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/json_file.h"
 #include "core/shape_string.h"
 #include "quant/codebooks.h"
 
@@ -113,9 +114,11 @@ QuantState parse_quant_state(const EntryReader& entries, const std::string& suff
                          static_cast<size_t>(contiguous.numel()));
   json object;
   try {
-    object = json::parse(text);
+    object = parse_json_text(text, "");
   } catch (const json::exception& e) {
     entries.fail(suffix, std::string("quant_state is not valid JSON: ") + e.what());
+  } catch (const Error& e) {  // nested too deep, or a key given twice
+    entries.fail(suffix, e.message(), e.context().field);
   }
   if (!object.is_object()) entries.fail(suffix, "quant_state JSON is not an object");
 

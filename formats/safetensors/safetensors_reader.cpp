@@ -18,6 +18,7 @@
 #include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -31,7 +32,7 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 constexpr uint64_t kMaxIndexBytes = 100'000'000;
-constexpr int kMaxJsonDepth = 8;  // headers need 3 (root, entry, shape); indexes a few more
+constexpr int kMaxNesting = 8;  // headers need 3 (root, entry, shape); indexes a few more
 
 bool path_exists(const std::string& path) {
   struct stat st;
@@ -49,44 +50,102 @@ bool is_contained_relative_path(const std::string& path) {
   return true;
 }
 
-// Parses JSON, rejecting what nlohmann would accept silently: duplicate keys (it keeps the last
-// one) and absurd nesting.
-json parse_strict(const char* begin, const char* end, const std::string& file) {
+// Builds a JSON value from nlohmann's SAX events, refusing what nlohmann would accept silently:
+// duplicate keys (it keeps the last one) and absurd nesting. (nlohmann's parser callback could
+// check the same, but its DOM builder rescans the enclosing object whenever a nested object
+// closes: a header of n tensors took O(n^2).)
+class StrictJsonBuilder {
+ public:
+  // `outer_depth`: containers already open around the value (a header entry sits in the root).
+  StrictJsonBuilder(const std::string& file, int outer_depth)
+      : file_(file), outer_depth_(outer_depth) {}
+
+  bool null() { return add(nullptr); }
+  bool boolean(bool value) { return add(value); }
+  bool number_integer(json::number_integer_t value) { return add(value); }
+  bool number_unsigned(json::number_unsigned_t value) { return add(value); }
+  bool number_float(json::number_float_t value, const std::string&) { return add(value); }
+  bool string(std::string& value) { return add(std::move(value)); }
+  bool binary(json::binary_t& value) { return add(json::binary(std::move(value))); }
+  bool start_object(std::size_t) { return open(json::object()); }
+  bool start_array(std::size_t) { return open(json::array()); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+  bool key(std::string& key) {
+    if (open_.back()->contains(key)) {
+      throw_error(ErrorKind::kFormat, "duplicate JSON key '" + key + "'", {.file = file_});
+    }
+    key_ = std::move(key);
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const json::exception& e) {
+    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = file_});
+  }
+
+  // Whether a container of the value is still open.
+  bool is_open() const { return !open_.empty(); }
+  // Whether a whole value has been read (and not yet taken).
+  bool complete() const { return complete_; }
+  json take() {
+    complete_ = false;
+    return std::move(value_);
+  }
+
+ private:
+  json* place(json&& value) {
+    if (open_.empty()) {
+      value_ = std::move(value);
+      return &value_;
+    }
+    json& parent = *open_.back();
+    if (parent.is_array()) {
+      parent.get_ref<json::array_t&>().push_back(std::move(value));
+      return &parent.get_ref<json::array_t&>().back();
+    }
+    return &parent.get_ref<json::object_t&>()
+                .emplace(std::move(key_), std::move(value))
+                .first->second;
+  }
+  bool add(json&& value) {
+    place(std::move(value));
+    complete_ = open_.empty();
+    return true;
+  }
+  bool open(json&& container) {
+    if (outer_depth_ + static_cast<int>(open_.size()) >= kMaxNesting) {
+      throw_error(ErrorKind::kFormat,
+                  "JSON nested deeper than " + std::to_string(kMaxNesting) + " levels",
+                  {.file = file_});
+    }
+    open_.push_back(place(std::move(container)));
+    return true;
+  }
+  bool close() {
+    open_.pop_back();
+    complete_ = open_.empty();
+    return true;
+  }
+
+  const std::string& file_;
+  int outer_depth_;
+  std::vector<json*> open_;  // the containers being filled, innermost last
+  std::string key_;          // of the next member of the innermost object
+  json value_;
+  bool complete_ = false;
+};
+
+void check_no_nul(const char* begin, const char* end, const std::string& file) {
   // nlohmann stops at a NUL byte as if the input ended there; valid JSON never holds a raw one.
   if (std::find(begin, end, '\0') != end) {
     throw_error(ErrorKind::kFormat, "invalid JSON: NUL byte", {.file = file});
   }
-  std::vector<std::set<std::string>> open_objects;
-  auto check = [&](int depth, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (depth >= kMaxJsonDepth) {
-          throw_error(ErrorKind::kFormat,
-                      "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels",
-                      {.file = file});
-        }
-        if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-        break;
-      case json::parse_event_t::key:
-        if (!open_objects.back().insert(parsed.get<std::string>()).second) {
-          throw_error(ErrorKind::kFormat, "duplicate JSON key '" + parsed.get<std::string>() + "'",
-                      {.file = file});
-        }
-        break;
-      case json::parse_event_t::object_end:
-        open_objects.pop_back();
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(begin, end, check);
-  } catch (const json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("invalid JSON: ") + e.what(), {.file = file});
-  }
+}
+
+json parse_strict(const char* begin, const char* end, const std::string& file) {
+  check_no_nul(begin, end, file);
+  StrictJsonBuilder builder(file, 0);
+  json::sax_parse(begin, end, &builder);
+  return builder.take();
 }
 
 // A non-negative JSON integer no larger than `limit`.
@@ -210,15 +269,142 @@ uint64_t read_header_length(const std::string& path, const uint8_t* bytes, uint6
   return header_size;
 }
 
-json parse_header(const std::string& path, const char* header, uint64_t header_size) {
+// A safetensors header from SAX events: each entry of the root object is built on its own and
+// checked as soon as it is complete, so the header's JSON is never held whole. An entry's error
+// is raised only once the whole header has parsed, and only if no entry whose name sorts first
+// has one: the same error as checking the parsed header entry by entry in name order.
+class HeaderReader {
+ public:
+  HeaderReader(const std::string& path, uint64_t data_size)
+      : path_(path), data_size_(data_size), entry_(path, 1) {}
+
+  bool null() {
+    return forward([](StrictJsonBuilder& b) { return b.null(); });
+  }
+  bool boolean(bool value) {
+    return forward([&](StrictJsonBuilder& b) { return b.boolean(value); });
+  }
+  bool number_integer(json::number_integer_t value) {
+    return forward([&](StrictJsonBuilder& b) { return b.number_integer(value); });
+  }
+  bool number_unsigned(json::number_unsigned_t value) {
+    return forward([&](StrictJsonBuilder& b) { return b.number_unsigned(value); });
+  }
+  bool number_float(json::number_float_t value, const std::string& text) {
+    return forward([&](StrictJsonBuilder& b) { return b.number_float(value, text); });
+  }
+  bool string(std::string& value) {
+    return forward([&](StrictJsonBuilder& b) { return b.string(value); });
+  }
+  bool binary(json::binary_t& value) {
+    return forward([&](StrictJsonBuilder& b) { return b.binary(value); });
+  }
+  bool start_object(std::size_t size) {
+    if (!root_opened_) {
+      root_opened_ = true;
+      return true;
+    }
+    return forward([&](StrictJsonBuilder& b) { return b.start_object(size); });
+  }
+  bool start_array(std::size_t size) {
+    return forward([&](StrictJsonBuilder& b) { return b.start_array(size); });
+  }
+  bool end_object() {
+    if (!entry_.is_open()) return true;  // the root's end
+    return forward([](StrictJsonBuilder& b) { return b.end_object(); });
+  }
+  bool end_array() {
+    return forward([](StrictJsonBuilder& b) { return b.end_array(); });
+  }
+  bool key(std::string& key) {
+    if (entry_.is_open()) return entry_.key(key);
+    if (holds(key)) {
+      throw_error(ErrorKind::kFormat, "duplicate JSON key '" + key + "'", {.file = path_});
+    }
+    name_ = std::move(key);
+    return true;
+  }
+  bool parse_error(std::size_t position, const std::string& token, const json::exception& e) {
+    return entry_.parse_error(position, token, e);
+  }
+
+  // The tensors and metadata of a header that parsed; throws the first entry error by name.
+  std::map<std::string, TensorInfo> take_infos() {
+    if (first_error_) throw *first_error_;
+    return std::move(infos_);
+  }
+  std::map<std::string, std::string> take_metadata() { return std::move(metadata_); }
+
+ private:
+  template <typename Event>
+  bool forward(Event event) {
+    if (!root_opened_) {
+      throw_error(ErrorKind::kFormat, "header is not a JSON object", {.file = path_});
+    }
+    event(entry_);
+    if (entry_.complete()) check_entry(std::move(name_), entry_.take());
+    return true;
+  }
+
+  bool holds(const std::string& name) const {
+    return infos_.count(name) != 0 || bad_names_.count(name) != 0 ||
+           (name == "__metadata__" && has_metadata_);
+  }
+
+  void check_entry(std::string name, const json& entry) {
+    try {
+      if (name == "__metadata__") {
+        metadata_ = parse_metadata(path_, entry);
+        has_metadata_ = true;
+        return;
+      }
+      TensorInfo info = parse_entry(path_, name, entry);
+      if (info.end > data_size_) {
+        throw_error(ErrorKind::kFormat,
+                    "data_offsets end " + std::to_string(info.end) + " lies beyond the " +
+                        std::to_string(data_size_) + "-byte data buffer",
+                    {.file = path_, .tensor = name});
+      }
+      infos_.emplace(std::move(name), std::move(info));
+    } catch (const Error& e) {
+      if (!first_error_ || name < first_error_name_) {
+        first_error_ = e;
+        first_error_name_ = name;
+      }
+      bad_names_.insert(std::move(name));
+    }
+  }
+
+  const std::string& path_;
+  uint64_t data_size_;
+  StrictJsonBuilder entry_;
+  bool root_opened_ = false;
+  std::string name_;  // of the entry being read
+  std::map<std::string, TensorInfo> infos_;
+  std::map<std::string, std::string> metadata_;
+  bool has_metadata_ = false;
+  std::set<std::string> bad_names_;
+  std::optional<Error> first_error_;
+  std::string first_error_name_;
+};
+
+struct ParsedHeader {
+  std::map<std::string, TensorInfo> infos;
+  std::map<std::string, std::string> metadata;
+};
+
+ParsedHeader parse_header(const std::string& path, const char* header, uint64_t header_size,
+                          uint64_t data_size) {
   if (header_size == 0 || header[0] != '{') {
     throw_error(ErrorKind::kFormat, "header does not start with '{'", {.file = path});
   }
-  json root = parse_strict(header, header + header_size, path);
-  if (!root.is_object()) {
-    throw_error(ErrorKind::kFormat, "header is not a JSON object", {.file = path});
-  }
-  return root;
+  check_no_nul(header, header + header_size, path);
+  HeaderReader reader(path, data_size);
+  json::sax_parse(header, header + header_size, &reader);
+  ParsedHeader parsed;
+  parsed.infos = reader.take_infos();
+  parsed.metadata = reader.take_metadata();
+  return parsed;
 }
 
 // The reference reader's rule: sorted by offset, the tensors tile the buffer exactly. Returns the
@@ -336,25 +522,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint8_t* bytes = file->mapping_->data();
   const uint64_t size = file->mapping_->size();
   const uint64_t header_size = read_header_length(path, bytes, size);
-  json root = parse_header(path, reinterpret_cast<const char*>(bytes + 8), header_size);
-
   file->data_start_ = 8 + header_size;
   const uint64_t data_size = size - file->data_start_;
+  ParsedHeader header =
+      parse_header(path, reinterpret_cast<const char*>(bytes + 8), header_size, data_size);
+  file->infos_ = std::move(header.infos);
+  file->metadata_ = std::move(header.metadata);
   std::vector<const TensorInfo*> by_offset;
-  for (const auto& [name, entry] : root.items()) {
-    if (name == "__metadata__") {
-      file->metadata_ = parse_metadata(path, entry);
-      continue;
-    }
-    TensorInfo info = parse_entry(path, name, entry);
-    if (info.end > data_size) {
-      throw_error(ErrorKind::kFormat,
-                  "data_offsets end " + std::to_string(info.end) + " lies beyond the " +
-                      std::to_string(data_size) + "-byte data buffer",
-                  {.file = path, .tensor = name});
-    }
-    by_offset.push_back(&file->infos_.emplace(name, std::move(info)).first->second);
-  }
+  by_offset.reserve(file->infos_.size());
+  for (const auto& entry : file->infos_) by_offset.push_back(&entry.second);
   file->names_ = check_tiling(path, std::move(by_offset), data_size);
   return file;
 }

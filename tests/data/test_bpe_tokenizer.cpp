@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "data/bpe_tokenizer.h"
 #include "data/byte_level.h"
+#include "data/pretokenize_regex.h"
 #include "data/tokenizer.h"
 #include "data/unicode_text.h"
 #include "tests/support/test_support.h"
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -380,6 +382,123 @@ TEST(BpeTiny, LongRunsDoNotOverflowTheRegex) {
     for (int i = 0; i < (1 << 20); ++i) text += unit;
     EXPECT_FALSE(tok.encode(text).empty());
   }
+}
+
+// Added tokens are matched leftmost-longest through a trie: many tokens sharing a prefix cost
+// no more per position than the longest of them (issue 24: 20,000 such tokens made encoding a
+// 10 MB text take over a minute, and loading them seconds; bench_tokenizer's BM_AddedTokens*).
+TEST(BpeTiny, ManyAddedTokensSharingAPrefixMatchLeftmostLongest) {
+  json j = tiny_tokenizer_json();
+  for (int i = 0; i < 20000; ++i) {
+    j["added_tokens"].push_back({{"id", 264 + i},
+                                 {"content", "<|reserved_" + std::to_string(i) + "|>"},
+                                 {"special", true},
+                                 {"normalized", false}});
+  }
+  j["added_tokens"].push_back(
+      {{"id", 20264}, {"content", "<|reserved_1"}, {"special", true}, {"normalized", false}});
+  const BpeTokenizer tok = tiny(j);
+  EXPECT_EQ(tok.encode("he<|reserved_19999|>llo"), (std::vector<int64_t>{256, 20263, 257, 'o'}));
+  // At one position the longest token wins; the search goes on after it.
+  EXPECT_EQ(tok.encode("<|reserved_12|>"), (std::vector<int64_t>{264 + 12}));
+  EXPECT_EQ(tok.encode("<|reserved_12|"), (std::vector<int64_t>{20264, '2', '|'}));
+  const std::string no_token = "<|reserved_20000|>";  // only prefixes of tokens start here
+  EXPECT_EQ(tok.encode(no_token), std::vector<int64_t>(no_token.begin(), no_token.end()));
+  EXPECT_EQ(tok.encode("<|reserved_<|reserved_7|>"),
+            (std::vector<int64_t>{'<', '|', 'r', 'e', 's', 'e', 'r', 'v', 'e', 'd', '_', 271}));
+  // Of two normalized tokens with the same NFC form, the first wins.
+  json twice = tiny_tokenizer_json();
+  twice["added_tokens"].push_back(
+      {{"id", 264}, {"content", "h\u00e9"}, {"special", false}, {"normalized", true}});
+  twice["added_tokens"].push_back(
+      {{"id", 265}, {"content", "he\u0301"}, {"special", false}, {"normalized", true}});
+  twice["normalizer"] = {{"type", "NFC"}};
+  EXPECT_EQ(tiny(twice).encode("xh\u00e9he\u0301"), (std::vector<int64_t>{'x', 264, 264}));
+}
+
+// The o200k (GPT-4o) / Llama 4 pattern's classes take the marks of Unicode 15-16 as tokenizers
+// does: U+11F00 (KAWI SIGN CANDRABINDU, 15.0) and U+0897 (ARABIC PEPET, 16.0) stay in their word.
+TEST(BpeTiny, MarksOfUnicode16JoinTheirWordAsInTokenizers) {
+  const std::string o200k =
+      R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+)"
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+)"
+      R"([\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+)"
+      R"([\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  const SplitRegex regex(o200k, false);
+  auto pieces = [&](const std::string& text) {
+    std::vector<std::string_view> out;
+    regex.split_isolated(text, &out);
+    return std::vector<std::string>(out.begin(), out.end());
+  };
+  EXPECT_EQ(pieces("x\U00011F00's"), std::vector<std::string>{"x\U00011F00's"});
+  EXPECT_EQ(pieces("a\u0897.com"), (std::vector<std::string>{"a\u0897", ".com"}));
+  // Without braces Oniguruma reads \pL as the letters "pL".
+  EXPECT_EQ(SplitRegex(R"(\pL)", false).matches("ab pL"),
+            (std::vector<std::pair<size_t, size_t>>{{3, 5}}));
+}
+
+// Every Unicode property class a pre-tokenizer pattern may use (each general category and group
+// of them, negated by \P or ^, in and out of [...] and [^...], long names, \s \S \d \D) matches
+// what tokenizers' Oniguruma (Unicode 16) matches, for every code point of planes 0-3 and 14
+// (tests/reference/pretokenize_classes.py). Debian 12's PCRE2 has Unicode 14 tables.
+TEST(PreTokenizerClasses, MatchTokenizersOnEveryCodePoint) {
+  QTRAIN_REQUIRE_REFERENCE_PYTHON();
+  ScratchDir dir("qtrain-classes");
+  std::string output;
+  ASSERT_EQ(
+      testing::run_reference_script("pretokenize_classes.py", {dir.file("classes.json")}, &output),
+      0)
+      << output;
+  const json reference = json::parse(testing::read_file(dir.file("classes.json")));
+  struct Plane {
+    std::string text;
+    std::vector<uint32_t> code_point_at;  // by byte offset
+  };
+  std::vector<Plane> planes;
+  for (const auto& number : reference["planes"]) {
+    Plane& plane = planes.emplace_back();
+    const uint32_t first = number.get<uint32_t>() << 16;
+    for (uint32_t cp = first; cp < first + 0x10000; ++cp) {
+      if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+      const size_t offset = plane.text.size();
+      append_utf8(cp, plane.text);
+      plane.code_point_at.resize(plane.text.size(), cp);
+      plane.code_point_at[offset] = cp;
+    }
+  }
+  size_t differing_patterns = 0;
+  for (const auto& entry : reference["patterns"]) {
+    const std::string pattern = entry["pattern"];
+    std::vector<bool> expected(0x110000, false), actual(0x110000, false);
+    for (const auto& range : entry["matched"]) {
+      for (uint32_t cp = range[0]; cp <= range[1].get<uint32_t>(); ++cp) expected[cp] = true;
+    }
+    const SplitRegex regex(pattern, false);
+    for (const Plane& plane : planes) {
+      for (const auto& [begin, end] : regex.matches(plane.text)) {
+        for (size_t offset = begin; offset < end; ++offset) {
+          actual[plane.code_point_at[offset]] = true;
+        }
+      }
+    }
+    std::string differences;
+    size_t count = 0;
+    for (uint32_t cp = 0; cp < 0x110000; ++cp) {
+      if (expected[cp] == actual[cp]) continue;
+      if (++count <= 8) {
+        char hex[16];
+        std::snprintf(hex, sizeof hex, " U+%04X", cp);
+        differences += hex + std::string(actual[cp] ? "(only qtrain)" : "(only tokenizers)");
+      }
+    }
+    if (count > 0 && ++differing_patterns <= 20) {
+      ADD_FAILURE() << pattern << ": " << count << " code points differ:" << differences;
+    }
+  }
+  std::cout << "[ classes ] " << reference["patterns"].size() - differing_patterns << " of "
+            << reference["patterns"].size() << " patterns match tokenizers on every code point\n";
+  EXPECT_EQ(differing_patterns, 0u);
+  EXPECT_GT(reference["patterns"].size(), 150u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -77,6 +77,73 @@ TEST(Records, SkipBadLinesCountsThem) {
   EXPECT_EQ(records[1].line, 4);
 }
 
+// data.max_record_bytes bounds what one record may take: a .jsonl line (read without holding
+// more than the limit of it), a .json array element, a .txt file.
+TEST(Records, RecordsLongerThanTheLimitAreBadRecords) {
+  ScratchDir dir;
+  const std::string fits = "{\"t\": \"" + std::string(20, 'x') + "\"}";  // 29 bytes
+  const std::string too_long = "{\"t\": \"" + std::string(21, 'x') + "\"}";
+  const std::string huge = "{\"t\": \"" + std::string(300000, 'x') + "\"}";  // several chunks
+  ASSERT_EQ(fits.size(), 29u);
+  const int64_t limit = 29;
+
+  write_file(dir.file("d.jsonl"), fits + "\n" + too_long + "\n" + huge + "\n" + fits);
+  const Error e = error_of([&] { read_records(dir.file("d.jsonl"), false, nullptr, limit); });
+  EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+  EXPECT_EQ(e.context().line, 2);
+  EXPECT_EQ(e.message(),
+            "record is 30 bytes, more than data.max_record_bytes = 29 (split it, or "
+            "raise the limit)");
+  int64_t skipped = 0;
+  auto records = read_records(dir.file("d.jsonl"), true, &skipped, limit);
+  EXPECT_EQ(skipped, 2);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].line, 4);  // line numbers survive the skipped long lines
+  EXPECT_EQ(records[1].value["t"], std::string(20, 'x'));
+  skipped = 0;
+  records = read_records(dir.file("d.jsonl"), true, &skipped);  // the 8 MiB default
+  EXPECT_EQ(skipped, 0);
+  EXPECT_EQ(records.size(), 4u);
+
+  write_file(dir.file("d.json"), "[" + fits + ",\n " + too_long + " ,  " + fits + "\n]");
+  const Error element = error_of([&] { read_records(dir.file("d.json"), false, nullptr, limit); });
+  EXPECT_EQ(element.context().line, 2);
+  EXPECT_NE(std::string(element.what()).find("record is 30 bytes"), std::string::npos)
+      << element.what();
+  skipped = 0;
+  EXPECT_EQ(read_records(dir.file("d.json"), true, &skipped, limit).size(), 2u);
+  EXPECT_EQ(skipped, 1);
+
+  std::filesystem::create_directory(dir.file("texts"));
+  write_file(dir.file("texts/a.txt"), std::string(29, 'a'));
+  write_file(dir.file("texts/b.txt"), std::string(30, 'b'));
+  const Error text = error_of([&] { read_records(dir.file("texts"), false, nullptr, limit); });
+  EXPECT_EQ(text.context().file, dir.file("texts/b.txt"));
+  skipped = 0;
+  EXPECT_EQ(read_records(dir.file("texts"), true, &skipped, limit).size(), 1u);
+  EXPECT_EQ(skipped, 1);
+}
+
+// Lines around the 64 KiB chunks read_jsonl reads them in, the last one without a newline.
+TEST(Records, JsonlLinesOfEveryLengthAroundTheReadChunkSurvive) {
+  ScratchDir dir;
+  std::string contents;
+  std::vector<size_t> lengths = {65534, 65535, 65536, 65537, 131071, 131072, 10, 65535};
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    contents += "{\"t\": \"" + std::string(lengths[i] - 9, 'x') + "\"}";  // lengths[i] bytes
+    if (i + 1 < lengths.size()) contents += "\n";
+  }
+  write_file(dir.file("d.jsonl"), contents);
+  const auto records = read_records(dir.file("d.jsonl"), false, nullptr, 131072);
+  ASSERT_EQ(records.size(), lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    EXPECT_EQ(records[i].line, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(records[i].value["t"].get<std::string>().size() + 9, lengths[i]);
+  }
+  const Error e = error_of([&] { read_records(dir.file("d.jsonl"), false, nullptr, 131071); });
+  EXPECT_EQ(e.context().line, 6);
+}
+
 struct BadFile {
   std::string name;
   std::string contents;

@@ -206,6 +206,33 @@ TEST(Checkpoint, SingleFileWinsOverIndex) {
   EXPECT_EQ(CheckpointReader::open_dir(dir.path()).names(), std::vector<std::string>{"single"});
 }
 
+// 200k tensors named by the index, half in each shard: every lookup of the checks stays
+// logarithmic (the bench, tools/bench/bench_safetensors.cpp, times 1M).
+TEST(Checkpoint, IndexOfManyTensorsOpens) {
+  constexpr int kTensors = 200'000;
+  ScratchDir dir;
+  std::string headers[2], weight_map;
+  for (int i = 0; i < kTensors; ++i) {
+    const std::string name = "t" + std::to_string(i);
+    const std::string shard =
+        i % 2 == 0 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    headers[i % 2] += (headers[i % 2].empty() ? "{\"" : ",\"") + name +
+                      "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}";
+    weight_map += (weight_map.empty() ? "\"" : ",\"") + name + "\":\"" + shard + "\"";
+  }
+  testing::write_file(dir.file("model-00001-of-00002.safetensors"),
+                      testing::raw_safetensors(headers[0] + "}"));
+  testing::write_file(dir.file("model-00002-of-00002.safetensors"),
+                      testing::raw_safetensors(headers[1] + "}"));
+  testing::write_file(dir.file("model.safetensors.index.json"),
+                      "{\"metadata\":{},\"weight_map\":{" + weight_map + "}}");
+
+  const CheckpointReader reader = CheckpointReader::open_dir(dir.path());
+  EXPECT_EQ(reader.names().size(), static_cast<size_t>(kTensors));
+  EXPECT_EQ(reader.file_of("t199999"), dir.file("model-00002-of-00002.safetensors"));
+  EXPECT_EQ(reader.info("t4").shape, std::vector<int64_t>{0});
+}
+
 class BrokenCheckpoint : public ::testing::Test {
  protected:
   void SetUp() override {

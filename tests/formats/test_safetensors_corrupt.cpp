@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "tests/formats/safetensors_test_util.h"
+#include "tests/support/sanitizer.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
@@ -402,6 +403,55 @@ TEST(SafetensorsReader, MutationsNeverCrash) {
   }
   EXPECT_GT(rejected, 0);
   EXPECT_GT(opened, 0);  // mutations of the data bytes stay valid
+}
+
+// Each entry is checked as soon as it has parsed (the header's JSON is never held whole), yet the
+// error is the one a check of the whole parsed header in name order gives: a syntax, nesting or
+// duplicate-key error anywhere first, then the bad entry whose name sorts first.
+TEST(SafetensorsReader, ErrorsComeInTheOrderOfTheWholeHeader) {
+  const std::string bad_dtype = "\"b\":{\"dtype\":\"F12\",\"shape\":[4],\"data_offsets\":[0,4]}";
+  const std::string bad_shape = "\"a\":{\"dtype\":\"U8\",\"shape\":4,\"data_offsets\":[0,4]}";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{" + bad_dtype + ",\"c\":[}", "invalid JSON"},
+      {"{" + bad_dtype + "," + u8("c", "[0]", 0, 0) + "," + u8("c", "[0]", 0, 0) + "}",
+       "duplicate JSON key 'c'"},
+      {"{" + bad_dtype + ",\"c\":{\"x\":[[[[[[[[1]]]]]]]]}}", "nested deeper than 8 levels"},
+      {"{" + bad_dtype + "," + bad_shape + "}",
+       "tensor 'a': field 'shape': shape must be an array"},
+      {"{" + bad_dtype + "," + u8("a", "[8]", 0, 8) + "}",
+       "tensor 'a': data_offsets end 8 lies beyond the 4-byte data buffer"},
+      {"{\"__metadata__\":{\"k\":1}," + bad_dtype + "}", "metadata values must be strings"},
+      {"{" + bad_dtype + ",\"__metadata__\":{\"k\":1}}", "metadata values must be strings"},
+  };
+  ScratchDir dir;
+  for (const auto& [header, reason] : cases) {
+    SCOPED_TRACE(header);
+    const std::string path = dir.file("order.safetensors");
+    testing::write_file(path, raw_safetensors(header, "abcd"));
+    const Error e = capture_error([&] { SafetensorsFile::open(path); });
+    EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
+  }
+}
+
+// nlohmann's parser callback rescanned the root object each time an entry closed, so 100k tensors
+// took minutes; counted here, timed in tools/bench/bench_safetensors.cpp.
+TEST(SafetensorsReader, OpensAHeaderOfAMillionZeroSizeTensors) {
+  constexpr int64_t kTensors = QTRAIN_ASAN ? 200'000 : 1'000'000;
+  std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
+  header.reserve(kTensors * 56);
+  for (int64_t i = 0; i < kTensors; ++i) header += "," + u8("t" + std::to_string(i), "[0]", 0, 0);
+  header += "}";
+  ScratchDir dir;
+  const std::string path = dir.file("many.safetensors");
+  testing::write_file(path, raw_safetensors(header));
+  header = std::string();
+
+  const auto file = SafetensorsFile::open(path);
+  EXPECT_EQ(file->names().size(), static_cast<size_t>(kTensors));
+  EXPECT_EQ(file->metadata().at("format"), "pt");
+  const std::string last = "t" + std::to_string(kTensors - 1);
+  EXPECT_EQ(file->info(last).shape, std::vector<int64_t>{0});
+  EXPECT_EQ(file->tensor(last).numel(), 0);
 }
 
 }  // namespace

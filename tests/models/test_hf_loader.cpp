@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 namespace qtrain {
@@ -112,6 +113,57 @@ TEST(HfLoaderTest, MisShapedTensorIsNamedWithBothShapes) {
   EXPECT_NE(what.find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << what;
   EXPECT_NE(what.find("[32, 47]"), std::string::npos) << what;
   EXPECT_NE(what.find("[32, 48]"), std::string::npos) << what;
+}
+
+// Issue 24: config.json sizes that disagree with the weights used to reach the allocator first
+// (hidden_size 1e9: 1.5 TB of embeddings, a LibTorch error naming nothing). They are compared with
+// the safetensors headers before anything is allocated.
+TEST(HfLoaderTest, AbsurdConfigSizeIsAShapeErrorBeforeAllocation) {
+  t::ScratchDir scratch;
+  ModelConfig config = t::small_config("llama");
+  write_dir(scratch.path(), config, checkpoint_tensors(*t::random_model(config, 1)));
+  config.hidden_size = 1'000'000'000;
+  t::write_file(scratch.file("config.json"), config.to_json().dump());
+  Error e = load_error(scratch.path());
+  EXPECT_EQ(e.kind(), ErrorKind::kShape);
+  EXPECT_EQ(e.context().tensor, "model.embed_tokens.weight");
+  EXPECT_NE(std::string(e.what()).find("[97, 1000000000]"), std::string::npos) << e.what();
+}
+
+TEST(HfLoaderTest, ConfigWithMoreLayersThanTheWeightsListsTheMissingOnes) {
+  t::ScratchDir scratch;
+  ModelConfig config = t::small_config("llama");
+  write_dir(scratch.path(), config, checkpoint_tensors(*t::random_model(config, 1)));
+  config.num_hidden_layers = 4096;
+  t::write_file(scratch.file("config.json"), config.to_json().dump());
+  Error e = load_error(scratch.path());
+  EXPECT_EQ(e.kind(), ErrorKind::kShape);
+  EXPECT_EQ(e.context().tensor, "model.layers.2.self_attn.q_proj.weight");
+  EXPECT_NE(std::string(e.what()).find("tensor(s) missing"), std::string::npos) << e.what();
+}
+
+// A NaN or Inf in a base weight would otherwise surface as a diverged loss, blamed on the data.
+TEST(HfLoaderTest, NonFiniteWeightIsAFormatErrorNamingIt) {
+  const std::pair<std::string, double> poisons[] = {{"model.norm.weight", std::nan("")},
+                                                    {"lm_head.weight", -INFINITY}};
+  for (const auto& [target, value] : poisons) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(target + " " + c10::toString(dtype));
+      t::ScratchDir scratch;
+      ModelConfig config = t::small_config("llama");
+      NamedTensors tensors = checkpoint_tensors(*t::random_model(config, 1));
+      for (auto& [name, tensor] : tensors) {
+        tensor = tensor.to(dtype);
+        if (name == target) tensor.view({-1})[tensor.numel() - 1] = value;
+      }
+      write_dir(scratch.path(), config, tensors);
+      Error e = load_error(scratch.path());
+      EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+      EXPECT_EQ(e.context().tensor, target);
+      EXPECT_NE(e.context().file.find("model.safetensors"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(HfLoaderTest, MissingFilesAreIoErrors) {

@@ -2,10 +2,11 @@
 // computes, skip lists keep modules dense, bad checkpoints name the tensor, and streaming keeps
 // resident memory near one shard plus the quantized model.
 #include "core/error.h"
-#include "formats/safetensors/safetensors.h"
 #include "formats/bnb/bnb_checkpoint.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/bnb_4bit_save.h"
 #include "models/hf_loader.h"
+#include "models/int4_loader.h"
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"
 #include "models/tiny_model.h"
@@ -17,7 +18,9 @@
 
 #include <dirent.h>
 #include <sys/stat.h>
+#include <cmath>
 #include <fstream>
+#include <functional>
 
 namespace qtrain {
 namespace {
@@ -97,6 +100,62 @@ TEST(QuantizedLoaderTest, MisShapedOrMissingWeightIsNamed) {
     EXPECT_EQ(e.kind(), ErrorKind::kShape);
     EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos)
         << e.what();
+  }
+}
+
+// Rewrites the checkpoint of `dir` after `edit` changed its tensors.
+void edit_checkpoint(const std::string& dir, const std::function<void(NamedTensors&)>& edit) {
+  NamedTensors tensors;
+  {
+    CheckpointReader reader = CheckpointReader::open_dir(dir);
+    for (const auto& name : reader.names()) tensors.emplace_back(name, reader.tensor(name).clone());
+  }
+  edit(tensors);
+  write_checkpoint(dir, tensors);
+}
+
+template <class Load>
+Error load_error(const Load& load) {
+  try {
+    load();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected the load to fail";
+  return Error(ErrorKind::kInternal, "none");
+}
+
+// Issue 24: a NaN in a projection weight is reported, naming it, before it is quantized (NF4 and
+// INT4 would keep it as a NaN block scale; training would then diverge and blame the data).
+TEST(QuantizedLoaderTest, NonFiniteProjectionIsAFormatErrorNamingIt) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  const std::string target = "model.layers.1.mlp.down_proj.weight";
+  write_tiny_model({.arch = "llama", .preset = "micro"}, dir);
+  edit_checkpoint(dir, [&](NamedTensors& tensors) {
+    for (auto& [name, tensor] : tensors)
+      if (name == target) tensor[3][5] = std::nan("");
+  });
+  for (const Error& e : {load_error([&] { load_quantized_causal_lm(dir, {}); }),
+                         load_error([&] { load_int4_causal_lm(dir, {}); })}) {
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat) << e.what();
+    EXPECT_EQ(e.context().tensor, target) << e.what();
+  }
+}
+
+// Only the tensors allocated in full are compared before the model is made; an absurd
+// hidden_size reaches the embeddings first and is refused there, not by the allocator.
+TEST(QuantizedLoaderTest, AbsurdConfigSizeIsAShapeErrorBeforeAllocation) {
+  t::ScratchDir scratch;
+  const std::string dir = scratch.file("m");
+  write_tiny_model({.arch = "llama", .preset = "micro"}, dir);
+  ModelConfig config = ModelConfig::from_file(dir + "/config.json");
+  config.hidden_size = 1'000'000'000;
+  t::write_file(dir + "/config.json", config.to_json().dump());
+  for (const Error& e : {load_error([&] { load_quantized_causal_lm(dir, {}); }),
+                         load_error([&] { load_int4_causal_lm(dir, {}); })}) {
+    EXPECT_EQ(e.kind(), ErrorKind::kShape) << e.what();
+    EXPECT_EQ(e.context().tensor, "model.embed_tokens.weight") << e.what();
   }
 }
 

@@ -1,6 +1,7 @@
 // Synthetic-weight models: deterministic by seed, independent of the order tensors are drawn in,
 // quantized projections whose dequantized values have the requested N(0, std) statistics, unit
 // norms, and a forward pass whose untrained loss is that of a near-uniform prediction (ln V).
+#include "core/error.h"
 #include "models/quantized_linear_slot.h"
 #include "models/synthetic_model.h"
 #include "models/tiny_model.h"
@@ -41,6 +42,26 @@ TEST(SyntheticModel, SameSeedSameModelOtherSeedOtherModel) {
   at::manual_seed(5);
   make_synthetic_causal_lm(config, nf4_options(3));
   EXPECT_TRUE(at::equal(at::rand({4}), before));
+}
+
+// Issue 24: built from the config alone, an absurd config.json (or a 70B known_config on a
+// small machine) was left to the allocator. It is refused, sizes named, before any allocation.
+TEST(SyntheticModel, ConfigBeyondTheDeviceMemoryIsRefusedBeforeAllocating) {
+  ModelConfig config = tiny_model_config("llama", "micro");
+  config.hidden_size = 100'000'000'000;  // ~300 TB of embeddings alone
+  for (const bool quantized : {true, false}) {
+    SyntheticModelOptions options = nf4_options(1);
+    if (!quantized) options.quant.reset();
+    try {
+      make_synthetic_causal_lm(config, options);
+      FAIL() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+      const std::string what = e.what();
+      EXPECT_NE(what.find("hidden_size 100000000000"), std::string::npos) << what;
+      EXPECT_NE(what.find("on cpu, which has"), std::string::npos) << what;
+    }
+  }
 }
 
 TEST(SyntheticModel, QuantizedProjectionsWithTheRequestedStatistics) {

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 
 namespace qtrain {
@@ -253,6 +254,16 @@ TEST(PeftFiles, BadTensorsNameTheTensor) {
   EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
   EXPECT_EQ(e.context().tensor,
             "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector");
+
+  // Issue 24: a NaN in adapter.init_from's weights used to surface as a diverged loss.
+  NamedTensors poisoned = tensors;
+  poisoned[1].second = poisoned[1].second.clone();
+  poisoned[1].second.view({-1})[0] = std::nan("");
+  write_safetensors(weights, poisoned);
+  e = error_of([&] { load_peft_adapter(dir); });
+  EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+  EXPECT_EQ(e.context().tensor, tensors[1].first);
+  EXPECT_EQ(e.context().file, weights);
 
   NamedTensors lonely(tensors.begin() + 1, tensors.end());  // drops one lora_A
   write_safetensors(weights, lonely);

@@ -48,6 +48,8 @@ std::string source_dir() {
   return QTRAIN_SOURCE_DIR;
 }
 std::string binary_dir() {
+  // A copy of the built tools elsewhere (a long test loop that must not see rebuilds).
+  if (const char* dir = std::getenv("QTRAIN_TEST_BINARY_DIR"); dir && *dir) return dir;
   return QTRAIN_BINARY_DIR;
 }
 

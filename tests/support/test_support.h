@@ -23,7 +23,7 @@ class ScratchDir {
 };
 
 std::string source_dir();  // the repository root
-std::string binary_dir();  // the CMake build root
+std::string binary_dir();  // the CMake build root ($QTRAIN_TEST_BINARY_DIR overrides it)
 
 // The interpreter of the setup venv that holds the reference packages (transformers, gguf, ...),
 // or "" when there is none. Tests that need it call GTEST_SKIP when it is missing, unless

@@ -10,16 +10,19 @@
 #include "data/byte_level.h"
 #include "data/tiny_instruct.h"
 #include "tests/support/test_support.h"
+#include "trainer/run_lock.h"
 #include "trainer/training_model.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -28,6 +31,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -333,6 +337,15 @@ std::string adapter_copy(Env& e) {
   if (g->run.empty()) throw std::runtime_error("the fixture run is missing: " + g->run_error);
   copy_tree(g->run + "/adapter", e.path("adapter"));
   return "adapter";
+}
+
+// Takes the run directory's lock in this test process and keeps it until the process ends, as a
+// qtrain still training there would.
+void hold_run_lock(const std::string& run_dir) {
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<RunLock>> held;
+  std::lock_guard<std::mutex> guard(mutex);
+  held.push_back(RunLock::acquire(run_dir));
 }
 
 std::string nf4_model(Env& e) {
@@ -802,6 +815,16 @@ std::vector<Case> all_cases() {
       {"field 'adapter.r'", ">= 1 (got 0)"});
   add(c, "REC-49", "max_seq_len", "qmem", [](Env& e) { return recipe(e) + " data.max_seq_len=4"; },
       {"field 'data.max_seq_len'", ">= 8 (got 4)"});
+  // Issue 24's reproductions: sizes that passed validation and failed in the allocator (exit 70).
+  add(c, "REC-70", "rank_absurd", "qtrain",
+      [](Env& e) { return recipe(e) + " adapter.r=2147483648"; },
+      {"field 'adapter.r'", "at most 65536 (got 2147483648)"});
+  add(c, "REC-70", "packed_max_seq_len_absurd", "qtrain",
+      [](Env& e) { return recipe(e) + " data.max_seq_len=1099511627776 data.packing=true"; },
+      {"field 'data.max_seq_len'", "at most 16777216 (got 1099511627776)"});
+  add(c, "REC-71", "micro_batch_tokens", "qmem",
+      [](Env& e) { return recipe(e) + " training.micro_batch_size=1048576 data.max_seq_len=4096"; },
+      {"field 'training.micro_batch_size'", "(1048576 x 4096)"});
   c.push_back(
       {"REC-50",
        "negative_lr_override",
@@ -1008,6 +1031,14 @@ std::vector<Case> all_cases() {
               {"field 'num_hidden_layers'", "100000"});
   config_case("MOD-31", "huge_mlp", [](ojson& j) { j["intermediate_size"] = int64_t{1} << 50; },
               {"config.json", "more than 2^48"});
+  add(c, "MOD-32", "synthetic_beyond_memory", "qtrain",
+      [](Env& e) {
+        const std::string m = model(e);
+        edit_json(e.path(m + "/config.json"),
+                  [](ojson& j) { j["hidden_size"] = int64_t{100'000'000'000}; });
+        return recipe(e) + " model.synthetic=true model.path=" + m;
+      },
+      {"field 'model.path'", "hidden_size 100000000000"});
   config_case("MOD-22", "rope_scaling", [](ojson& j) { j["rope_scaling"] = 2; },
               {"field 'rope_scaling'"});
   config_case("MOD-23", "llama3_freq",
@@ -1294,6 +1325,22 @@ std::vector<Case> all_cases() {
                    if (n == kQProj) v = at::zeros({64, 32});
                },
                {"tensor '" + kQProj + "'", "[64, 32]"});
+  // A config.json whose sizes disagree with the weights is refused before the model is allocated
+  // (it used to die in the allocator: hidden_size 1e9 asks for 1.5 TB of embeddings).
+  add(c, "CKP-62", "config_hidden_size_qgen", "qgen",
+      [](Env& e) {
+        const std::string m = model(e);
+        edit_json(e.path(m + "/config.json"), [](ojson& j) { j["hidden_size"] = 1000000000; });
+        return m + " --prompt hi -n 1";
+      },
+      {"model/model.safetensors: tensor 'model.embed_tokens.weight'", "[384, 1000000000]"});
+  add(c, "CKP-62", "config_vocab_size_qtrain_nf4", "qtrain",
+      [](Env& e) {
+        const std::string m = model(e);
+        edit_json(e.path(m + "/config.json"), [](ojson& j) { j["vocab_size"] = 1000000000; });
+        return recipe(e) + " model.path=" + m;
+      },
+      {"model/model.safetensors: tensor 'model.embed_tokens.weight'", "[1000000000, 64]"});
   tensors_case("CKP-63", "integer_weight",
                [](NamedTensors& ts) {
                  for (auto& [n, v] : ts)
@@ -1314,6 +1361,16 @@ std::vector<Case> all_cases() {
           if (n == kQProj) v = v.to(at::kInt);
       },
       {"tensor '" + kQProj + "'"}, "nf4");
+  auto poison = [](const std::string& name) {
+    return [name](NamedTensors& ts) {
+      for (auto& [n, v] : ts)
+        if (n == name) v.view({-1})[1] = std::nan("");
+    };
+  };
+  tensors_case("CKP-70", "nan_norm", poison("model.norm.weight"),
+               {"model/model.safetensors: tensor 'model.norm.weight'"});
+  tensors_case("CKP-70", "nan_nf4_projection", poison(kQProj),
+               {"model/model.safetensors: tensor '" + kQProj + "'"}, "nf4");
 
   // ---- 6. Tokenizers ------------------------------------------------------------------------
   add(c, "TOK-01", "none", "qeval",
@@ -1400,6 +1457,14 @@ std::vector<Case> all_cases() {
   bpe_case(
       "TOK-07", "eos_unknown", [](ojson& j) { j["eos_token"] = "<|nope|>"; },
       {"field 'eos_token'", "<|nope|>"}, "tokenizer_config.json");
+  add(c, "TOK-08", "dangling_tokenizer_model", "qeval",
+      [](Env& e) {
+        const std::string m = model(e);
+        fs::remove(e.path(m + "/tokenizer.model"));
+        fs::create_symlink("../blobs/5f1e", e.path(m + "/tokenizer.model"));
+        return eval_args(m);
+      },
+      {"model/tokenizer.model: ", "'../blobs/5f1e'"});
   bpe_case("TOK-22", "no_model", [](ojson& j) { j.erase("model"); }, {"field 'model'"});
   bpe_case("TOK-24", "added_tokens", [](ojson& j) { j["added_tokens"] = 5; },
            {"field 'added_tokens'"});
@@ -1531,6 +1596,14 @@ std::vector<Case> all_cases() {
         return data_check(e, "data.path=bad.txt data.format=text");
       },
       {"bad.txt:2: "});
+  add(c, "DAT-11", "long_record", "qtrain",
+      [](Env& e) {
+        const std::string long_line =
+            R"({"instruction": "Say hi.", "output": ")" + std::string(200, 'y') + "\"}";
+        return data_check(e, "data.path=" + jsonl(e, {kGoodAlpaca, long_line}) +
+                                 " data.max_record_bytes=100");
+      },
+      {"bad.jsonl:2: "});
   c.push_back(
       {"DAT-20",
        "missing_output",
@@ -1763,6 +1836,18 @@ std::vector<Case> all_cases() {
   adapter_case("ADP-39", "use_qalora_string",
                config_edit([](ojson& j) { j["use_qalora"] = "yes"; }),
                {"adapter/adapter_config.json: field 'use_qalora'", "got \"yes\""});
+  adapter_case("ADP-40", "nan_lora_b",
+               [poison](Env& e, const std::string& a) {
+                 edit_tensors(e.path(a + "/adapter_model.safetensors"), poison(kAdapterB));
+               },
+               {"adapter/adapter_model.safetensors: tensor '" + kAdapterB + "'"});
+  add(c, "ADP-40", "nan_init_from", "qtrain",
+      [poison](Env& e) {
+        const std::string a = adapter_copy(e);
+        edit_tensors(e.path(a + "/adapter_model.safetensors"), poison(kAdapterA));
+        return recipe(e) + " adapter.init_from=" + a;
+      },
+      {"adapter/adapter_model.safetensors: tensor '" + kAdapterA + "'"});
   adapter_case("ADP-35", "foreign_module",
                [](Env& e, const std::string& a) {
                  edit_tensors(e.path(a + "/adapter_model.safetensors"), [](NamedTensors& ts) {
@@ -1822,6 +1907,22 @@ std::vector<Case> all_cases() {
         return recipe(e) + " --resume";
       },
       {"run: field 'output.dir'", "the run has finished"});
+  add(c, "TRN-12", "run_in_use", "qtrain",
+      [](Env& e) {
+        const std::string run = run_copy(e);
+        hold_run_lock(e.path(run));
+        keep_tree(e, run);
+        return recipe(e) + " --resume";
+      },
+      {"run: field 'output.dir'", "(pid " + std::to_string(::getpid()) + " on "});
+  add(c, "TRN-13", "lock_file_is_a_directory", "qtrain",
+      [](Env& e) {
+        const std::string run = run_copy(e);
+        fs::create_directories(e.path(run + "/" + kRunLockFile));
+        keep_tree(e, run);
+        return recipe(e) + " --resume";
+      },
+      {"run/.qtrain.lock: ", "Is a directory"});
   add(c, "TRN-02", "gpt2_modules", "qtrain",
       [](Env& e) { return recipe(e) + " 'adapter.target_modules=[c_attn]'"; },
       {"field 'target_modules'", "[c_attn]"});
@@ -1938,6 +2039,36 @@ std::vector<Case> all_cases() {
                   if (n == entry + ".step") v = at::full({}, -3, at::kLong);
               }),
               {"tensor '" + entry + ".step'", "step -3"});
+  resume_case("TRN-48", "nan_moment", optimizer_edit([entry, poison](NamedTensors& ts) {
+                poison(entry + ".exp_avg_sq")(ts);
+              }),
+              {"/optimizer.safetensors: tensor '" + entry + ".exp_avg_sq'"});
+  resume_case("TRN-49", "step_past_total",
+              state_edit([](ojson& j) { j["step"] = int64_t{1} << 62; }),
+              {state_file + "field 'step'", "4611686018427387904", "the 4 steps"});
+  // rng.safetensors as LibTorch's set_state would have refused it (exit 70, its own words).
+  auto rng_edit = [](std::function<void(NamedTensors&)> edit) {
+    return [edit](Env& e, const std::string& ckpt) {
+      edit_tensors(e.path(ckpt + "/rng.safetensors"), edit);
+    };
+  };
+  resume_case("TRN-50", "rng_renamed", rng_edit([](NamedTensors& ts) {
+                for (auto& [n, v] : ts)
+                  if (n == "cpu") n = "cpx";
+              }),
+              {"/rng.safetensors: tensor 'cpx'"});
+  resume_case("TRN-51", "rng_dtype", rng_edit([](NamedTensors& ts) {
+                for (auto& [n, v] : ts)
+                  if (n == "cpu") v = v.to(at::kInt);
+              }),
+              {"/rng.safetensors: tensor 'cpu'"});
+  resume_case("TRN-52", "rng_truncated", rng_edit([](NamedTensors& ts) {
+                for (auto& [n, v] : ts)
+                  if (n == "cpu") v = v.slice(0, 0, 100).clone();
+              }),
+              {"/rng.safetensors: tensor 'cpu'", "100 bytes"});
+  resume_case("TRN-53", "rng_empty", rng_edit([](NamedTensors& ts) { ts.clear(); }),
+              {"/rng.safetensors: "});
 
   add(c, "TRN-03", "qalora_lm_head", "qtrain",
       [](Env& e) {
@@ -1946,6 +2077,9 @@ std::vector<Case> all_cases() {
                " 'adapter.target_modules=[q_proj, lm_head]'";
       },
       {"tensor 'lm_head'"});
+  add(c, "TRN-11", "rank_wider_than_model", "qtrain",
+      [](Env& e) { return recipe(e) + " adapter.r=1000"; },
+      {"field 'adapter.r'", "is 1000", "128 outputs"});
   add(c, "TRN-09", "tensorboard_is_file", "qtrain",
       [](Env& e) {
         write(e.path("fresh/tensorboard"), "x");

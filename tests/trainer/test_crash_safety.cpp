@@ -324,5 +324,40 @@ TEST_F(CrashSafety, ResumeWithoutACheckpointRestartsOnlyAnUnfinishedRun) {
   EXPECT_EQ(testing::read_file(run + "/adapter/adapter_model.safetensors"), adapter);
 }
 
+TEST_F(CrashSafety, IncompleteCheckpointsAreNeverLoadedByResumeOrExport) {
+  // A run directory as a qtrain without crash-consistent pruning could leave it: the newest
+  // checkpoint (the one `latest` names) lacks a file.
+  const std::string run = dir_.file("incomplete");
+  std::string text = testing::read_file(dir_.file("recipe.yaml"));
+  text.replace(text.find("keep_last: 1"), 12, "keep_last: 5");
+  text.replace(text.find("max_steps: " + std::to_string(kSteps)),
+               11 + std::to_string(kSteps).size(), "max_steps: 4");
+  testing::write_file(dir_.file("recipe.yaml"), text);
+  int status = 0;
+  waitpid(start(run, false, dir_.file("i1.log")), &status, 0);
+  ASSERT_EQ(exit_code(status), 0) << testing::read_file(dir_.file("i1.log"));
+  fs::remove_all(run + "/adapter");
+  fs::remove(run + "/checkpoints/step-00000004/optimizer.safetensors");
+
+  // qexport of the run takes the newest complete checkpoint, and says why.
+  std::string out;
+  const std::string qexport = testing::binary_dir() + "/tools/qexport " + run + " -f adapter -o " +
+                              dir_.file("exported") + " 2>&1";
+  ASSERT_EQ(testing::run_command(qexport, &out), 0) << out;
+  EXPECT_NE(out.find("step-00000004, which is incomplete (no optimizer.safetensors)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("exporting its newest checkpoint step-00000003"), std::string::npos) << out;
+
+  // --resume continues from step 3 and trains step 4 again, replacing the broken directory.
+  waitpid(start(run, true, dir_.file("i2.log")), &status, 0);
+  const std::string log = testing::read_file(dir_.file("i2.log"));
+  ASSERT_EQ(exit_code(status), 0) << log;
+  EXPECT_NE(log.find("using the newest complete checkpoint"), std::string::npos) << log;
+  expect_consistent_checkpoints(run, "after the resume");
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step-00000004/optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(run + "/adapter/adapter_model.safetensors"));
+}
+
 }  // namespace
 }  // namespace qtrain

@@ -1,6 +1,7 @@
 // Which tokens carry loss under every prompt format and chat template (shown with the data-check
 // renderer), recognising a model's own chat template, and `qtrain data-check` through the binary.
 #include "core/error.h"
+#include "data/byte_level.h"
 #include "data/examples.h"
 #include "data/sentencepiece_trainer.h"
 #include "data/tiny_instruct.h"
@@ -196,6 +197,81 @@ TEST_F(DataCheckCli, BadDataNamesTheFileAndLine) {
   // The built-in model has no chat template to follow.
   EXPECT_NE(run("data.format=chat data.template=auto", &out), 0) << out;
   EXPECT_NE(out.find("tokenizer_config.json"), std::string::npos) << out;
+}
+
+// A model directory with a config.json and a byte-level BPE tokenizer.json (no merges) holding
+// chatml's template tokens, and no weights: data-check loads none.
+void write_chatml_tokenizer_dir(const std::string& dir) {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_level_chars()[b]] = b;
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* token : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    added.push_back(
+        {{"id", 256 + added.size()}, {"content", token}, {"special", true}, {"normalized", false}});
+  }
+  const nlohmann::json tokenizer = {
+      {"added_tokens", added},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  fs::create_directories(dir);
+  testing::write_file(dir + "/config.json", tiny_model_config("qwen2", "micro").to_json().dump());
+  testing::write_file(dir + "/tokenizer.json", tokenizer.dump());
+  testing::write_file(dir + "/tokenizer_config.json",
+                      R"({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})");
+}
+
+// Issue 24: a chatml conversation is one text run (its template tokens are text), and masking it
+// re-encoded the text up to every turn: 1,000 exchanges took 31 s, 3,000 over 900 s. The
+// template tokens now cut the run, so this record checks in a moment (bench_tokenizer's
+// BM_ChatmlConversation times it).
+TEST_F(DataCheckCli, LongChatmlConversationIsChecked) {
+  write_chatml_tokenizer_dir(dir_.file("bpe"));
+  nlohmann::json messages = nlohmann::json::array();
+  for (int t = 0; t < 3000; ++t) {
+    messages.push_back({{"role", "user"}, {"content", "Question " + std::to_string(t) + "?"}});
+    messages.push_back({{"role", "assistant"}, {"content", "Answer " + std::to_string(t) + "."}});
+  }
+  const nlohmann::json short_chat = {
+      {"messages",
+       {{{"role", "user"}, {"content", "Hi?"}}, {{"role", "assistant"}, {"content", "Hello."}}}}};
+  testing::write_file(dir_.file("chat.jsonl"), nlohmann::json{{"messages", messages}}.dump() +
+                                                   "\n" + short_chat.dump() + "\n");
+  std::string out;
+  ASSERT_EQ(run("model.path=" + dir_.file("bpe") + " data.path=" + dir_.file("chat.jsonl") +
+                    " data.format=chat data.template=chatml data.max_seq_len=4096 "
+                    "data.eval_fraction=0",
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("examples: 2 kept, 1 truncated, 0 dropped, 0 bad records skipped"),
+            std::string::npos)
+      << out;
+  // <|im_start|> decodes to nothing, <|im_end|> is the EOS: the first response is learnt.
+  EXPECT_NE(out.find("user\nQuestion 0?<eos>\nassistant\n[[Answer 0.<eos>\n]]user\nQuestion 1?"),
+            std::string::npos)
+      << out.substr(0, 2000);
+}
+
+// data.max_record_bytes: a longer record is a bad record, named, and with skip_bad_lines counted.
+TEST_F(DataCheckCli, OverLongRecordIsABadRecord) {
+  const std::string good = R"({"instruction": "Name a day.", "output": "Monday"})";
+  const std::string long_record =
+      R"({"instruction": "Name a day.", "output": ")" + std::string(300, 'x') + "\"}";
+  testing::write_file(dir_.file("long.jsonl"),
+                      good + "\n" + good + "\n" + long_record + "\n" + good + "\n");
+  const std::string args =
+      "data.path=" + dir_.file("long.jsonl") + " data.max_record_bytes=200 data.eval_fraction=0";
+  std::string out;
+  EXPECT_EQ(run(args, &out), 5) << out;
+  EXPECT_NE(out.find("long.jsonl:3: record is 344 bytes, more than data.max_record_bytes = 200"),
+            std::string::npos)
+      << out;
+  ASSERT_EQ(run(args + " data.skip_bad_lines=true", &out), 0) << out;
+  EXPECT_NE(out.find("examples: 3 kept, 0 truncated, 0 dropped, 1 bad records skipped"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("long.jsonl:3: record is 344 bytes"), std::string::npos) << out;
 }
 
 }  // namespace

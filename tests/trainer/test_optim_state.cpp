@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 namespace qtrain {
 namespace {
 
@@ -135,10 +137,33 @@ TEST(OptimState, MismatchedStateIsRejectedWithTheKey) {
   auto negative = good;
   negative["step"] = at::scalar_tensor(-1, at::kLong);
   expect_error(negative, ErrorKind::kFormat, "step");
+  // Issue 24: a NaN moment used to reach the adapters on the first step, blamed on the data.
+  auto nan_moment = good;
+  nan_moment[a + ".exp_avg_sq"] = good.at(a + ".exp_avg_sq").clone();
+  nan_moment[a + ".exp_avg_sq"].view({-1})[7] = std::nan("");
+  expect_error(nan_moment, ErrorKind::kFormat, a + ".exp_avg_sq");
+  auto inf_moment = good;
+  inf_moment[a + ".exp_avg"] = good.at(a + ".exp_avg").clone();
+  inf_moment[a + ".exp_avg"].view({-1})[0] = INFINITY;
+  expect_error(inf_moment, ErrorKind::kFormat, a + ".exp_avg");
 
   // The state of another kind: the 8-bit codes are not AdamW moments.
   auto eight_bit = make_optimizer("adamw_8bit", clone_params(params), options());
   expect_error(eight_bit->state_dict(), ErrorKind::kShape, a + ".exp_avg");
+  // ... and the 8-bit kind's block scales are checked too.
+  auto eight_bit_state = eight_bit->state_dict();
+  for (auto& [key, t] : eight_bit_state) {
+    if (key.find(".absmax") != std::string::npos) t.view({-1})[0] = std::nan("");
+  }
+  auto eight_bit_params = clone_params(params);
+  auto eight_bit_opt = make_optimizer("adamw_8bit", eight_bit_params, options());
+  try {
+    eight_bit_opt->load_state_dict(eight_bit_state);
+    ADD_FAILURE() << "a NaN block scale was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat) << e.what();
+    EXPECT_NE(e.context().tensor.find(".absmax"), std::string::npos) << e.what();
+  }
 
   // Nothing was copied by the failed loads.
   const auto after = opt->state_dict();

@@ -103,6 +103,17 @@ const std::vector<BadCase>& bad_cases() {
        "training.grad_accum_steps", 6, "must be >= 1"},
       {"max_seq_len_small", "model:\n  path: m\ndata:\n  path: d\n  max_seq_len: 4\n",
        "data.max_seq_len", 5, "must be >= 8"},
+      {"rank_absurd", kValid + "adapter:\n  r: 2147483648\n", "adapter.r", 6,
+       "must be at most 65536 (got 2147483648)"},
+      {"rank_at_cap_plus_one", kValid + "adapter:\n  r: 65537\n", "adapter.r", 6,
+       "must be at most 65536"},
+      {"max_seq_len_absurd",
+       "model:\n  path: m\ndata:\n  path: d\n  max_seq_len: 1099511627776\n  packing: true\n",
+       "data.max_seq_len", 5, "must be at most 16777216"},
+      {"micro_batch_tokens",
+       "model:\n  path: m\ndata:\n  path: d\n  max_seq_len: 16777216\ntraining:\n"
+       "  micro_batch_size: 17\n",
+       "training.micro_batch_size", 7, "(17 x 16777216) is more than 268435456 tokens"},
       {"warmup_ratio_one", kValid + "training:\n  warmup_ratio: 1\n", "training.warmup_ratio", 6,
        "[0, 1)"},
       {"keep_last_zero", kValid + "output:\n  keep_last: 0\n", "output.keep_last", 6,
@@ -174,6 +185,13 @@ TEST(RecipeErrors, EveryBadCaseNamesItsKeyAndLine) {
 TEST(RecipeErrors, EveryBadCaseIsValidOnceFixed) {
   // The cases must fail for their stated reason, not because the base text is broken.
   EXPECT_NO_THROW(parse_recipe(kValid, kSource));
+}
+
+TEST(RecipeErrors, SizeCapsAcceptTheirBounds) {
+  // 16 x 2^24 is exactly the 2^28 tokens a micro-batch may hold.
+  EXPECT_NO_THROW(parse_recipe(
+      kValid, kSource,
+      {"adapter.r=65536", "data.max_seq_len=16777216", "training.micro_batch_size=16"}));
 }
 
 TEST(RecipeErrors, MissingFileIsAnIoError) {

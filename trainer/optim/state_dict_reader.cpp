@@ -1,6 +1,7 @@
 #include "trainer/optim/state_dict_reader.h"
 
 #include "core/error.h"
+#include "core/finite.h"
 #include "core/shape_string.h"
 
 #include <ATen/ATen.h>
@@ -24,6 +25,12 @@ const at::Tensor& StateDictReader::take(const std::string& key, at::ScalarType d
     throw_error(ErrorKind::kShape,
                 "optimizer state entry has shape " + shape_string(t.sizes()) + ", expected " +
                     shape_string(shape),
+                {.tensor = key});
+  }
+  // A NaN in a moment would otherwise reach the adapters on the first step and be blamed on the
+  // data or the learning rate.
+  if (!all_finite(t)) {
+    throw_error(ErrorKind::kFormat, "optimizer state entry holds NaN or Inf values",
                 {.tensor = key});
   }
   taken_.insert(key);

@@ -16,7 +16,7 @@ class StateDictReader {
   explicit StateDictReader(const std::map<std::string, at::Tensor>& state) : state_(state) {}
 
   // The entry `key` with the given dtype and shape. Error kShape if it is missing or mis-shaped,
-  // kFormat if its dtype differs; both name the key.
+  // kFormat if its dtype differs or it holds a NaN or an Inf; all name the key.
   const at::Tensor& take(const std::string& key, at::ScalarType dtype, at::IntArrayRef shape);
   // An int64 [] step counter >= 0 (Error kFormat naming the key otherwise).
   int64_t take_step(const std::string& key);

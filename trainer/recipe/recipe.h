@@ -73,6 +73,9 @@ struct DataSection {
   double eval_fraction = 0.05;
   int64_t eval_max_samples = 256;  // 0: no cap
   bool skip_bad_lines = false;
+  // The most bytes one record (.jsonl line, .json element, .txt file) may take; a longer one is
+  // a bad record. Tokenizing costs memory in proportion (SentencePiece: ~200 bytes per byte).
+  int64_t max_record_bytes = 8 * 1024 * 1024;
 };
 
 struct TrainingSection {

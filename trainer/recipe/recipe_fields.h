@@ -49,6 +49,7 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("eval_fraction", s.eval_fraction);
     visit("eval_max_samples", s.eval_max_samples);
     visit("skip_bad_lines", s.skip_bad_lines);
+    visit("max_record_bytes", s.max_record_bytes);
   } else if constexpr (std::is_same_v<S, TrainingSection>) {
     visit("micro_batch_size", s.micro_batch_size);
     visit("grad_accum_steps", s.grad_accum_steps);

@@ -2,6 +2,7 @@
 // value converted strictly to its field's type, then the command-line overrides are applied,
 // defaults that depend on other settings are resolved, and the result is validated.
 #include "core/error.h"
+#include "core/read_file.h"
 #include "data/unicode_text.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/recipe/recipe_fields.h"
@@ -10,12 +11,13 @@
 #include "trainer/recipe/recipe_validate.h"
 #include "trainer/recipe/yaml_text.h"
 
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -41,11 +43,35 @@ std::string describe(const YAML::Node& node) {
   return (node.Tag() == "!" ? "the quoted string '" : "'") + node.Scalar() + "'";
 }
 
+// YAML aliases let a small recipe repeat one large value many times (`[&big <1 MiB>, *big,
+// *big, ...]`), and each use is copied into the recipe. Counts the text and the values converted
+// for the whole recipe, overrides included: without aliases a recipe of at most kMaxRecipeBytes
+// cannot come near the limits.
+class ExpansionBudget {
+ public:
+  static constexpr size_t kMaxBytes = 16 * kMiB;
+  static constexpr size_t kMaxValues = 100'000;
+
+  void spend(size_t bytes, const RecipeOrigins& origins, const std::string& key) {
+    bytes_ += bytes;
+    ++values_;
+    if (bytes_ > kMaxBytes || values_ > kMaxValues) {
+      origins.fail(key, "the recipe's values add up to more than " + byte_limit_text(kMaxBytes) +
+                            " of text or " + std::to_string(kMaxValues) +
+                            " values (YAML aliases repeating a large value?)");
+    }
+  }
+
+ private:
+  size_t bytes_ = 0;
+  size_t values_ = 0;
+};
+
 // Converts one YAML value into a field of its type; failures name the field and its origin.
 class FieldReader {
  public:
-  FieldReader(const RecipeOrigins& origins, std::string key)
-      : origins_(origins), key_(std::move(key)) {}
+  FieldReader(const RecipeOrigins& origins, std::string key, ExpansionBudget& budget)
+      : origins_(origins), key_(std::move(key)), budget_(budget) {}
 
   void read(const YAML::Node& node, std::string& out) const {
     if (node.IsNull()) {
@@ -107,6 +133,7 @@ class FieldReader {
   // writes \_ and \N as the Latin-1 bytes A0 and 85 (found by fuzz_recipe).
   std::string text_of(const YAML::Node& node) const {
     const std::string& text = node.Scalar();
+    budget_.spend(text.size(), origins_, key_);
     // Not through fail(): its ", got <value>" would print the offending bytes.
     if (!is_valid_utf8(text)) {
       origins_.fail(key_,
@@ -126,6 +153,7 @@ class FieldReader {
   template <class T>
   T convert(const YAML::Node& node, const std::string& expected) const {
     if (!is_plain_scalar(node)) fail("expected " + expected, node);
+    budget_.spend(node.Scalar().size(), origins_, key_);
     try {
       return node.as<T>();
     } catch (const YAML::Exception&) {
@@ -139,6 +167,7 @@ class FieldReader {
 
   const RecipeOrigins& origins_;
   std::string key_;
+  ExpansionBudget& budget_;
 };
 
 // Calls fn(member) on the field `section`.`field` of `recipe`; false when there is none.
@@ -156,9 +185,58 @@ bool with_field(Recipe& recipe, const std::string& section, const std::string& f
   return found;
 }
 
+std::string too_deep_message() {
+  return "too deeply nested: more than " + std::to_string(kMaxYamlDepth) +
+         " levels of lists and mappings";
+}
+
+// Stops a parse at the start of the second document: yaml-cpp's Load reads the first one only,
+// so a recipe's settings after a "---" line would be dropped without a word.
+class SecondDocumentRefusal : public YAML::EventHandler {
+ public:
+  explicit SecondDocumentRefusal(const std::string& source) : source_(source) {}
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents_ < 2) return;
+    throw_error(ErrorKind::kConfig,
+                "a second YAML document starts here; a recipe is one document (remove the '---' "
+                "line and what follows, or merge it into the recipe)",
+                {.file = source_, .line = mark.line + 1});
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  const std::string& source_;
+  int documents_ = 0;
+};
+
+void refuse_second_document(const std::string& text, const std::string& source) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  SecondDocumentRefusal handler(source);
+  while (parser.HandleNextDocument(handler)) {
+  }
+}
+
 YAML::Node load_yaml(const std::string& text, const std::string& source) {
+  // yaml-cpp's parser recurses once per level: refuse deep nesting before it runs.
+  if (const int64_t line = line_nested_deeper_than(text, kMaxYamlDepth); line > 0)
+    throw_error(ErrorKind::kConfig, too_deep_message(), {.file = source, .line = line});
   try {
+    refuse_second_document(text, source);
     return YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {  // "bad file": deeper than the scan above counted
+    throw_error(ErrorKind::kConfig, too_deep_message(), {.file = source, .line = e.mark.line + 1});
   } catch (const YAML::ParserException& e) {
     throw_error(ErrorKind::kConfig, "malformed YAML: " + e.msg,
                 {.file = source, .line = e.mark.line + 1});
@@ -166,7 +244,7 @@ YAML::Node load_yaml(const std::string& text, const std::string& source) {
 }
 
 void read_section(const YAML::Node& node, const std::string& section, Recipe& recipe,
-                  RecipeOrigins& origins) {
+                  RecipeOrigins& origins, ExpansionBudget& budget) {
   if (node.IsNull()) return;  // "distributed:" with nothing under it: all defaults
   if (!node.IsMap()) origins.fail(section, "expected a mapping of keys, got " + describe(node));
   std::set<std::string> seen;
@@ -180,7 +258,7 @@ void read_section(const YAML::Node& node, const std::string& section, Recipe& re
     }
     const YAML::Node& value = entry.second;
     origins.set_line(key, line);
-    const FieldReader reader(origins, key);
+    const FieldReader reader(origins, key, budget);
     const bool known =
         key_node.IsScalar() && with_field(recipe, section, key_node.Scalar(),
                                           [&](auto& member) { reader.read(value, member); });
@@ -191,7 +269,8 @@ void read_section(const YAML::Node& node, const std::string& section, Recipe& re
   }
 }
 
-void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& origins) {
+void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& origins,
+                        ExpansionBudget& budget) {
   if (root.IsNull()) return;
   if (!root.IsMap()) {
     throw_error(ErrorKind::kConfig,
@@ -212,7 +291,7 @@ void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& o
                   {.file = origins.source(), .field = name, .line = line});
     }
     origins.set_line(name, line);
-    read_section(entry.second, name, recipe, origins);
+    read_section(entry.second, name, recipe, origins, budget);
   }
 }
 
@@ -221,7 +300,8 @@ void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& o
 }
 
 // "section.field=value", or "section.field.entry=value" for a mapping field (data.fields).
-void apply_override(const std::string& text, Recipe& recipe, RecipeOrigins& origins) {
+void apply_override(const std::string& text, Recipe& recipe, RecipeOrigins& origins,
+                    ExpansionBudget& budget) {
   const size_t equals = text.find('=');
   if (equals == std::string::npos) bad_override(text, "expected key=value, e.g. training.lr=1e-4");
   const std::string key = text.substr(0, equals);
@@ -244,12 +324,16 @@ void apply_override(const std::string& text, Recipe& recipe, RecipeOrigins& orig
 
   YAML::Node value;
   try {
+    if (line_nested_deeper_than(value_text, kMaxYamlDepth) > 0)
+      bad_override(text, "the value is not valid YAML: " + too_deep_message());
     value = YAML::Load(value_text);
+  } catch (const YAML::DeepRecursion&) {
+    bad_override(text, "the value is not valid YAML: " + too_deep_message());
   } catch (const YAML::ParserException& e) {
     bad_override(text, "the value is not valid YAML: " + e.msg);
   }
   origins.set_override(field_key, text);
-  const FieldReader reader(origins, field_key);
+  const FieldReader reader(origins, field_key, budget);
   with_field(recipe, section, field, [&](auto& member) {
     using T = std::decay_t<decltype(member)>;
     if constexpr (std::is_same_v<T, std::map<std::string, std::string>>) {
@@ -305,10 +389,11 @@ void check_yaml_text_lines(const std::string& text, const std::string& source) {
 Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
+  ExpansionBudget budget;
   Recipe recipe;
   const std::string text_lf = normalize_line_breaks(yaml_text);
   check_yaml_text_lines(text_lf, source);
-  read_file_settings(load_yaml(text_lf, source), recipe, origins);
+  read_file_settings(load_yaml(text_lf, source), recipe, origins, budget);
   for (const std::string& given : overrides) {
     // A CR from a script saved with Windows line endings ends the value, as in the file.
     const std::string text = normalize_line_breaks(given);
@@ -319,7 +404,7 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
       throw_error(ErrorKind::kUsage,
                   "override contains control character " + bad + ", which YAML does not allow");
     }
-    apply_override(text, recipe, origins);
+    apply_override(text, recipe, origins, budget);
   }
   resolve_dependent_defaults(recipe, origins);
   validate_recipe(recipe, origins);
@@ -332,12 +417,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw_error(ErrorKind::kIo, "a recipe must be a YAML file, not a directory", {.file = path});
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(ErrorKind::kIo, "cannot open recipe", {.file = path});
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw_error(ErrorKind::kIo, "cannot read recipe", {.file = path});
-  return parse_recipe(text.str(), path, overrides);
+  return parse_recipe(read_small_file(path, kMaxRecipeBytes, "recipe"), path, overrides);
 }
 
 }  // namespace qtrain

@@ -33,6 +33,16 @@ bool is_power_of_two(int64_t v) {
   return v > 0 && (v & (v - 1)) == 0;
 }
 
+// Beyond any real use, low enough that adapter and batch sizes stay far from int64 overflow and
+// are refused here rather than by the allocator. A rank above a projection's smaller side adds
+// nothing; the widest projections of published models are below 2^16.
+constexpr int64_t kMaxAdapterRank = int64_t{1} << 16;
+// Longer than any model's context (16M tokens).
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;
+// Tokens of one micro-batch: packed rows are always max_seq_len long, and their ids, positions,
+// labels and segment ids take 32 bytes a token (8 GiB at this bound), before any activation.
+constexpr int64_t kMaxMicroBatchTokens = int64_t{1} << 28;
+
 // Small checks that report through the origins of the recipe being validated.
 class Checks {
  public:
@@ -48,6 +58,9 @@ class Checks {
   template <class T>
   void at_least(const std::string& key, T value, T min) const {
     if (value < min) fail(key, "must be >= " + str(min) + " (got " + str(value) + ")");
+  }
+  void at_most(const std::string& key, int64_t value, int64_t max) const {
+    if (value > max) fail(key, "must be at most " + str(max) + " (got " + str(value) + ")");
   }
   void positive(const std::string& key, double value) const {
     if (!(value > 0)) fail(key, "must be > 0 (got " + str(value) + ")");
@@ -116,6 +129,7 @@ void check_quantization(const QuantizationSection& q, const AdapterSection& a, c
 void check_adapter(const AdapterSection& a, const Checks& c) {
   c.one_of("adapter.type", a.type, {"lora", "qalora"});
   c.at_least<int64_t>("adapter.r", a.r, 1);
+  c.at_most("adapter.r", a.r, kMaxAdapterRank);
   c.positive("adapter.alpha", a.alpha);
   c.in_range("adapter.dropout", a.dropout, 0.0, 1.0);
   c.one_of("adapter.dtype", a.dtype, {"bfloat16", "float32"});
@@ -160,13 +174,25 @@ void check_data(const DataSection& d, const Checks& c) {
     if (renamed.empty()) c.fail("data.fields", "the name for '" + field + "' is empty");
   }
   c.at_least<int64_t>("data.max_seq_len", d.max_seq_len, 8);
+  c.at_most("data.max_seq_len", d.max_seq_len, kMaxSeqLen);
   c.one_of("data.overlong", d.overlong, {"truncate", "drop"});
   c.in_range("data.eval_fraction", d.eval_fraction, 0.0, 1.0);
   c.at_least<int64_t>("data.eval_max_samples", d.eval_max_samples, 0);
+  c.at_least<int64_t>("data.max_record_bytes", d.max_record_bytes, 1);
+}
+
+// A micro-batch's tokens, checked by division so that absurd sizes cannot overflow first.
+void check_micro_batch_tokens(const TrainingSection& t, const DataSection& d, const Checks& c) {
+  if (t.micro_batch_size <= kMaxMicroBatchTokens / d.max_seq_len) return;
+  c.fail("training.micro_batch_size", "training.micro_batch_size x data.max_seq_len (" +
+                                          str(t.micro_batch_size) + " x " + str(d.max_seq_len) +
+                                          ") is more than " + str(kMaxMicroBatchTokens) +
+                                          " tokens per micro-batch");
 }
 
 void check_training(const TrainingSection& t, const DataSection& d, const Checks& c) {
   c.at_least<int64_t>("training.micro_batch_size", t.micro_batch_size, 1);
+  check_micro_batch_tokens(t, d, c);
   c.at_least<int64_t>("training.grad_accum_steps", t.grad_accum_steps, 1);
   c.at_least<int64_t>("training.max_steps", t.max_steps, 0);
   c.at_least<int64_t>("training.epochs", t.epochs, 1);
