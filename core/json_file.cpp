@@ -82,10 +82,8 @@ class StrictJsonBuilder {
   bool end_array() { return close(); }
 
   bool key(json::string_t& key) {
-    if (open_.back().value->contains(key)) {
-      fail("duplicate JSON key '" + printable_key(key) + "'", path_with(key_segment(key), 200));
-    }
     key_ = std::move(key);
+    key_read_to_ = *read_to_;  // the duplicate's line: place() sees it only after its value
     return true;
   }
 
@@ -99,25 +97,32 @@ class StrictJsonBuilder {
   json take() { return std::move(root_); }
 
  private:
+  // An open array or object, and the key its parent object holds it under (null in an array).
+  // Paths are built from these only for an error message.
   struct OpenValue {
     json* value;
-    std::string segment;  // how its parent reaches it: ".key" or "[i]"
+    const std::string* key;
   };
 
   // Where the next value goes: the root, the end of the open array, or the open object's key.
-  json* place(json value) {
+  OpenValue place(json value) {
     if (open_.empty()) {
       root_ = std::move(value);
-      return &root_;
+      return {&root_, nullptr};
     }
     json& parent = *open_.back().value;
     if (parent.is_array()) {
       parent.push_back(std::move(value));
-      return &parent.back();
+      return {&parent.back(), nullptr};
     }
-    return &parent.get_ref<json::object_t&>()
-                .emplace(std::move(key_), std::move(value))
-                .first->second;
+    // try_emplace leaves key_ and value alone when the key is there already.
+    const auto [it, inserted] =
+        parent.get_ref<json::object_t&>().try_emplace(std::move(key_), std::move(value));
+    if (!inserted) {
+      fail("duplicate JSON key '" + printable_key(key_) + "'",
+           path_with(key_segment(key_), kDuplicatePathShown), key_read_to_);
+    }
+    return {&it->second, &it->first};
   }
 
   bool add(json value) {
@@ -126,13 +131,12 @@ class StrictJsonBuilder {
   }
 
   bool open(json container) {
-    std::string segment = next_segment();
     if (static_cast<int>(open_.size()) >= max_depth_) {
+      // Where the nesting starts; the rest is the same brackets over again.
       fail("JSON nested deeper than " + std::to_string(max_depth_) + " levels",
-           path_with(segment, 48));  // where it starts; the rest is the same brackets over again
+           path_with(next_segment(), kDeepPathShown));
     }
-    json* value = place(std::move(container));
-    open_.push_back({value, std::move(segment)});
+    open_.push_back(place(std::move(container)));
     return true;
   }
 
@@ -141,6 +145,15 @@ class StrictJsonBuilder {
     return true;
   }
 
+  // How open_[i] is reached from its parent: ".key" or "[index]" (it is the array's last element
+  // while it is open); "" for the root.
+  std::string segment_of(size_t i) const {
+    if (i == 0) return "";
+    if (open_[i].key != nullptr) return key_segment(*open_[i].key);
+    return "[" + std::to_string(open_[i - 1].value->size() - 1) + "]";
+  }
+
+  // The segment of the value about to be placed.
   std::string next_segment() const {
     if (open_.empty()) return "";
     const json& parent = *open_.back().value;
@@ -153,18 +166,20 @@ class StrictJsonBuilder {
   // The dotted path of the open values plus `last`, cut to `shown` bytes and "...".
   std::string path_with(const std::string& last, size_t shown) const {
     std::string path;
-    for (const OpenValue& v : open_) {
-      path += v.segment;
-      if (path.size() > shown) break;
-    }
+    for (size_t i = 0; i < open_.size() && path.size() <= shown; ++i) path += segment_of(i);
     if (path.size() <= shown) path += last;
     if (path.size() > shown) path = path.substr(0, shown) + "...";
     if (!path.empty() && path[0] == '.') path.erase(0, 1);
     return path;
   }
 
-  [[noreturn]] void fail(const std::string& message, const std::string& field) const {
-    const size_t offset = static_cast<size_t>(*read_to_ - text_.data());
+  static constexpr size_t kDuplicatePathShown = 200;
+  static constexpr size_t kDeepPathShown = 48;
+
+  // `read_to`: how far the parser had read at the fault (by default, now).
+  [[noreturn]] void fail(const std::string& message, const std::string& field,
+                         const char* read_to = nullptr) const {
+    const size_t offset = static_cast<size_t>((read_to ? read_to : *read_to_) - text_.data());
     const auto line =
         1 + std::count(text_.begin(), text_.begin() + std::min(offset, text_.size()), '\n');
     throw_error(ErrorKind::kFormat, message, {.file = source_, .field = field, .line = line});
@@ -177,6 +192,7 @@ class StrictJsonBuilder {
   json root_;
   std::vector<OpenValue> open_;
   std::string key_;
+  const char* key_read_to_ = nullptr;
 };
 
 }  // namespace

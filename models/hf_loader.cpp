@@ -39,6 +39,14 @@ std::string list_names(const std::vector<std::string>& names) {
               {.file = source, .tensor = missing.front()});
 }
 
+[[noreturn]] void throw_unexpected(const std::vector<std::string>& unexpected,
+                                   const std::string& model_type, const std::string& source) {
+  throw_error(ErrorKind::kShape,
+              std::to_string(unexpected.size()) + " tensor(s) the " + model_type +
+                  " model does not have: " + list_names(unexpected),
+              {.file = source, .tensor = unexpected.front()});
+}
+
 void check_shape(const CheckpointReader& checkpoint, const std::string& name,
                  at::IntArrayRef expected) {
   const TensorInfo& info = checkpoint.info(name);
@@ -61,11 +69,14 @@ void require_finite_weight(const at::Tensor& weight, const std::string& file,
 
 void check_checkpoint_shapes(const ModelConfig& config, const CheckpointReader& checkpoint,
                              const std::string& source,
-                             const std::function<bool(const TensorSpec&)>& loaded_dense) {
+                             const std::function<bool(const TensorSpec&)>& loaded_dense,
+                             const std::function<bool(const std::string&)>& read_elsewhere) {
   std::vector<const TensorSpec*> present;
-  std::vector<std::string> missing;
+  std::vector<std::string> missing, unexpected;
+  std::set<std::string> spec_names;
   const std::vector<TensorSpec> specs = hf_tensor_specs(config);
   for (const TensorSpec& spec : specs) {
+    spec_names.insert(spec.name);
     if (!loaded_dense(spec)) continue;
     if (checkpoint.contains(spec.name)) {
       present.push_back(&spec);
@@ -73,7 +84,15 @@ void check_checkpoint_shapes(const ModelConfig& config, const CheckpointReader& 
       missing.push_back(spec.name);
     }
   }
+  for (const auto& name : checkpoint.names()) {
+    if (spec_names.count(name) || ignorable(name) || (read_elsewhere && read_elsewhere(name)))
+      continue;
+    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    unexpected.push_back(name);
+  }
+  // In load_hf_weights' order, so that a checkpoint fails with the same error either way.
   if (!missing.empty()) throw_missing(missing, source);
+  if (!unexpected.empty()) throw_unexpected(unexpected, config.model_type, source);
   for (const TensorSpec* spec : present) check_shape(checkpoint, spec->name, spec->shape);
 }
 
@@ -97,12 +116,7 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const 
     unexpected.push_back(name);
   }
   if (!missing.empty()) throw_missing(missing, source);
-  if (!unexpected.empty()) {
-    throw_error(ErrorKind::kShape,
-                std::to_string(unexpected.size()) + " tensor(s) the " + model.config().model_type +
-                    " model does not have: " + list_names(unexpected),
-                {.file = source, .tensor = unexpected.front()});
-  }
+  if (!unexpected.empty()) throw_unexpected(unexpected, model.config().model_type, source);
   torch::NoGradGuard no_grad;
   for (const auto& [name, param] : wanted) {
     check_shape(checkpoint, name, param.sizes());

@@ -23,7 +23,8 @@ struct LoadOptions {
 
 // Copies every parameter of `model` from `checkpoint` (names as transformers writes them).
 // A tensor the model needs but the checkpoint lacks, one the checkpoint has but the model does
-// not know, or one whose shape differs is an Error(kShape) that names it (all of them, listed).
+// not know, or one whose shape differs is an Error(kShape) that names it (all of them, listed);
+// one holding a NaN or an Inf is an Error(kFormat) naming it.
 // `source` names the directory in messages. `consumed` names checkpoint tensors already used
 // elsewhere (the quantized loader's weights): they are neither loaded nor reported as
 // unexpected. Each tensor's mapped pages are evicted once copied, so resident memory stays near
@@ -33,12 +34,15 @@ void load_hf_weights(CausalLM& model, const CheckpointReader& checkpoint, const 
 
 // Before a model of `config` is allocated: every tensor of hf_tensor_specs(config) that
 // `loaded_dense` selects (those the loader allocates in full rather than reading one by one)
-// must be in the checkpoint with the config's shape. So a config.json whose sizes disagree with
-// its weights (hidden_size: 1000000000) is the Error(kShape) load_hf_weights would give, naming
-// the tensor, instead of an allocation that cannot succeed. Missing tensors come first, listed.
+// must be in the checkpoint with the config's shape, and the checkpoint must hold nothing else
+// (but what `read_elsewhere` names, e.g. bitsandbytes state entries). So a config.json whose sizes
+// disagree with its weights (hidden_size: 1000000000) is the Error(kShape) load_hf_weights would
+// give, naming the tensor, instead of an allocation that cannot succeed. Same order as there:
+// missing tensors, then unexpected ones (each listed), then shapes.
 void check_checkpoint_shapes(const ModelConfig& config, const CheckpointReader& checkpoint,
                              const std::string& source,
-                             const std::function<bool(const TensorSpec&)>& loaded_dense);
+                             const std::function<bool(const TensorSpec&)>& loaded_dense,
+                             const std::function<bool(const std::string&)>& read_elsewhere = {});
 
 // Error(kFormat) naming `file` and tensor `name` when `weight` holds a NaN or an Inf.
 void require_finite_weight(const at::Tensor& weight, const std::string& file,

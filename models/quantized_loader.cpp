@@ -75,11 +75,17 @@ void check_dense_tensor_shapes(const ModelConfig& config, const CheckpointReader
                                const std::string& dir, bool prequantized,
                                const std::set<std::string>& bnb_modules,
                                const std::vector<std::string>& skip_modules) {
-  check_checkpoint_shapes(config, checkpoint, dir, [&](const TensorSpec& spec) {
-    if (!prequantized) return !is_quantized_projection(spec.name, spec.shape, skip_modules);
-    const bool weight = ends_with(spec.name, ".weight");
-    return !weight || bnb_modules.count(spec.name.substr(0, spec.name.size() - 7)) == 0;
-  });
+  auto bnb_module_of = [&](const std::string& name) {
+    const size_t at = name.find(".weight");
+    return at != std::string::npos && bnb_modules.count(name.substr(0, at)) > 0;
+  };
+  check_checkpoint_shapes(
+      config, checkpoint, dir,
+      [&](const TensorSpec& spec) {
+        if (!prequantized) return !is_quantized_projection(spec.name, spec.shape, skip_modules);
+        return !bnb_module_of(spec.name);
+      },
+      bnb_module_of);
 }
 
 }  // namespace

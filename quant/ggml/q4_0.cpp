@@ -2,6 +2,7 @@
 // computed in float32 and used unrounded; only the stored copy is fp16.
 #include "quant/ggml/q4_0.h"
 
+#include "quant/ggml/block_rows.h"
 #include "quant/ggml/ggml_fp16.h"
 
 #include <algorithm>
@@ -56,17 +57,11 @@ BlockQ5_0 q5_0_block(const float* x) {
 }  // namespace
 
 void quantize_q4_0(const float* x, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n / kQK4_0; ++i) {
-    const BlockQ4_0 block = q4_0_block(x + i * kQK4_0);
-    std::memcpy(out + i * sizeof(BlockQ4_0), &block, sizeof(BlockQ4_0));
-  }
+  quantize_blocks<kQK4_0>(x, out, n, q4_0_block);
 }
 
 void quantize_q5_0(const float* x, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n / kQK5_0; ++i) {
-    const BlockQ5_0 block = q5_0_block(x + i * kQK5_0);
-    std::memcpy(out + i * sizeof(BlockQ5_0), &block, sizeof(BlockQ5_0));
-  }
+  quantize_blocks<kQK5_0>(x, out, n, q5_0_block);
 }
 
 }  // namespace qtrain

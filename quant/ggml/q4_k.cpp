@@ -3,6 +3,7 @@
 // -ffp-contract=off (quant/CMakeLists.txt) so that no a*b+c becomes an FMA.
 #include "quant/ggml/q4_k.h"
 
+#include "quant/ggml/block_rows.h"
 #include "quant/ggml/ggml_fp16.h"
 
 #include <algorithm>
@@ -151,10 +152,7 @@ BlockQ4_K q4_k_block(const float* x) {
 }  // namespace
 
 void quantize_q4_k(const float* x, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n / kQkK; ++i) {
-    const BlockQ4_K block = q4_k_block(x + i * kQkK);
-    std::memcpy(out + i * sizeof(BlockQ4_K), &block, sizeof(BlockQ4_K));
-  }
+  quantize_blocks<kQkK>(x, out, n, q4_k_block);
 }
 
 }  // namespace qtrain

@@ -3,6 +3,7 @@
 // -ffp-contract=off (quant/CMakeLists.txt) so that no a*b+c becomes an FMA.
 #include "quant/ggml/q6_k.h"
 
+#include "quant/ggml/block_rows.h"
 #include "quant/ggml/ggml_fp16.h"
 
 #include <algorithm>
@@ -120,10 +121,7 @@ BlockQ6_K q6_k_block(const float* x) {
 }  // namespace
 
 void quantize_q6_k(const float* x, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n / kQkK; ++i) {
-    const BlockQ6_K block = q6_k_block(x + i * kQkK);
-    std::memcpy(out + i * sizeof(BlockQ6_K), &block, sizeof(BlockQ6_K));
-  }
+  quantize_blocks<kQkK>(x, out, n, q6_k_block);
 }
 
 }  // namespace qtrain

@@ -2,6 +2,7 @@
 // computed in float32 and used unrounded; only the stored copy is fp16.
 #include "quant/ggml/q8_0.h"
 
+#include "quant/ggml/block_rows.h"
 #include "quant/ggml/ggml_fp16.h"
 
 #include <algorithm>
@@ -25,10 +26,7 @@ BlockQ8_0 q8_0_block(const float* x) {
 }  // namespace
 
 void quantize_q8_0(const float* x, uint8_t* out, int64_t n) {
-  for (int64_t i = 0; i < n / kQK8_0; ++i) {
-    const BlockQ8_0 block = q8_0_block(x + i * kQK8_0);
-    std::memcpy(out + i * sizeof(BlockQ8_0), &block, sizeof(BlockQ8_0));
-  }
+  quantize_blocks<kQK8_0>(x, out, n, q8_0_block);
 }
 
 }  // namespace qtrain

@@ -68,6 +68,12 @@ TEST(ParseJsonText, RefusesADuplicateKeyNamingItsPathAndLine) {
   EXPECT_EQ(e.context().file, "config.json");
 }
 
+TEST(ParseJsonText, NamesTheLineOfTheDuplicateKeyNotOfWhatFollowsItsValue) {
+  // The parser reads one character past a number: here the line break.
+  const Error e = capture_error([] { parse_json_text("{\"r\": 8,\n\"r\": 16\n}", "c.json"); });
+  EXPECT_EQ(e.context().line, 2);
+}
+
 TEST(ParseJsonText, RefusesADuplicateTopLevelKey) {
   const Error e = capture_error(
       [] { parse_json_text(R"({"vocab_size": 384, "hidden_size": 8, "vocab_size": 9})", "c"); });

@@ -66,6 +66,7 @@ json chat_tokenizer_json() {
   add("<mask>", true, false, true);       // lstrip: not atomic
   add("[r]", false, false, false, true);  // rstrip: not atomic
   add("cafétok", false, true);            // normalized: not atomic
+  add(" <|sp|>", true, false);            // atomic, but can start inside what [r] strips
   return {{"version", "1.0"},
           {"added_tokens", added},
           {"normalizer", {{"type", "NFC"}}},
@@ -189,7 +190,8 @@ std::string random_content(std::mt19937& rng) {
       "<|im",       "<|",          "|>",         "_end|>",
       "<|eot_id|>", "<tool_call>", "<mask>",     " <mask>",
       "[r]  ",      "[r]",         "cafétok",    "'s",
-      "user",       "assistant",   "\t",         "<|start_header_id|>"};
+      "user",       "assistant",   "\t",         "<|start_header_id|>",
+      " <|sp|>",    "[r] <|sp|>"};
   std::string content;
   const size_t count = rng() % 7;
   for (size_t i = 0; i < count; ++i) content += fragments[rng() % fragments.size()];
@@ -293,6 +295,31 @@ TEST(ChatMasks, OnlyPlainUnstrippedAddedTokensSplitAtomically) {
                                              "cafétok", "<|im", "|>"}));
   EXPECT_EQ(ids, tok->encode(text, false, false));
   EXPECT_TRUE(tok->split_at_atomic_tokens("").empty());
+}
+
+// The promise examples.cpp relies on: the text cut at atomic tokens encodes to the whole's ids.
+TEST(ChatMasks, AtomicSplitEncodesAsTheWholeText) {
+  const auto tok = chat_bpe();
+  std::mt19937 rng(3);
+  for (int i = 0; i < 2000; ++i) {
+    const std::string text = random_content(rng) + random_content(rng) + random_content(rng);
+    std::vector<int64_t> ids;
+    size_t covered = 0;
+    for (const auto& segment : tok->split_at_atomic_tokens(text)) {
+      ASSERT_EQ(segment.begin, covered) << text;
+      ASSERT_LT(segment.begin, segment.end) << text;
+      covered = segment.end;
+      if (segment.id >= 0) {
+        ids.push_back(segment.id);
+        continue;
+      }
+      const auto part =
+          tok->encode(text.substr(segment.begin, segment.end - segment.begin), false, false);
+      ids.insert(ids.end(), part.begin(), part.end());
+    }
+    EXPECT_EQ(covered, text.size()) << text;
+    EXPECT_EQ(ids, tok->encode(text, false, false)) << text;
+  }
 }
 
 // A conversation of 3,000 exchanges is one text run in chatml; the one-pass tokenization keeps

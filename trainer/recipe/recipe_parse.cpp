@@ -44,33 +44,40 @@ std::string describe(const YAML::Node& node) {
 }
 
 // YAML aliases let a small recipe repeat one large value many times (`[&big <1 MiB>, *big,
-// *big, ...]`), and each use is copied into the recipe. Counts the text and the values converted
-// for the whole recipe, overrides included: without aliases a recipe of at most kMaxRecipeBytes
-// cannot come near the limits.
-class ExpansionBudget {
+// *big, ...]`), and each use is copied into the recipe. Counts the uses of a value after its
+// first, over the whole recipe, overrides included. Only aliases spend: a recipe written out
+// (the resolved one) never does, so it always parses back.
+class AliasBudget {
  public:
   static constexpr size_t kMaxBytes = 16 * kMiB;
-  static constexpr size_t kMaxValues = 100'000;
+  static constexpr size_t kMaxUses = 100'000;
 
-  void spend(size_t bytes, const RecipeOrigins& origins, const std::string& key) {
-    bytes_ += bytes;
-    ++values_;
-    if (bytes_ > kMaxBytes || values_ > kMaxValues) {
-      origins.fail(key, "the recipe's values add up to more than " + byte_limit_text(kMaxBytes) +
-                            " of text or " + std::to_string(kMaxValues) +
-                            " values (YAML aliases repeating a large value?)");
+  // Overrides are YAML documents of their own, with positions that start again from 0.
+  void start_document() { ++document_; }
+
+  // An alias refers to its anchor's node itself, so a node seen again is a repeat.
+  void spend(const YAML::Node& node, const RecipeOrigins& origins, const std::string& key) {
+    if (first_uses_.insert({document_, node.Mark().pos}).second) return;
+    bytes_ += node.Scalar().size();
+    ++uses_;
+    if (bytes_ > kMaxBytes || uses_ > kMaxUses) {
+      origins.fail(key, "YAML aliases expand to more than " + byte_limit_text(kMaxBytes) +
+                            " of text or " + std::to_string(kMaxUses) +
+                            " values (write the values out instead)");
     }
   }
 
  private:
+  int document_ = 0;
+  std::set<std::pair<int, int>> first_uses_;
   size_t bytes_ = 0;
-  size_t values_ = 0;
+  size_t uses_ = 0;
 };
 
 // Converts one YAML value into a field of its type; failures name the field and its origin.
 class FieldReader {
  public:
-  FieldReader(const RecipeOrigins& origins, std::string key, ExpansionBudget& budget)
+  FieldReader(const RecipeOrigins& origins, std::string key, AliasBudget& budget)
       : origins_(origins), key_(std::move(key)), budget_(budget) {}
 
   void read(const YAML::Node& node, std::string& out) const {
@@ -133,7 +140,7 @@ class FieldReader {
   // writes \_ and \N as the Latin-1 bytes A0 and 85 (found by fuzz_recipe).
   std::string text_of(const YAML::Node& node) const {
     const std::string& text = node.Scalar();
-    budget_.spend(text.size(), origins_, key_);
+    budget_.spend(node, origins_, key_);
     // Not through fail(): its ", got <value>" would print the offending bytes.
     if (!is_valid_utf8(text)) {
       origins_.fail(key_,
@@ -153,7 +160,7 @@ class FieldReader {
   template <class T>
   T convert(const YAML::Node& node, const std::string& expected) const {
     if (!is_plain_scalar(node)) fail("expected " + expected, node);
-    budget_.spend(node.Scalar().size(), origins_, key_);
+    budget_.spend(node, origins_, key_);
     try {
       return node.as<T>();
     } catch (const YAML::Exception&) {
@@ -167,7 +174,7 @@ class FieldReader {
 
   const RecipeOrigins& origins_;
   std::string key_;
-  ExpansionBudget& budget_;
+  AliasBudget& budget_;
 };
 
 // Calls fn(member) on the field `section`.`field` of `recipe`; false when there is none.
@@ -244,7 +251,7 @@ YAML::Node load_yaml(const std::string& text, const std::string& source) {
 }
 
 void read_section(const YAML::Node& node, const std::string& section, Recipe& recipe,
-                  RecipeOrigins& origins, ExpansionBudget& budget) {
+                  RecipeOrigins& origins, AliasBudget& budget) {
   if (node.IsNull()) return;  // "distributed:" with nothing under it: all defaults
   if (!node.IsMap()) origins.fail(section, "expected a mapping of keys, got " + describe(node));
   std::set<std::string> seen;
@@ -270,7 +277,7 @@ void read_section(const YAML::Node& node, const std::string& section, Recipe& re
 }
 
 void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& origins,
-                        ExpansionBudget& budget) {
+                        AliasBudget& budget) {
   if (root.IsNull()) return;
   if (!root.IsMap()) {
     throw_error(ErrorKind::kConfig,
@@ -301,7 +308,7 @@ void read_file_settings(const YAML::Node& root, Recipe& recipe, RecipeOrigins& o
 
 // "section.field=value", or "section.field.entry=value" for a mapping field (data.fields).
 void apply_override(const std::string& text, Recipe& recipe, RecipeOrigins& origins,
-                    ExpansionBudget& budget) {
+                    AliasBudget& budget) {
   const size_t equals = text.find('=');
   if (equals == std::string::npos) bad_override(text, "expected key=value, e.g. training.lr=1e-4");
   const std::string key = text.substr(0, equals);
@@ -333,6 +340,7 @@ void apply_override(const std::string& text, Recipe& recipe, RecipeOrigins& orig
     bad_override(text, "the value is not valid YAML: " + e.msg);
   }
   origins.set_override(field_key, text);
+  budget.start_document();
   const FieldReader reader(origins, field_key, budget);
   with_field(recipe, section, field, [&](auto& member) {
     using T = std::decay_t<decltype(member)>;
@@ -389,7 +397,7 @@ void check_yaml_text_lines(const std::string& text, const std::string& source) {
 Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
-  ExpansionBudget budget;
+  AliasBudget budget;
   Recipe recipe;
   const std::string text_lf = normalize_line_breaks(yaml_text);
   check_yaml_text_lines(text_lf, source);
