@@ -2554,7 +2554,7 @@ std::vector<Case> all_cases() {
   const std::string too_long(300, 'n');
   add(c, "IO-07", "qexport_name_too_long", "qexport",
       [too_long](Env&) { return too_long + " -f adapter -o out"; }, {"File name too long"});
-  add(c, "IO-07", "output_dir_too_long", "qtrain",
+  add(c, "TRN-05", "output_dir_too_long", "qtrain",
       [too_long](Env& e) { return recipe(e) + " output.dir=" + too_long; }, {"File name too long"});
   // ---- 13. Reading files: size caps, special files, JSON nesting and duplicate keys
   auto to_dev_zero = [](Env& e, const std::string& relative) {
