@@ -4,13 +4,13 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/staging_dir.h"
+#include "export/gguf_export.h"
 #include "export/gptq_export.h"
 #include "export/hf_merged_export.h"
 #include "formats/bnb/bnb_checkpoint.h"
-#include "models/bnb_4bit_save.h"
-#include "export/gguf_export.h"
 #include "formats/gguf/gguf_mix.h"
 #include "formats/gguf/gguf_reader.h"
+#include "models/bnb_4bit_save.h"
 
 #include <filesystem>
 #include <fstream>

@@ -3,8 +3,8 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "formats/checkpoint/checkpoint_dir.h"
-#include "trainer/recipe/recipe.h"
 #include "models/model_dir.h"
+#include "trainer/recipe/recipe.h"
 
 #include <filesystem>
 

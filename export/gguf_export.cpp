@@ -2,10 +2,10 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "formats/safetensors/safetensors.h"
 #include "core/text.h"
-#include "models/config.h"
 #include "export/gguf_tokenizer.h"
+#include "formats/safetensors/safetensors.h"
+#include "models/config.h"
 #include "models/hf_names.h"
 
 #include <ATen/ATen.h>

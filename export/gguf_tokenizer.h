@@ -1,8 +1,8 @@
 // GGUF tokenizer.* metadata from a Hugging Face checkpoint directory (reference/formats.md §7.2).
 #pragma once
 
-#include "models/config.h"
 #include "formats/gguf/gguf_writer.h"
+#include "models/config.h"
 
 #include <string>
 

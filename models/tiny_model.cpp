@@ -3,12 +3,12 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "formats/safetensors/safetensors.h"
 #include "core/staging_dir.h"
 #include "core/text.h"
 #include "data/sentencepiece_to_hf.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/sentencepiece_trainer.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_names.h"
 
 #include <ATen/ATen.h>

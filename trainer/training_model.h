@@ -2,8 +2,8 @@
 // recipe's device and compute dtype, with trainable adapters attached as `adapter` says.
 #pragma once
 
-#include "peft/apply_lora.h"
 #include "models/model_dir.h"
+#include "peft/apply_lora.h"
 #include "peft/lora_config.h"
 
 #include <c10/core/Device.h>

@@ -11,8 +11,8 @@
 //     at::Tensor t = ckpt.tensor(name);
 #pragma once
 
-#include "formats/safetensors/safetensors.h"
 #include "formats/bnb/quant_state.h"
+#include "formats/safetensors/safetensors.h"
 #include "quant/quantized_tensor.h"
 
 #include <c10/core/Device.h>

@@ -124,8 +124,8 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
       log::warn((root / "latest").string(), " names ", name,
                 ", which does not exist; using the newest complete checkpoint");
     } else if (auto missing = missing_checkpoint_file(root / name)) {
-      log::warn((root / "latest").string(), " names ", name, ", which is incomplete (no ",
-                *missing, "); using the newest complete checkpoint");
+      log::warn((root / "latest").string(), " names ", name, ", which is incomplete (no ", *missing,
+                "); using the newest complete checkpoint");
     } else {
       return (root / name).string();
     }

@@ -2,10 +2,10 @@
 // every format through the real binary, then loaded by the implementations users load them with
 // (tests/reference/check_exports.py: transformers, peft, transformers + bitsandbytes, a GPTQ
 // v1 dequantizer) and compared with qtrain's own forward pass of base + adapter.
-#include "formats/safetensors/safetensors.h"
 #include "data/tiny_instruct.h"
 #include "export/export_formats.h"
 #include "formats/gguf/gguf_mix.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/int4_linear_slot.h"
 #include "models/int4_loader.h"

@@ -7,9 +7,9 @@
 #include "formats/gguf/gguf_writer.h"
 
 #include "core/error.h"
+#include "export/gguf_export.h"
 #include "formats/safetensors/safetensors.h"
 #include "models/config.h"
-#include "export/gguf_export.h"
 #include "models/tiny_model.h"
 #include "tests/support/le_bytes.h"
 #include "tests/support/test_support.h"

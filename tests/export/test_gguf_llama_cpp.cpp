@@ -9,10 +9,10 @@
 // K-quant path, stored as float16 so that llama.cpp quantizes the very values we do.
 // Skipped when llama_cpp is not installed (scripts/llama_cpp_wheel.sh), failed instead under
 // QTRAIN_REQUIRE_INTEROP=1.
-#include "formats/safetensors/safetensors.h"
 #include "data/bpe_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "export/gguf_export.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/llama.h"
 #include "models/tiny_model.h"

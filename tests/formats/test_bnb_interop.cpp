@@ -4,8 +4,8 @@
 // with and without double quantization. Codes may differ only inside the zones where bnb's CPU
 // path departs from its CUDA kernels (tests/quant/bnb_cpu_divergence.h); everything else is
 // exact. Also the bit-exact round trip QuantizedTensor -> bnb entries -> QuantizedTensor.
-#include "formats/safetensors/safetensors.h"
 #include "formats/bnb/quant_state.h"
+#include "formats/safetensors/safetensors.h"
 #include "quant/quantized_tensor.h"
 #include "tests/quant/bnb_cpu_divergence.h"
 #include "tests/support/test_support.h"

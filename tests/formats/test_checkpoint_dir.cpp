@@ -94,8 +94,7 @@ TEST_F(CheckpointDir, InstallingOverAnExistingStepReplacesItWhole) {
   const fs::path fresh = root() / ".step-00000009.tmp-1-1";
   write_complete(fresh, "nine");
   install_checkpoint_dir(fresh, root() / "step-00000009");
-  EXPECT_EQ(testing::read_file((root() / "step-00000009" / "trainer_state.json").string()),
-            "nine");
+  EXPECT_EQ(testing::read_file((root() / "step-00000009" / "trainer_state.json").string()), "nine");
 }
 
 TEST_F(CheckpointDir, PruningKeepsTheNewestAndTheNamedOne) {

@@ -3,13 +3,13 @@
 // their Linear4bit modules and the logits of the dense model with our dequantized weights; and
 // a directory that transformers quantized and saved reads as qtrain's codes and absmax.
 #include "core/error.h"
-#include "formats/safetensors/safetensors.h"
 #include "formats/bnb/bnb_checkpoint.h"
+#include "formats/bnb/quant_state.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/bnb_4bit_save.h"
 #include "models/hf_loader.h"
 #include "models/quantized_loader.h"
 #include "models/tiny_model.h"
-#include "formats/bnb/quant_state.h"
 #include "tests/quant/bnb_cpu_divergence.h"
 #include "tests/support/test_support.h"
 

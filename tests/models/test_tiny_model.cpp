@@ -1,7 +1,7 @@
 // The tiny-model maker (models/tiny_model.h) and its CLI, tools/qtiny.
 #include "core/error.h"
-#include "formats/safetensors/safetensors.h"
 #include "data/sentencepiece_tokenizer.h"
+#include "formats/safetensors/safetensors.h"
 #include "models/config.h"
 #include "models/hf_names.h"
 #include "models/tiny_model.h"

@@ -5,8 +5,8 @@
 #include "models/quantized_memory.h"
 #include "tests/support/test_support.h"
 #include "trainer/dry_run.h"
-#include "trainer/recipe/known_models.h"
 #include "trainer/memory_estimate.h"
+#include "trainer/recipe/known_models.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/recipe/recipe_keys.h"
 
