@@ -20,17 +20,20 @@ int64_t padding_id(const Tokenizer& tokenizer) {
   return tokenizer.pad_id() >= 0 ? tokenizer.pad_id() : 0;
 }
 
+nlohmann::json read_tokenizer_config(const std::string& path) {
+  const std::string text = read_small_file(path, kMaxConfigJsonBytes, "tokenizer config");
+  try {
+    return parse_json_text(text, path);
+  } catch (const nlohmann::json::exception& e) {
+    throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
+  }
+}
+
 namespace {
 
 // add_bos_token / add_eos_token of tokenizer_config.json; absent keys keep the defaults.
 void read_special_token_defaults(const std::string& path, Tokenizer& tokenizer) {
-  const std::string text = read_small_file(path, kMaxConfigJsonBytes, "tokenizer config");
-  nlohmann::json config;
-  try {
-    config = parse_json_text(text, path);
-  } catch (const nlohmann::json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
-  }
+  const nlohmann::json config = read_tokenizer_config(path);
   if (!config.is_object()) {
     throw_error(ErrorKind::kFormat, "tokenizer config is not a JSON object", {.file = path});
   }

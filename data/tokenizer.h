@@ -4,6 +4,8 @@
 // data/bpe_tokenizer.h).
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -62,6 +64,10 @@ class Tokenizer {
 // The id batches pad with: the tokenizer's pad id, or 0 when it has none. Any valid id works,
 // since padding carries no loss and no real token attends to it.
 int64_t padding_id(const Tokenizer& tokenizer);
+
+// A model's tokenizer_config.json as JSON: Error(kIo) when it cannot be read, Error(kFormat)
+// ("malformed JSON: ...") naming it when it is not JSON.
+nlohmann::json read_tokenizer_config(const std::string& path);
 
 // The tokenizer of an HF model directory: tokenizer.model (SentencePiece) when present, else
 // tokenizer.json (byte-level BPE, with tokenizer_config.json's bos/eos/pad tokens); `model_dir`

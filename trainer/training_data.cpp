@@ -1,9 +1,7 @@
 #include "trainer/training_data.h"
 
 #include "core/error.h"
-#include "core/json_file.h"
 #include "core/log.h"
-#include "core/read_file.h"
 #include "data/split.h"
 #include "trainer/recipe/recipe.h"
 
@@ -20,13 +18,7 @@ std::string model_chat_template(const std::string& model_dir) {
     throw_error(ErrorKind::kIo, "cannot open it (data.template auto reads the model's template)",
                 {.file = path});
   }
-  const std::string text = read_small_file(path, kMaxConfigJsonBytes, "tokenizer config");
-  nlohmann::json config;
-  try {
-    config = parse_json_text(text, path);
-  } catch (const nlohmann::json::exception& e) {
-    throw_error(ErrorKind::kFormat, std::string("malformed JSON: ") + e.what(), {.file = path});
-  }
+  const nlohmann::json config = read_tokenizer_config(path);
   const auto it = config.is_object() ? config.find("chat_template") : config.end();
   if (it == config.end() || !it->is_string()) {
     throw_error(ErrorKind::kFormat,
