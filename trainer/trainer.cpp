@@ -8,11 +8,14 @@
 #include "models/llama.h"
 #include "peft/peft_files.h"
 #include "trainer/causal_lm_loss.h"
+#include "trainer/deterministic_kernels.h"
 #include "trainer/distributed/data_parallel.h"
 #include "trainer/distributed/grad_reducer.h"
 #include "trainer/evaluate.h"
 #include "trainer/interrupt.h"
+#include "trainer/loss_scaler.h"
 #include "trainer/memory_usage.h"
+#include "trainer/no_sync_scope.h"
 #include "trainer/numerics_guard.h"
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/lr_scheduler.h"
@@ -54,6 +57,12 @@ NamedParameters named_adapter_parameters(const NamedAdapters& adapters) {
   return named;
 }
 
+// TEMPORARY until trainer/optim/grad_clip has its device-side form.
+at::Tensor clip_grad_norm_on_device(const std::vector<at::Tensor>& params, double max_norm) {
+  const GradNormResult r = clip_grad_norm(params, max_norm);
+  return at::full({}, r.total_norm, at::TensorOptions().dtype(at::kFloat));
+}
+
 nlohmann::json extra_adapter_config(const TrainingModel& m) {
   nlohmann::json extra = nlohmann::json::object();
   if (m.qalora_group_size > 0) {
@@ -86,8 +95,8 @@ class TrainingRun {
   void resume_from(const std::string& checkpoint_dir);
   void run_eval(int64_t step);
   void save(int64_t step);
-  // One optimizer step; returns false when it was skipped (non-finite, on_nonfinite = skip).
-  bool optimizer_step(int64_t step);
+  // One optimizer step: train_step, apply_update, log_step. False when it was skipped.
+  bool run_step(int64_t step);
 
   // The pieces of one optimizer step.
   struct StepBatches {
@@ -96,18 +105,30 @@ class TrainingRun {
     int64_t tokens = 0;                // over all ranks
     std::vector<std::string> origins;  // this rank's samples
   };
-  struct StepLoss {
-    double loss_sum = 0;          // this rank's summed token losses
-    std::string nonfinite_where;  // the first micro-batch whose loss is NaN/Inf, described
+  // What the step's one device-to-host read brings back.
+  struct StepValues {
+    double loss = 0;       // mean token loss over all ranks
+    double grad_norm = 0;  // before clipping
   };
   StepBatches next_step_batches();
   void skip_all_masked_step(int64_t step, double lr, const StepBatches& batches);
-  StepLoss forward_backward(int64_t step, const StepBatches& batches, double norm);
-  void skip_nonfinite_step(int64_t step, double lr, double loss, const GradNormResult& clip,
+  // Forward and backward of every micro-batch, without waiting for the device; returns each
+  // micro-batch's summed token loss [k] float32, on the device.
+  at::Tensor train_step(int64_t step, const StepBatches& batches);
+  at::Tensor micro_batch_loss_sum(const Batch& batch);
+  at::Tensor to_device(const at::Tensor& host) const;
+  // Unscale, clip, read the step's values once, then step the optimizer unless they are
+  // non-finite; nullopt when the step was skipped.
+  std::optional<StepValues> apply_update(int64_t step, double lr, const StepBatches& batches,
+                                         const at::Tensor& micro_sums);
+  void warn_all_masked_micro_batch(int64_t step, size_t k, const StepBatches& batches);
+  std::string describe_micro_batch(const StepBatches& batches, int64_t k) const;
+  void skip_overflow_step(int64_t step, double lr);
+  void skip_nonfinite_step(int64_t step, double lr, const StepValues& values,
                            const std::string& nonfinite_where, const StepBatches& batches);
   void watch_loss_spike(int64_t step, double loss, const StepBatches& batches);
-  void log_step(int64_t done, double loss, double lr, const GradNormResult& clip,
-                const StepBatches& batches, double seconds);
+  void log_step(int64_t done, double lr, const StepValues& values, const StepBatches& batches,
+                double seconds);
 
   const Recipe& recipe_;
   TrainOptions options_;
@@ -120,6 +141,7 @@ class TrainingRun {
   std::vector<at::Tensor> params_;
   std::vector<std::string> param_names_;
   LossSpikeDetector spikes_;
+  LossScaler scaler_{false};
   ScheduleOptions schedule_;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -132,9 +154,11 @@ class TrainingRun {
 void TrainingRun::setup() {
   const auto& t = recipe_.training;
   at::manual_seed(t.seed);
+  if (t.deterministic) use_deterministic_kernels();
   Recipe this_rank = recipe_;
   this_rank.model.device = dp_.device_for_rank(recipe_.model.device);
   m_ = build_training_model(this_rank);
+  scaler_ = LossScaler(m_.model->options().dtype() == at::kHalf);
   // Same adapter initialisation everywhere (rank 0's is broadcast anyway), different dropout.
   if (dp_.rank() > 0) at::manual_seed(mix_seed(t.seed, static_cast<uint64_t>(dp_.rank())));
   if (m_.device.is_cuda()) cuda_index_ = m_.device.index();
@@ -238,6 +262,10 @@ void TrainingRun::resume_from(const std::string& dir) {
   result_.first_eval_loss = state.trainer_state.value("first_eval_loss", 0.0);
   spikes_.restore(state.trainer_state.value("loss_mean", 0.0),
                   state.trainer_state.value("loss_steps", int64_t{0}));
+  const std::string state_file = dir + "/trainer_state.json";
+  scaler_.restore(state.trainer_state.value("loss_scale", LossScaler::kInitialScale),
+                  state.trainer_state.value("loss_scale_good_steps", int64_t{0}),
+                  state_file.c_str());
   last_saved_step_ = state.step;
 }
 
@@ -280,6 +308,10 @@ void TrainingRun::save(int64_t step) {
                          {"world_size", dp_.world_size()},
                          {"loss_mean", spikes_.mean()},
                          {"loss_steps", spikes_.count()}};
+  if (scaler_.enabled()) {
+    state.trainer_state["loss_scale"] = scaler_.scale();
+    state.trainer_state["loss_scale_good_steps"] = scaler_.good_steps();
+  }
   state.rng = capture_rng_states(cuda_index_);
   dp_.gather_rng_states(state.rng, step);
   last_saved_step_ = step;
@@ -334,55 +366,81 @@ void TrainingRun::skip_all_masked_step(int64_t step, double lr, const StepBatche
   }
 }
 
-TrainingRun::StepLoss TrainingRun::forward_backward(int64_t step, const StepBatches& batches,
-                                                    double norm) {
-  StepLoss out;
-  const auto& micro = batches.micro;
-  const auto device = m_.device;
-  GradReducer* reducer = dp_.reducer();
-  for (size_t k = 0; k < micro.size(); ++k) {
-    const Batch& batch = micro[k];
-    std::vector<std::string> batch_origins;
-    for (int64_t id : batch.example_ids) batch_origins.push_back(batcher_->example(id).origin);
-    if (batch.loss_tokens == 0 && micro.size() > 1) {
-      log::warn("step ", step + 1, ": micro-batch ", k + 1, " of ", micro.size(),
-                " has no token to learn from (every label is masked) in samples ",
-                describe_samples(batch_origins),
-                "; their responses were cut off by data.max_seq_len (raise it, or set "
-                "data.overlong: drop) or the format masks them");
-      if (metrics_) {
-        metrics_->append(
-            {{"step", step + 1}, {"event", "all_masked_micro_batch"}, {"samples", batch_origins}});
-      }
-    }
-    if (reducer && k + 1 == micro.size()) reducer->prepare();
-    ForwardInputs inputs{.input_ids = batch.input_ids.to(device),
-                         .position_ids = batch.position_ids.to(device)};
-    if (batch.segment_ids.defined()) inputs.segment_ids = batch.segment_ids.to(device);
-    at::Tensor logits = m_.model->forward(inputs);
-    at::Tensor sum = causal_lm_loss_sum(logits, batch.labels);
-    const double micro_loss = sum.item<double>();
-    if (!std::isfinite(micro_loss) && out.nonfinite_where.empty()) {
-      const bool logits_finite = at::isfinite(logits).all().item<bool>();
-      out.nonfinite_where = "micro-batch " + std::to_string(k + 1) + " of " +
-                            std::to_string(micro.size()) + " (samples " +
-                            describe_samples(batch_origins) + ")" +
-                            (logits_finite ? "" : ", whose logits already hold NaN/Inf");
-    }
-    (sum / norm).backward();
-    out.loss_sum += micro_loss;
-  }
-  if (reducer) reducer->finish();
-  return out;
+at::Tensor TrainingRun::to_device(const at::Tensor& host) const {
+  if (!host.defined() || !m_.device.is_cuda()) return host;
+  // Pinned staging makes the copy asynchronous on the compute stream; the caching host allocator
+  // keeps the pinned block alive until the copy has run.
+  return host.pin_memory().to(m_.device, /*non_blocking=*/true);
 }
 
-void TrainingRun::skip_nonfinite_step(int64_t step, double lr, double loss,
-                                      const GradNormResult& clip,
+at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
+  ForwardInputs inputs{.input_ids = to_device(batch.input_ids),
+                       .position_ids = to_device(batch.position_ids)};
+  if (batch.segment_ids.defined()) inputs.segment_ids = to_device(batch.segment_ids);
+  at::Tensor logits = m_.model->forward(inputs);
+  return causal_lm_loss_sum(logits, to_device(batch.labels));
+}
+
+void TrainingRun::warn_all_masked_micro_batch(int64_t step, size_t k, const StepBatches& batches) {
+  std::vector<std::string> origins;
+  for (int64_t id : batches.micro[k].example_ids) origins.push_back(batcher_->example(id).origin);
+  log::warn("step ", step + 1, ": micro-batch ", k + 1, " of ", batches.micro.size(),
+            " has no token to learn from (every label is masked) in samples ",
+            describe_samples(origins),
+            "; their responses were cut off by data.max_seq_len (raise it, or set "
+            "data.overlong: drop) or the format masks them");
+  if (metrics_) {
+    metrics_->append(
+        {{"step", step + 1}, {"event", "all_masked_micro_batch"}, {"samples", origins}});
+  }
+}
+
+at::Tensor TrainingRun::train_step(int64_t step, const StepBatches& batches) {
+  const auto& micro = batches.micro;
+  // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
+  // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
+  const double norm = static_cast<double>(batches.loss_tokens) / scaler_.scale();
+  GradReducer* reducer = dp_.reducer();
+  std::vector<at::Tensor> sums;
+  for (size_t k = 0; k < micro.size(); ++k) {
+    if (micro[k].loss_tokens == 0 && micro.size() > 1)
+      warn_all_masked_micro_batch(step, k, batches);
+    if (reducer && k + 1 == micro.size()) reducer->prepare();
+    at::Tensor sum = micro_batch_loss_sum(micro[k]);
+    (sum / norm).backward();
+    sums.push_back(sum.detach());
+  }
+  if (reducer) reducer->finish();
+  return at::stack(sums);
+}
+
+std::string TrainingRun::describe_micro_batch(const StepBatches& batches, int64_t k) const {
+  std::vector<std::string> origins;
+  for (int64_t id : batches.micro[k].example_ids) origins.push_back(batcher_->example(id).origin);
+  return describe_samples(origins);
+}
+
+void TrainingRun::skip_overflow_step(int64_t step, double lr) {
+  log::info("step ", step + 1, ": float16 gradients overflowed; step skipped, loss scale now ",
+            scaler_.scale());
+  optimizer_->zero_grad();
+  ++result_.skipped_steps;
+  if (metrics_) {
+    metrics_->append({{"step", step + 1},
+                      {"skipped", true},
+                      {"event", "loss_scale_backoff"},
+                      {"lr", lr},
+                      {"loss_scale", scaler_.scale()}});
+  }
+}
+
+void TrainingRun::skip_nonfinite_step(int64_t step, double lr, const StepValues& values,
                                       const std::string& nonfinite_where,
                                       const StepBatches& batches) {
+  const double loss = values.loss;
   std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient" : "loss") +
                      " at step " + std::to_string(step + 1) + " (loss " + std::to_string(loss) +
-                     ", grad norm " + std::to_string(clip.total_norm) + ")";
+                     ", grad norm " + std::to_string(values.grad_norm) + ")";
   if (!nonfinite_where.empty()) {
     what += " in " + nonfinite_where;
   } else if (std::isfinite(loss)) {
@@ -428,8 +486,9 @@ void TrainingRun::watch_loss_spike(int64_t step, double loss, const StepBatches&
   }
 }
 
-void TrainingRun::log_step(int64_t done, double loss, double lr, const GradNormResult& clip,
+void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
                            const StepBatches& batches, double seconds) {
+  const double loss = values.loss;
   const auto& t = recipe_.training;
   if (!metrics_ || (done % std::max<int64_t>(t.log_every, 1) != 0 && done != total_steps_)) return;
   const MemoryUsage mem = memory_usage(m_.device);
@@ -438,7 +497,7 @@ void TrainingRun::log_step(int64_t done, double loss, double lr, const GradNormR
                     .total = total_steps_,
                     .loss = loss,
                     .lr = lr,
-                    .grad_norm = clip.total_norm,
+                    .grad_norm = values.grad_norm,
                     .tokens_per_second = tokens / seconds,
                     .seconds_per_step = seconds,
                     .memory_bytes = mem.current};
@@ -446,7 +505,7 @@ void TrainingRun::log_step(int64_t done, double loss, double lr, const GradNormR
   metrics_->append({{"step", done},
                     {"loss", loss},
                     {"lr", lr},
-                    {"grad_norm", clip.total_norm},
+                    {"grad_norm", values.grad_norm},
                     {"tokens", batches.tokens},
                     {"loss_tokens", batches.loss_tokens},
                     {"tokens_per_second", tokens / seconds},
@@ -456,14 +515,56 @@ void TrainingRun::log_step(int64_t done, double loss, double lr, const GradNormR
   if (tensorboard_) {
     tensorboard_->add_scalar("train/loss", loss, done);
     tensorboard_->add_scalar("train/lr", lr, done);
-    tensorboard_->add_scalar("train/grad_norm", clip.total_norm, done);
+    tensorboard_->add_scalar("train/grad_norm", values.grad_norm, done);
     tensorboard_->add_scalar("train/tokens_per_second", tokens / seconds, done);
     tensorboard_->add_scalar("train/memory_bytes", static_cast<double>(mem.current), done);
     tensorboard_->flush();
   }
 }
 
-bool TrainingRun::optimizer_step(int64_t step) {
+std::optional<TrainingRun::StepValues> TrainingRun::apply_update(int64_t step, double lr,
+                                                                 const StepBatches& batches,
+                                                                 const at::Tensor& micro_sums) {
+  at::Tensor norm;
+  {
+    NoSyncScope no_sync(m_.device);
+    if (scaler_.enabled()) unscale_gradients(params_, scaler_.scale());
+    norm = clip_grad_norm_on_device(params_, recipe_.training.max_grad_norm);
+  }
+  // The step's one device-to-host read: every micro-batch's loss sum and the gradient norm.
+  const at::Tensor host =
+      at::cat({micro_sums.to(at::kDouble), norm.to(at::kDouble).view({1})}).to(at::kCPU);
+  const double* values = host.data_ptr<double>();
+  const int64_t micro = micro_sums.size(0);
+  std::vector<double> loss_sum{0};
+  std::string nonfinite_where;
+  for (int64_t k = 0; k < micro; ++k) {
+    loss_sum[0] += values[k];
+    if (!std::isfinite(values[k]) && nonfinite_where.empty()) {
+      nonfinite_where = "micro-batch " + std::to_string(k + 1) + " of " + std::to_string(micro) +
+                        " (samples " + describe_micro_batch(batches, k) + ")";
+    }
+  }
+  dp_.sum(loss_sum);
+  StepValues out{.loss = loss_sum[0] / static_cast<double>(batches.loss_tokens),
+                 .grad_norm = values[micro]};
+  const bool grads_finite = std::isfinite(out.grad_norm);
+  if (std::isfinite(out.loss) && !grads_finite && !scaler_.update(false)) {
+    skip_overflow_step(step, lr);
+    return std::nullopt;
+  }
+  if (!std::isfinite(out.loss) || !grads_finite) {
+    skip_nonfinite_step(step, lr, out, nonfinite_where, batches);
+    return std::nullopt;
+  }
+  scaler_.update(true);
+  watch_loss_spike(step, out.loss, batches);
+  optimizer_->step();
+  optimizer_->zero_grad();
+  return out;
+}
+
+bool TrainingRun::run_step(int64_t step) {
   const double lr = lr_at(schedule_, step);
   optimizer_->set_lr(lr);
   const auto started = Clock::now();
@@ -472,23 +573,15 @@ bool TrainingRun::optimizer_step(int64_t step) {
     skip_all_masked_step(step, lr, batches);
     return false;
   }
-  // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
-  // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
-  const double norm = static_cast<double>(batches.loss_tokens);
-  const StepLoss step_loss = forward_backward(step, batches, norm);
-  std::vector<double> loss_sum{step_loss.loss_sum};
-  dp_.sum(loss_sum);
-  const double loss = loss_sum[0] / norm;
-  const GradNormResult clip = clip_grad_norm(params_, recipe_.training.max_grad_norm);
-  if (!std::isfinite(loss) || !clip.finite) {
-    skip_nonfinite_step(step, lr, loss, clip, step_loss.nonfinite_where, batches);
-    return false;
+  at::Tensor micro_sums;
+  {
+    NoSyncScope no_sync(m_.device);
+    micro_sums = train_step(step, batches);
   }
-  watch_loss_spike(step, loss, batches);
-  optimizer_->step();
-  optimizer_->zero_grad();
-  result_.last_loss = loss;
-  log_step(step + 1, loss, lr, clip, batches, seconds_since(started));
+  const std::optional<StepValues> values = apply_update(step, lr, batches, micro_sums);
+  if (!values) return false;
+  result_.last_loss = values->loss;
+  log_step(step + 1, lr, *values, batches, seconds_since(started));
   return true;
 }
 
@@ -533,7 +626,7 @@ TrainResult TrainingRun::run() {
 
   const auto& t = recipe_.training;
   for (int64_t step = start_step_; step < total_steps_; ++step) {
-    optimizer_step(step);
+    run_step(step);
     const int64_t done = step + 1;
     result_.steps_done = done;
     if (t.eval_every > 0 && done % t.eval_every == 0 && done != total_steps_) run_eval(done);

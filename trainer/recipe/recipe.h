@@ -95,6 +95,15 @@ struct TrainingSection {
   double min_lr_ratio = 0.0;   // the decaying schedules end at lr * min_lr_ratio
   double max_grad_norm = 0.3;  // 0 disables clipping
   bool gradient_checkpointing = true;
+  // The loss runs the output projection and cross-entropy over chunks of this many loss-carrying
+  // tokens, so the batch's full-vocabulary logits never exist (trainer/chunked_loss.h); 0: one
+  // chunk holding every loss token of the micro-batch.
+  int64_t loss_chunk_tokens = 1024;
+  // Deterministic kernels on CUDA (and the cuBLAS workspace setting they need); CPU runs are
+  // reproducible bit for bit either way.
+  bool deterministic = false;
+  // Inputs saved at checkpointed layer boundaries move to pinned host memory (CUDA only).
+  bool offload_activations = false;
   uint64_t seed = 42;
   int64_t eval_every = 0;    // 0: evaluate only at the end
   int64_t eval_batches = 0;  // 0: every eval batch

@@ -67,6 +67,9 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("min_lr_ratio", s.min_lr_ratio);
     visit("max_grad_norm", s.max_grad_norm);
     visit("gradient_checkpointing", s.gradient_checkpointing);
+    visit("loss_chunk_tokens", s.loss_chunk_tokens);
+    visit("deterministic", s.deterministic);
+    visit("offload_activations", s.offload_activations);
     visit("seed", s.seed);
     visit("eval_every", s.eval_every);
     visit("eval_batches", s.eval_batches);

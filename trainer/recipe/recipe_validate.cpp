@@ -216,6 +216,7 @@ void check_training(const TrainingSection& t, const DataSection& d, const Checks
   }
   c.in_range("training.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0, /*hi_inclusive=*/true);
   c.at_least("training.max_grad_norm", t.max_grad_norm, 0.0);
+  c.at_least("training.loss_chunk_tokens", t.loss_chunk_tokens, int64_t{0});
   c.at_least<int64_t>("training.eval_every", t.eval_every, 0);
   c.at_least<int64_t>("training.eval_batches", t.eval_batches, 0);
   c.at_least<int64_t>("training.log_every", t.log_every, 1);
