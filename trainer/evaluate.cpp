@@ -3,6 +3,7 @@
 #include "data/batcher.h"
 #include "models/llama.h"
 #include "trainer/causal_lm_loss.h"
+#include "trainer/chunked_loss.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -13,7 +14,7 @@ namespace qtrain {
 
 EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
                     int64_t max_seq_len, int64_t pad_id, int64_t max_batches, int64_t shard,
-                    int64_t num_shards) {
+                    int64_t num_shards, int64_t loss_chunk_tokens) {
   EvalResult result;
   if (examples.empty()) return result;
   torch::NoGradGuard no_grad;
@@ -31,9 +32,10 @@ EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64
   for (int64_t i = 0; i < batches; ++i) {
     Batch batch = batcher.next();
     if (i % num_shards != shard) continue;
-    at::Tensor logits = model.forward(
+    const at::Tensor hidden = model.hidden_states(
         {.input_ids = batch.input_ids.to(device), .position_ids = batch.position_ids.to(device)});
-    loss_sum += causal_lm_loss_sum(logits, batch.labels).item<double>();
+    loss_sum += chunked_causal_lm_loss_sum(hidden, *model.lm_head, batch.labels, loss_chunk_tokens)
+                    .item<double>();
     result.tokens += count_loss_tokens(batch.labels);
   }
   model.train();

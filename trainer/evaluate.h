@@ -20,9 +20,11 @@ struct EvalResult {
 // Runs the examples in their order, `micro_batch_size` at a time, in eval mode without
 // gradients, at most `max_batches` batches (0: all), then puts the model back in training mode.
 // Data parallel: shard s of n evaluates batches s, s + n, ... of that sequence, so the ranks'
-// loss_sum and tokens add up to one process's.
+// loss_sum and tokens add up to one process's. The loss runs lm_head over `loss_chunk_tokens`
+// loss tokens at a time (trainer/chunked_loss.h; 0: all at once; the recipe's
+// training.loss_chunk_tokens), so no batch's full-vocabulary logits exist.
 EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
                     int64_t max_seq_len, int64_t pad_id, int64_t max_batches, int64_t shard = 0,
-                    int64_t num_shards = 1);
+                    int64_t num_shards = 1, int64_t loss_chunk_tokens = 1024);
 
 }  // namespace qtrain

@@ -152,7 +152,11 @@ MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config) 
 
   const int64_t tokens = recipe.training.micro_batch_size * recipe.data.max_seq_len;
   e.activations = tokens * activation_bytes_per_token(recipe, config, targets);
-  e.logits = tokens * config.vocab_size * 4 * 2;
+  const int64_t chunk = recipe.training.loss_chunk_tokens > 0
+                            ? std::min(recipe.training.loss_chunk_tokens, tokens)
+                            : tokens;
+  e.logits = chunk * config.vocab_size * 3 * 4 +
+             tokens * config.hidden_size * dtype_bytes(recipe.model.dtype);
 
   e.total = e.base_weights + e.adapter_params + e.adapter_grads + e.optimizer_states +
             e.activations + e.logits;

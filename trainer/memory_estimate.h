@@ -26,7 +26,12 @@
 //                   with checkpointing each layer keeps only its input (a H), and backward
 //                   recomputes one full layer at a time (the largest counts). Adapters on
 //                   lm_head add their terms to the final norm's.
-// logits            B * T * vocab float32, twice (logits and their gradient).
+// logits            the chunked loss (trainer/chunked_loss.h) holds one chunk of
+//                   C = training.loss_chunk_tokens loss tokens (0 or more than B * T: C = B * T)
+//                   at a time: C * vocab * 12, the three float32 [C, vocab] tensors alive in
+//                   log_softmax's backward (its saved output, the incoming gradient, its result;
+//                   the model-dtype logits and their gradient, a <= 4 bytes, live only beside
+//                   two of them), plus a * H per token for the gathered loss rows it keeps.
 // Not counted: CUDA context, allocator fragmentation, temporary dequantized weights, the
 // batch's token ids.
 #pragma once

@@ -6,7 +6,7 @@
 #include "data/examples.h"
 #include "data/tokenizer.h"
 #include "models/llama.h"
-#include "trainer/causal_lm_loss.h"
+#include "trainer/chunked_loss.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -44,8 +44,9 @@ PerplexityResult sliding_window_perplexity(CausalLM& model, const std::vector<in
     const int64_t first = std::max(scored_until, begin + 1);
     at::Tensor labels = window.clone();
     labels.slice(1, 0, first - begin).fill_(kIgnoreLabel);
-    const at::Tensor logits = model.forward({.input_ids = window.to(device)});
-    nll += causal_lm_loss_sum(logits, labels.to(device)).item<double>();
+    const at::Tensor hidden = model.hidden_states({.input_ids = window.to(device)});
+    nll += chunked_causal_lm_loss_sum(hidden, *model.lm_head, labels, options.loss_chunk_tokens)
+               .item<double>();
     result.scored_tokens += end - first;
     scored_until = end;
     ++result.windows;

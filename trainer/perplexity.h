@@ -20,6 +20,9 @@ struct PerplexityOptions {
   int64_t max_len = 512;   // tokens per window
   int64_t stride = 256;    // 1 <= stride <= max_len
   int64_t max_tokens = 0;  // > 0: score only the first max_tokens tokens of the stream
+  // lm_head and the loss run over this many scored tokens at a time (trainer/chunked_loss.h),
+  // 0: a window's at once; the window's full-vocabulary logits never exist.
+  int64_t loss_chunk_tokens = 1024;
 };
 
 struct PerplexityResult {

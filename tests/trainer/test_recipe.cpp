@@ -635,7 +635,21 @@ TEST(MemoryEstimate, ActivationsFollowBatchAndCheckpointing) {
       planning_recipe("", {"training.micro_batch_size=2", "data.max_seq_len=512"}), llama8b);
   EXPECT_EQ(four.activations, 2 * ckpt.activations);
   EXPECT_EQ(four.activations, two.activations);
-  EXPECT_EQ(four.logits, 4 * 256 * 128256 * 4 * 2);
+  // One chunk of 1024 loss tokens (the default): three float32 [1024, vocab] tensors, plus the
+  // gathered bf16 hidden rows of every token.
+  const int64_t rows = 2 * 4096;
+  EXPECT_EQ(four.logits, 1024LL * 128256 * 12 + 4 * 256 * rows);
+  EXPECT_EQ(ckpt.logits, 512LL * 128256 * 12 + 512 * rows);  // 512 tokens: one smaller chunk
+  const MemoryEstimate small_chunks =
+      estimate_memory(planning_recipe("", {"training.micro_batch_size=4", "data.max_seq_len=256",
+                                           "training.loss_chunk_tokens=128"}),
+                      llama8b);
+  EXPECT_EQ(small_chunks.logits, 128LL * 128256 * 12 + 4 * 256 * rows);
+  const MemoryEstimate one_chunk =
+      estimate_memory(planning_recipe("", {"training.micro_batch_size=4", "data.max_seq_len=512",
+                                           "training.loss_chunk_tokens=0"}),
+                      llama8b);
+  EXPECT_EQ(one_chunk.logits, 2048LL * 128256 * 12 + 4 * 512 * rows);
 
   EXPECT_EQ(ckpt.total, ckpt.base_weights + ckpt.adapter_params + ckpt.adapter_grads +
                             ckpt.optimizer_states + ckpt.activations + ckpt.logits);

@@ -1,0 +1,287 @@
+// The chunked linear + cross-entropy against the full path, causal_lm_loss_sum(lm_head(hidden)):
+// the same loss and the same gradients for hidden and for a LoRA on lm_head, whatever the chunk
+// size; all-masked labels; bfloat16; eval without grad; dropout masks replayed in backward;
+// evaluate() on a model.
+#include "trainer/chunked_loss.h"
+
+#include "core/error.h"
+#include "data/examples.h"
+#include "models/llama.h"
+#include "peft/lora_linear.h"
+#include "tests/models/random_model.h"
+#include "trainer/causal_lm_loss.h"
+#include "trainer/evaluate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/cuda.h>
+
+#include <cmath>
+#include <vector>
+
+namespace qtrain {
+namespace {
+
+constexpr int64_t kVocab = 32768, kHidden = 64, kBatch = 2, kLength = 41;
+
+at::Generator seeded(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+// lm_head = LoRA(r 4) around a frozen dense [V, H], with B random so the adapter matters.
+std::shared_ptr<LoraLinear> lora_head(at::ScalarType dtype, double dropout = 0.0) {
+  auto base =
+      std::make_shared<DenseLinear>(kHidden, kVocab, false, at::TensorOptions().dtype(dtype));
+  torch::NoGradGuard no_grad;
+  base->weight().copy_(at::randn({kVocab, kHidden}, seeded(1)) / std::sqrt(kHidden));
+  LoraConfig config;
+  config.r = 4;
+  config.alpha = 8;
+  config.dropout = dropout;
+  config.dtype = dtype;
+  auto lora = std::make_shared<LoraLinear>(base, config, seeded(2));
+  lora->load_adapter_tensor("lora_B.weight", at::randn({kVocab, 4}, seeded(3)) * 0.1);
+  return lora;
+}
+
+// Random next tokens; about one in five positions masked, and the first of each row (shifted
+// away by the causal loss) always.
+at::Tensor random_labels(uint64_t seed) {
+  auto gen = seeded(seed);
+  at::Tensor labels = at::randint(0, kVocab, {kBatch, kLength}, gen, at::kLong);
+  labels.masked_fill_(at::rand({kBatch, kLength}, gen) < 0.2, kIgnoreLabel);
+  labels.select(1, 0).fill_(kIgnoreLabel);
+  return labels;
+}
+
+at::Tensor random_hidden(at::ScalarType dtype, uint64_t seed) {
+  return at::randn({kBatch, kLength, kHidden}, seeded(seed)).to(dtype).requires_grad_(true);
+}
+
+struct LossAndGrads {
+  at::Tensor loss, hidden, lora_A, lora_B;  // float64 copies
+};
+
+LossAndGrads run(const at::Tensor& hidden, LoraLinear& head, const at::Tensor& labels,
+                 int64_t chunk_tokens, bool chunked) {
+  if (hidden.grad().defined()) hidden.mutable_grad().zero_();
+  head.zero_grad();
+  at::Tensor loss = chunked ? chunked_causal_lm_loss_sum(hidden, head, labels, chunk_tokens)
+                            : causal_lm_loss_sum(head.forward(hidden), labels);
+  EXPECT_EQ(loss.scalar_type(), at::kFloat);
+  EXPECT_EQ(loss.dim(), 0);
+  loss.backward();
+  auto copy = [](const at::Tensor& t) { return t.defined() ? t.to(at::kDouble) : t; };
+  return {copy(loss), copy(hidden.grad()), copy(head.lora_A().grad()), copy(head.lora_B().grad())};
+}
+
+double relative(const at::Tensor& got, const at::Tensor& want) {
+  return (got - want).norm().item<double>() / std::max(want.norm().item<double>(), 1e-30);
+}
+
+void expect_close(const LossAndGrads& got, const LossAndGrads& want, double loss_tol,
+                  double grad_tol) {
+  EXPECT_LE(relative(got.loss, want.loss), loss_tol)
+      << got.loss.item<double>() << " vs " << want.loss.item<double>();
+  ASSERT_TRUE(got.hidden.defined() && got.lora_A.defined() && got.lora_B.defined());
+  EXPECT_LE(relative(got.hidden, want.hidden), grad_tol);
+  EXPECT_LE(relative(got.lora_A, want.lora_A), grad_tol);
+  EXPECT_LE(relative(got.lora_B, want.lora_B), grad_tol);
+}
+
+// float32: within 1e-6 relative (the norm of the difference over the norm of the reference) for
+// an odd chunk size, exactly N, 0 (one chunk of all) and more than N. One token per chunk is held
+// to 1e-5: its matrix products are matrix-vector ones, which sum the 32768 vocabulary terms of the
+// hidden gradient in another order than the full path's matrix-matrix product.
+TEST(ChunkedLoss, EqualsTheFullPathForEveryChunkSize) {
+  auto head = lora_head(at::kFloat);
+  const at::Tensor labels = random_labels(4);
+  const at::Tensor hidden = random_hidden(at::kFloat, 5);
+  const int64_t n = count_loss_tokens(labels);
+  ASSERT_GT(n, 40);
+  const LossAndGrads full = run(hidden, *head, labels, 0, false);
+  ASSERT_GT(full.lora_A.abs().max().item<double>(), 0);
+  for (int64_t chunk : {int64_t{7}, n, int64_t{0}, 10 * n}) {
+    SCOPED_TRACE("chunk_tokens " + std::to_string(chunk));
+    expect_close(run(hidden, *head, labels, chunk, true), full, 1e-6, 1e-6);
+  }
+  SCOPED_TRACE("chunk_tokens 1");
+  expect_close(run(hidden, *head, labels, 1, true), full, 1e-6, 1e-5);
+}
+
+// float64 model and adapter (the loss itself is float32 in both paths): only the order of the
+// float64 sums differs, so every chunk size agrees to 1e-12.
+TEST(ChunkedLoss, Float64AgreesExactlyForEveryChunkSize) {
+  auto head = lora_head(at::kDouble);
+  const at::Tensor labels = random_labels(19);
+  const at::Tensor hidden = random_hidden(at::kDouble, 20);
+  const int64_t n = count_loss_tokens(labels);
+  const LossAndGrads full = run(hidden, *head, labels, 0, false);
+  for (int64_t chunk : {int64_t{1}, int64_t{7}, n, int64_t{0}}) {
+    SCOPED_TRACE("chunk_tokens " + std::to_string(chunk));
+    expect_close(run(hidden, *head, labels, chunk, true), full, 1e-6, 1e-12);
+  }
+}
+
+TEST(ChunkedLoss, AllMaskedGivesZeroAndZeroGradients) {
+  auto head = lora_head(at::kFloat);
+  at::Tensor labels = at::full({kBatch, kLength}, kIgnoreLabel, at::kLong);
+  labels.select(1, 0).fill_(5);  // the first label is shifted away: still no loss token
+  const at::Tensor hidden = random_hidden(at::kFloat, 6);
+  const LossAndGrads full = run(hidden, *head, labels, 0, false);
+  const LossAndGrads chunked = run(hidden, *head, labels, 7, true);
+  EXPECT_EQ(chunked.loss.item<double>(), 0.0);
+  ASSERT_TRUE(chunked.hidden.defined() && chunked.lora_A.defined() && chunked.lora_B.defined());
+  EXPECT_EQ(chunked.hidden.abs().max().item<double>(), 0.0);
+  EXPECT_EQ(chunked.lora_A.abs().max().item<double>(), 0.0);
+  EXPECT_EQ(chunked.lora_B.abs().max().item<double>(), 0.0);
+  EXPECT_TRUE(chunked.lora_B.equal(full.lora_B));
+}
+
+// bfloat16 model and adapter: logits are rounded to bf16 before the float32 cross-entropy in both
+// paths, but the two multiply different row blocks (and bf16 gradients are summed in different
+// orders), so they agree only to bf16 precision: loss within 1e-3, gradients within 2e-2 relative.
+TEST(ChunkedLoss, BFloat16AgreesToBFloat16Precision) {
+  auto head = lora_head(at::kBFloat16);
+  const at::Tensor labels = random_labels(7);
+  const at::Tensor hidden = random_hidden(at::kBFloat16, 8);
+  const LossAndGrads full = run(hidden, *head, labels, 0, false);
+  for (int64_t chunk : {int64_t{7}, int64_t{0}}) {
+    SCOPED_TRACE("chunk_tokens " + std::to_string(chunk));
+    const LossAndGrads chunked = run(hidden, *head, labels, chunk, true);
+    EXPECT_EQ(hidden.grad().scalar_type(), at::kBFloat16);
+    EXPECT_EQ(head->lora_B().grad().scalar_type(), at::kBFloat16);
+    expect_close(chunked, full, 1e-3, 2e-2);
+  }
+}
+
+TEST(ChunkedLoss, EvalWithoutGradIsTheForwardOnly) {
+  auto head = lora_head(at::kFloat);
+  head->eval();
+  const at::Tensor labels = random_labels(9);
+  const at::Tensor hidden = at::randn({kBatch, kLength, kHidden}, seeded(10));
+  torch::NoGradGuard no_grad;
+  const at::Tensor full = causal_lm_loss_sum(head->forward(hidden), labels);
+  const at::Tensor chunked = chunked_causal_lm_loss_sum(hidden, *head, labels, 16);
+  EXPECT_FALSE(chunked.requires_grad());
+  EXPECT_LE(relative(chunked.to(at::kDouble), full.to(at::kDouble)), 1e-6);
+}
+
+// LoRA on lm_head alone: the hidden states need no gradient, the adapter still learns.
+TEST(ChunkedLoss, AdapterOnTheHeadAloneStillGetsItsGradient) {
+  auto head = lora_head(at::kFloat);
+  const at::Tensor labels = random_labels(11);
+  const at::Tensor hidden = at::randn({kBatch, kLength, kHidden}, seeded(12));
+  head->zero_grad();
+  causal_lm_loss_sum(head->forward(hidden), labels).backward();
+  const at::Tensor want = head->lora_B().grad().clone();
+  head->zero_grad();
+  at::Tensor loss = chunked_causal_lm_loss_sum(hidden, *head, labels, 9);
+  ASSERT_TRUE(loss.requires_grad());
+  loss.backward();
+  EXPECT_LE(relative(head->lora_B().grad(), want), 1e-6);
+}
+
+// With dropout on lm_head's adapter the backward pass must recompute each chunk with the masks
+// its forward drew. Reference: plain autograd over the same chunks in the same order.
+TEST(ChunkedLoss, BackwardReplaysTheDropoutMasks) {
+  auto head = lora_head(at::kFloat, /*dropout=*/0.5);
+  const at::Tensor labels = random_labels(13);
+  const at::Tensor hidden = random_hidden(at::kFloat, 14);
+  constexpr int64_t kChunk = 8;
+
+  std::vector<int64_t> rows, targets;
+  for (int64_t b = 0; b < kBatch; ++b) {
+    for (int64_t t = 0; t + 1 < kLength; ++t) {
+      const int64_t label = labels[b][t + 1].item<int64_t>();
+      if (label == kIgnoreLabel) continue;
+      rows.push_back(b * kLength + t);
+      targets.push_back(label);
+    }
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  at::manual_seed(21);
+  const at::Tensor gathered =
+      hidden.reshape({-1, kHidden}).index_select(0, at::tensor(rows, at::kLong));
+  const at::Tensor target = at::tensor(targets, at::kLong);
+  at::Tensor want = at::zeros({}, at::kFloat);
+  for (int64_t s = 0; s < n; s += kChunk) {
+    const int64_t c = std::min(kChunk, n - s);
+    want = want + at::cross_entropy_loss(head->forward(gathered.narrow(0, s, c)),
+                                         target.narrow(0, s, c), {}, at::Reduction::Sum);
+  }
+  head->zero_grad();
+  want.backward();
+  const at::Tensor want_hidden = hidden.grad().clone();
+  const at::Tensor want_a = head->lora_A().grad().clone();
+
+  hidden.mutable_grad().zero_();
+  head->zero_grad();
+  at::manual_seed(21);
+  at::Tensor got = chunked_causal_lm_loss_sum(hidden, *head, labels, kChunk);
+  at::randn({1000});  // draws after forward must not disturb the replay
+  got.backward();
+  EXPECT_LE(relative(got, want), 1e-6);
+  EXPECT_LE(relative(hidden.grad(), want_hidden), 1e-6);
+  EXPECT_LE(relative(head->lora_A().grad(), want_a), 1e-6);
+}
+
+TEST(ChunkedLoss, LabelOutsideTheVocabularyIsAnInternalError) {
+  auto head = lora_head(at::kFloat);
+  at::Tensor labels = random_labels(15);
+  labels[1][3] = kVocab;
+  try {
+    chunked_causal_lm_loss_sum(random_hidden(at::kFloat, 16), *head, labels, 0);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+    EXPECT_NE(e.message().find("label 32768 at [1, 3]"), std::string::npos) << e.message();
+  }
+}
+
+// evaluate() (chunked) against the full path over the same batches.
+TEST(ChunkedLoss, EvaluateEqualsTheFullPathLoss) {
+  auto model = testing::random_model(testing::small_config("llama"), 5, at::kFloat);
+  std::vector<Example> examples;
+  for (int64_t i = 0; i < 3; ++i) {
+    Example e;
+    for (int64_t k = 0; k < 9 + 3 * i; ++k) e.ids.push_back(3 + (k * 7 + i) % 90);
+    e.labels = e.ids;
+    e.labels[0] = e.labels[1] = kIgnoreLabel;
+    examples.push_back(e);
+  }
+  double want_sum = 0;
+  int64_t want_tokens = 0;
+  {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    for (const Example& e : examples) {
+      const at::Tensor ids = at::tensor(e.ids, at::kLong).unsqueeze(0);
+      const at::Tensor labels = at::tensor(e.labels, at::kLong).unsqueeze(0);
+      want_sum += causal_lm_loss_sum(model->forward({.input_ids = ids}), labels).item<double>();
+      want_tokens += count_loss_tokens(labels);
+    }
+  }
+  const EvalResult got = evaluate(*model, examples, 1, 32, 0, 0, 0, 1, /*loss_chunk_tokens=*/4);
+  EXPECT_EQ(got.tokens, want_tokens);
+  EXPECT_NEAR(got.loss_sum, want_sum, 1e-5 * want_sum);
+  EXPECT_TRUE(model->is_training());
+}
+
+TEST(ChunkedLoss, CudaEqualsTheFullPath) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto head = lora_head(at::kFloat);
+  head->to(at::kCUDA);
+  const at::Tensor labels = random_labels(17);
+  const at::Tensor hidden =
+      at::randn({kBatch, kLength, kHidden}, seeded(18)).to(at::kCUDA).requires_grad_(true);
+  const LossAndGrads full = run(hidden, *head, labels.to(at::kCUDA), 0, false);
+  const LossAndGrads chunked = run(hidden, *head, labels, 7, true);
+  EXPECT_TRUE(chunked.loss.is_cuda());
+  expect_close(chunked, full, 1e-5, 1e-5);
+}
+
+}  // namespace
+}  // namespace qtrain
