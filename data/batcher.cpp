@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <vector>
 
 namespace qtrain {
 
@@ -156,6 +157,12 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
   int64_t* labels = batch.labels.data_ptr<int64_t>();
   int64_t* positions = batch.position_ids.data_ptr<int64_t>();
   int64_t* segments = options_.packing ? batch.segment_ids.data_ptr<int64_t>() : nullptr;
+  // Segment boundaries; int32 holds them, a micro-batch being capped at 2^28 tokens (REC-71).
+  std::vector<int32_t> cu_seqlens = {0};
+  auto end_segment = [&](int64_t end) {
+    batch.max_seqlen = std::max<int64_t>(batch.max_seqlen, end - cu_seqlens.back());
+    cu_seqlens.push_back(static_cast<int32_t>(end));
+  };
 
   for (int64_t r = 0; r < rows; ++r) {
     const Row& row = rows_[first_row + r];
@@ -171,6 +178,7 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
         if (segments) segments[base + column] = k;
         if (example.labels[i] != kIgnoreLabel) ++batch.loss_tokens;
       }
+      if (options_.packing) end_segment(base + column);
     }
     batch.tokens += column;
     batch.samples += row.count;
@@ -180,7 +188,9 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
       positions[base + column] = options_.packing ? tail : column;
       if (segments) segments[base + column] = row.count;
     }
+    if (options_.packing && cu_seqlens.back() != base + width) end_segment(base + width);
   }
+  if (options_.packing) batch.cu_seqlens = at::tensor(cu_seqlens, at::kInt);
   return batch;
 }
 

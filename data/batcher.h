@@ -8,8 +8,11 @@
 // epoch's order: each example goes into the oldest of up to kPackingOpenRows open rows it fits
 // (a new row when none has room; the oldest is closed, its tail padded, when the window is
 // full). A row is handed out when it closes: exactly full, evicted, or at the epoch's end.
-// An example is never split. Positions restart at 0 for each example and segment ids keep the
-// examples of a row from attending to each other (models/attention_mask.h).
+// An example is never split. Positions restart at 0 for each example and segment ids (or the
+// same boundaries as cu_seqlens, for variable-length attention) keep the examples of a row from
+// attending to each other (models/attention_mask.h, models/varlen_attention.h).
+//
+// Every tensor of a Batch lives on the CPU; the trainer copies them to its device.
 //
 // Every epoch visits every example exactly once; the last batch of an epoch may have fewer rows.
 // In packing mode the number of rows, and so of batches, follows each epoch's order.
@@ -31,6 +34,11 @@ struct Batch {
   // [B, T] int64 in packing mode: 0, 1, 2, ... for the examples of each row, the padding tail one
   // more id of its own; undefined in padding mode (plain causal attention suffices).
   at::Tensor segment_ids;
+  // Packing mode only: the segments of the flattened [B*T] token stream, rows concatenated; the
+  // same boundaries as segment_ids (each example a segment, a row's padding tail one more).
+  // int32 [S + 1] cumulative lengths, from 0 to B*T, and the longest segment.
+  at::Tensor cu_seqlens;
+  int64_t max_seqlen = 0;
   int64_t tokens = 0;                // non-padding tokens
   int64_t loss_tokens = 0;           // labels != -100
   int64_t samples = 0;               // examples in the batch

@@ -44,7 +44,8 @@ struct RngSnapshot {
 
 struct LayerCall : torch::CustomClassHolder {
   DecoderLayer* layer = nullptr;
-  at::Tensor cos, sin, mask;
+  at::Tensor cos, sin;
+  AttentionLayout layout;
   RngSnapshot rng;
 };
 
@@ -56,7 +57,7 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->save_for_backward({x});
     ctx->saved_data["call"] = at::IValue::make_capsule(call);
     // Function::apply runs forward with grad mode off: nothing inside the layer is recorded.
-    return call->layer->forward(x, call->cos, call->sin, call->mask, nullptr, nullptr);
+    return call->layer->forward(x, call->cos, call->sin, call->layout, nullptr, nullptr);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -71,7 +72,7 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     at::Tensor out;
     {
       at::AutoGradMode grad_on(true);
-      out = call->layer->forward(input, call->cos, call->sin, call->mask, nullptr, nullptr);
+      out = call->layer->forward(input, call->cos, call->sin, call->layout, nullptr, nullptr);
     }
     now.restore();
     torch::autograd::backward({out}, {grads[0]});
@@ -82,12 +83,12 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 }  // namespace
 
 at::Tensor checkpointed_layer(DecoderLayer& layer, const at::Tensor& x, const at::Tensor& cos,
-                              const at::Tensor& sin, const at::Tensor& mask) {
+                              const at::Tensor& sin, const AttentionLayout& layout) {
   auto call = c10::make_intrusive<LayerCall>();
   call->layer = &layer;
   call->cos = cos;
   call->sin = sin;
-  call->mask = mask;
+  call->layout = layout;
   return CheckpointedLayer::apply(x, call);
 }
 

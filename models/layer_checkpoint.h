@@ -3,17 +3,20 @@
 // dropout draws the same masks, and back-propagates through the recomputed graph.
 #pragma once
 
+#include "models/attention_mask.h"
+
 #include <ATen/core/Tensor.h>
 
 namespace qtrain {
 
 class DecoderLayer;
 
-// x [B, T, H], cos/sin [B, T, head_dim], mask [B, 1, T, T] bool or undefined -> [B, T, H].
+// x [B, T, H], cos/sin [B, T, head_dim], layout: the attention mask or packed segments (no KV
+// cache) -> [B, T, H].
 // Gradients reach x and every trainable parameter inside `layer`; x must require grad for the
 // backward pass to run at all (CausalLM makes the embedding output require it). `layer` must
 // outlive the backward pass.
 at::Tensor checkpointed_layer(DecoderLayer& layer, const at::Tensor& x, const at::Tensor& cos,
-                              const at::Tensor& sin, const at::Tensor& mask);
+                              const at::Tensor& sin, const AttentionLayout& layout);
 
 }  // namespace qtrain

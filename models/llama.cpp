@@ -1,19 +1,31 @@
 #include "models/llama.h"
 
 #include "core/error.h"
-#include "models/attention_mask.h"
 #include "models/layer_checkpoint.h"
-#include "models/rope.h"
+#include "models/varlen_attention.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <string>
 
 namespace qtrain {
+namespace {
+
+// Batch tensors arrive on the CPU or already on the model's device (copied there ahead,
+// non-blocking, by the caller); only the former are copied.
+at::Tensor on_device(const at::Tensor& t, const at::Device& device) {
+  return t.device() == device ? t : t.to(device, /*non_blocking=*/true);
+}
+
+}  // namespace
 
 Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
                      const std::string& prefix, const LinearFactory& make)
-    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim) {
+    : heads_(c.num_attention_heads),
+      kv_heads_(c.num_key_value_heads),
+      head_dim_(c.head_dim),
+      sliding_window_(c.sliding_window) {
   const int64_t hidden = c.hidden_size, q_out = heads_ * head_dim_, kv_out = kv_heads_ * head_dim_;
   q_proj = register_module("q_proj", make(prefix + "q_proj", hidden, q_out, c.has_qkv_bias()));
   k_proj = register_module("k_proj", make(prefix + "k_proj", hidden, kv_out, c.has_qkv_bias()));
@@ -28,7 +40,7 @@ Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
 }
 
 at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                              const at::Tensor& mask, at::Tensor* keys, at::Tensor* values) {
+                              const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values) {
   const int64_t batch = x.size(0), length = x.size(1);
   // [B, T, n*hd] -> [B, T, n, hd]; Qwen3 normalises each head before the transpose and RoPE.
   at::Tensor q = q_proj->forward(x).view({batch, length, heads_, head_dim_});
@@ -37,6 +49,12 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);
+  }
+  if (layout.varlen()) {
+    if (keys != nullptr) {
+      throw_error(ErrorKind::kUnsupported, "packed attention cannot fill a KV cache");
+    }
+    return o_proj->forward(packed_attention(q, k, v, cos, sin, layout.packed));
   }
   q = apply_rope(q.transpose(1, 2), cos, sin);  // [B, heads, T, hd]
   k = apply_rope(k.transpose(1, 2), cos, sin);  // [B, kv, T, hd]
@@ -49,6 +67,7 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
     *keys = k;
     *values = v;
   }
+  const at::Tensor& mask = layout.mask;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   at::Tensor out = at::scaled_dot_product_attention(
       q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
@@ -56,6 +75,20 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
       /*enable_gqa=*/heads_ != kv_heads_);
   out = out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_});
   return o_proj->forward(out);
+}
+
+at::Tensor Attention::packed_attention(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& cos,
+                                       const at::Tensor& sin, const PackedSegments& packed) {
+  // Tokens stay in [B, T, heads, hd] order, so flattening B and T into N needs no copy.
+  const int64_t batch = q.size(0), length = q.size(1), tokens = batch * length;
+  at::Tensor flat_q = apply_rope(q, cos, sin, /*head_axis=*/2).reshape({tokens, heads_, head_dim_});
+  at::Tensor flat_k =
+      apply_rope(k, cos, sin, /*head_axis=*/2).reshape({tokens, kv_heads_, head_dim_});
+  at::Tensor flat_v = v.reshape({tokens, kv_heads_, head_dim_});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  at::Tensor out = varlen_attention(flat_q, flat_k, flat_v, packed, sliding_window_, scale);
+  return out.reshape({batch, length, heads_ * head_dim_});
 }
 
 Mlp::Mlp(const ModelConfig& c, const std::string& prefix, const LinearFactory& make) {
@@ -82,8 +115,10 @@ DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& option
 }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                                 const at::Tensor& mask, at::Tensor* keys, at::Tensor* values) {
-  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, mask, keys, values);
+                                 const AttentionLayout& layout, at::Tensor* keys,
+                                 at::Tensor* values) {
+  at::Tensor h =
+      x + self_attn->forward(input_layernorm->forward(x), cos, sin, layout, keys, values);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -119,7 +154,47 @@ CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
     lm_head =
         register_module("lm_head", make("lm_head", config_.hidden_size, config_.vocab_size, false));
   }
-  inv_freq_ = rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling);
+  inv_freq_ = std::make_unique<RopeFrequencies>(
+      rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling));
+}
+
+AttentionLayout CausalLM::attention_layout(const ForwardInputs& in, int64_t batch, int64_t length,
+                                           int64_t past) const {
+  const auto device = model->embed_tokens.device();
+  AttentionLayout layout;
+  if (in.cache != nullptr) {
+    if (in.cu_seqlens.defined()) {
+      throw_error(ErrorKind::kUnsupported, "cu_seqlens cannot be combined with a KV cache");
+    }
+  } else if (in.cu_seqlens.defined()) {
+    PackedSegments& packed = layout.packed;
+    packed.cu_seqlens_host = in.cu_seqlens.is_cpu() ? in.cu_seqlens : in.cu_seqlens_host;
+    packed.max_seqlen = in.max_seqlen;
+    if (packed.cu_seqlens_host.defined()) {
+      const int64_t longest = check_cu_seqlens(packed.cu_seqlens_host, batch, length);
+      if (in.max_seqlen != 0 && in.max_seqlen != longest) {
+        throw_error(ErrorKind::kShape,
+                    "max_seqlen is " + std::to_string(in.max_seqlen) +
+                        " but the longest segment of cu_seqlens has " + std::to_string(longest),
+                    {.tensor = "max_seqlen"});
+      }
+      packed.max_seqlen = longest;
+    } else if (packed.max_seqlen == 0) {
+      packed.cu_seqlens_host = in.cu_seqlens.cpu();  // waits for the device, once per forward
+      packed.max_seqlen = check_cu_seqlens(packed.cu_seqlens_host, batch, length);
+    }
+    packed.cu_seqlens = on_device(in.cu_seqlens, device).to(at::kInt);
+    return layout;
+  } else if (in.segment_ids.defined() && in.segment_ids.is_cpu()) {
+    if (auto derived = segments_from_ids(in.segment_ids)) {
+      layout.packed = *std::move(derived);
+      layout.packed.cu_seqlens = on_device(layout.packed.cu_seqlens_host, device);
+      return layout;
+    }
+  }
+  layout.mask =
+      build_attention_mask(batch, length, past, in.segment_ids, config_.sliding_window, device);
+  return layout;
 }
 
 at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
@@ -134,10 +209,10 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     cache->keys.resize(config_.num_hidden_layers);
     cache->values.resize(config_.num_hidden_layers);
   }
-  at::Tensor ids = in.input_ids.to(device);
+  at::Tensor ids = on_device(in.input_ids, device);
   at::Tensor positions =
       in.position_ids.defined()
-          ? in.position_ids.to(device)
+          ? on_device(in.position_ids, device)
           : at::arange(past, past + length, ids.options()).expand({batch, length});
   if (positions.sizes() != ids.sizes()) {
     throw_error(ErrorKind::kShape, "position_ids must have the shape of input_ids",
@@ -147,10 +222,9 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     throw_error(ErrorKind::kShape, "segment_ids must have the shape of input_ids",
                 {.tensor = "segment_ids"});
   }
+  const AttentionLayout layout = attention_layout(in, batch, length, past);
   at::Tensor x = at::embedding(model->embed_tokens, ids);
-  auto [cos, sin] = rope_cos_sin(inv_freq_, positions, x.scalar_type());
-  at::Tensor mask =
-      build_attention_mask(batch, length, past, in.segment_ids, config_.sliding_window, device);
+  auto [cos, sin] = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
   const bool checkpoint =
       gradient_checkpointing_ && is_training() && cache == nullptr && at::GradMode::is_enabled();
   // A checkpointed layer only runs its backward pass when its input requires grad; the frozen
@@ -158,12 +232,12 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   if (checkpoint && !x.requires_grad()) x = x.detach().requires_grad_(true);
   for (size_t i = 0; i < model->layers.size(); ++i) {
     if (checkpoint) {
-      x = checkpointed_layer(*model->layers[i], x, cos, sin, mask);
+      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout);
       continue;
     }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;
     at::Tensor* values = cache ? &cache->values[i] : nullptr;
-    x = model->layers[i]->forward(x, cos, sin, mask, keys, values);
+    x = model->layers[i]->forward(x, cos, sin, layout, keys, values);
   }
   return model->norm->forward(x);
 }

@@ -5,9 +5,11 @@
 // through replace_linear().
 #pragma once
 
+#include "models/attention_mask.h"
 #include "models/config.h"
 #include "models/linear.h"
 #include "models/rms_norm.h"
+#include "models/rope.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -27,11 +29,22 @@ struct KvCache {
   int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
 };
 
+// Tensors may live on the CPU or on the model's device; those already there are used as they are.
 struct ForwardInputs {
-  at::Tensor input_ids;      // [B, T] int64
-  at::Tensor position_ids;   // [B, T] int64; default: past + arange(T) on every row
-  at::Tensor segment_ids;    // [B, T] int64, optional: packed samples attend only within a segment
-  KvCache* cache = nullptr;  // optional: read past keys/values and append the new ones
+  at::Tensor input_ids;     // [B, T] int64
+  at::Tensor position_ids;  // [B, T] int64; default: past + arange(T) on every row
+  at::Tensor segment_ids;   // [B, T] int64, optional: packed samples attend only within a segment
+  // Packed rows, optional: segment s of the flattened [B*T] token stream (rows concatenated) is
+  // tokens [cu_seqlens[s], cu_seqlens[s+1]); every row end is a boundary. int32 [S+1], on the CPU
+  // or the model's device. Given (without a KV cache), attention is variable-length and builds no
+  // [T, T] mask; segment_ids are then not read. Without it, CPU segment_ids whose ids never
+  // decrease along a row are turned into cu_seqlens here; other segment_ids use the mask path.
+  at::Tensor cu_seqlens;
+  // The CPU copy of a device cu_seqlens, optional: spares a device-to-host copy where one is
+  // needed (checks, the per-segment path of fp32 or unusual head sizes).
+  at::Tensor cu_seqlens_host;
+  int64_t max_seqlen = 0;        // the longest segment; 0: computed from cu_seqlens
+  KvCache* cache = nullptr;      // optional: read past keys/values and append the new ones
   bool last_token_only = false;  // logits for the last position only ([B, 1, V])
 };
 
@@ -45,17 +58,23 @@ class Attention : public torch::nn::Module {
  public:
   Attention(const ModelConfig& config, const at::TensorOptions& options, const std::string& prefix,
             const LinearFactory& make_linear);
-  // x [B, T, H], cos/sin [B, T, head_dim], mask [B, 1, T, S] bool or undefined (causal)
-  // -> [B, T, H]. With past_keys/values defined ([B, kv, P, hd]) they are prepended, and the
-  // concatenated keys/values are returned through the out-parameters.
+  // x [B, T, H], cos/sin [B, T, head_dim] -> [B, T, H]. With past_keys/values defined
+  // ([B, kv, P, hd]) they are prepended, and the concatenated keys/values are returned through
+  // the out-parameters (mask layouts only).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, at::Tensor* keys, at::Tensor* values);
+                     const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values);
 
   std::shared_ptr<LinearSlot> q_proj, k_proj, v_proj, o_proj;
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // qwen3 only
 
  private:
+  // q [B, T, heads, hd], k/v [B, T, kv, hd] -> [B, T, heads * hd]
+  at::Tensor packed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& cos, const at::Tensor& sin,
+                              const PackedSegments& packed);
+
   int64_t heads_, kv_heads_, head_dim_;
+  std::optional<int64_t> sliding_window_;
 };
 
 class Mlp : public torch::nn::Module {
@@ -71,7 +90,7 @@ class DecoderLayer : public torch::nn::Module {
   DecoderLayer(const ModelConfig& config, const at::TensorOptions& options,
                const std::string& prefix, const LinearFactory& make_linear);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& mask, at::Tensor* keys, at::Tensor* values);
+                     const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values);
 
   std::shared_ptr<Attention> self_attn;
   std::shared_ptr<Mlp> mlp;
@@ -101,6 +120,10 @@ class CausalLM : public torch::nn::Module {
   at::Tensor forward(const ForwardInputs& inputs);
   // Hidden states after the final norm: [B, T, H].
   at::Tensor hidden_states(const ForwardInputs& inputs);
+  // The attention layout hidden_states() uses for `inputs` (tokens [batch, length] after `past`
+  // cached ones), its tensors on the model's device.
+  AttentionLayout attention_layout(const ForwardInputs& inputs, int64_t batch, int64_t length,
+                                   int64_t past) const;
 
   // In training mode with grad enabled (and no KV cache), each decoder layer keeps only its input
   // and is recomputed in the backward pass (models/layer_checkpoint.h).
@@ -121,7 +144,7 @@ class CausalLM : public torch::nn::Module {
  private:
   ModelConfig config_;
   at::TensorOptions options_;
-  at::Tensor inv_freq_;  // [head_dim/2] float32
+  std::unique_ptr<RopeFrequencies> inv_freq_;
   bool gradient_checkpointing_ = false;
 };
 

@@ -32,6 +32,19 @@ at::Tensor rope_inverse_frequencies(int64_t head_dim, double theta, const RopeSc
   return at::where(medium, smoothed, scaled);
 }
 
+RopeFrequencies::RopeFrequencies(at::Tensor inv_freq_cpu) {
+  copies_.push_back(std::move(inv_freq_cpu));
+}
+
+at::Tensor RopeFrequencies::on(const at::Device& device) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const at::Tensor& copy : copies_) {
+    if (copy.device() == device) return copy;
+  }
+  copies_.push_back(copies_.front().to(device));
+  return copies_.back();
+}
+
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq,
                                                const at::Tensor& position_ids,
                                                at::ScalarType dtype) {
@@ -46,8 +59,9 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1);
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                      int64_t head_axis) {
+  return x * cos.unsqueeze(head_axis) + rotate_half(x) * sin.unsqueeze(head_axis);
 }
 
 }  // namespace qtrain

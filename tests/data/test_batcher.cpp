@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -46,7 +47,10 @@ bool same_batch(const Batch& a, const Batch& b) {
   return a.input_ids.equal(b.input_ids) && a.labels.equal(b.labels) &&
          a.position_ids.equal(b.position_ids) &&
          a.segment_ids.defined() == b.segment_ids.defined() &&
-         (!a.segment_ids.defined() || a.segment_ids.equal(b.segment_ids));
+         (!a.segment_ids.defined() || a.segment_ids.equal(b.segment_ids)) &&
+         a.cu_seqlens.defined() == b.cu_seqlens.defined() &&
+         (!a.cu_seqlens.defined() || a.cu_seqlens.equal(b.cu_seqlens)) &&
+         a.max_seqlen == b.max_seqlen;
 }
 
 // The example order of the next epoch, as the batches hand it out (the batcher stands at the
@@ -136,6 +140,36 @@ TEST(Batcher, PackingKeepsSamplesWholeAndApart) {
   EXPECT_EQ(batcher.cursor().epoch, 1);
 }
 
+TEST(Batcher, CuSeqlensAgreeWithSegmentIds) {
+  // cu_seqlens rebuilt from segment_ids alone: a boundary wherever the id changes along a row,
+  // and at every row end.
+  const auto examples = synthetic_examples(40, 20, 4);
+  Batcher batcher(examples, {.micro_batch_size = 3, .seq_len = 32, .packing = true, .seed = 1});
+  for (int64_t b = 0; b < batcher.batches_per_epoch(); ++b) {
+    const Batch batch = batcher.next();
+    ASSERT_TRUE(batch.cu_seqlens.defined());
+    EXPECT_TRUE(batch.cu_seqlens.is_cpu());
+    ASSERT_EQ(batch.cu_seqlens.scalar_type(), at::kInt);
+    const int64_t rows = batch.input_ids.size(0), width = batch.input_ids.size(1);
+    std::vector<int64_t> expected = {0};
+    int64_t longest = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto segments = row_of(batch.segment_ids, r);
+      for (int64_t c = 1; c <= width; ++c) {
+        if (c == width || segments[c] != segments[c - 1]) {
+          longest = std::max(longest, r * width + c - expected.back());
+          expected.push_back(r * width + c);
+        }
+      }
+    }
+    const at::Tensor cu = batch.cu_seqlens.to(at::kLong);
+    EXPECT_EQ(std::vector<int64_t>(cu.data_ptr<int64_t>(), cu.data_ptr<int64_t>() + cu.numel()),
+              expected)
+        << "batch " << b;
+    EXPECT_EQ(batch.max_seqlen, longest) << "batch " << b;
+  }
+}
+
 TEST(Batcher, PackingIsFirstFitInOrder) {
   // Without shuffling, each example goes into the oldest open row it fits: lengths 5 4 6 3 8 1 in
   // rows of 10 -> [5 4 1] (handed out as soon as it is full), then [6 3] and [8].
@@ -214,6 +248,7 @@ TEST(Batcher, PaddingPadsToTheLongestInTheBatch) {
   for (int b = 0; b < 3; ++b) {
     const Batch batch = batcher.next();
     EXPECT_FALSE(batch.segment_ids.defined());
+    EXPECT_FALSE(batch.cu_seqlens.defined());
     const int64_t rows = batch.input_ids.size(0);
     EXPECT_EQ(rows, b < 2 ? 4 : 2);
     int64_t longest = 0;

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <cmath>
 
@@ -89,6 +90,29 @@ TEST(RopeTest, PreservesNorms) {
   auto [cos, sin] = rope_cos_sin(inv, pos, at::kFloat);
   at::Tensor y = apply_rope(x, cos, sin);
   EXPECT_TRUE(at::allclose(y.norm(2, -1), x.norm(2, -1), 1e-5, 1e-5));
+}
+
+TEST(RopeTest, TokenMajorLayoutRotatesLikeHeadMajor) {
+  at::manual_seed(3);
+  const int64_t d = 16;
+  at::Tensor x = at::randn({2, 5, 3, d});  // [B, T, H, hd]
+  at::Tensor inv = rope_inverse_frequencies(d, 10000.0, {});
+  auto [cos, sin] = rope_cos_sin(inv, at::randint(0, 100, {2, 5}, at::kLong), at::kFloat);
+  at::Tensor head_major = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2);
+  EXPECT_TRUE(at::equal(apply_rope(x, cos, sin, /*head_axis=*/2), head_major));
+}
+
+TEST(RopeTest, FrequenciesAreCopiedToADeviceOnce) {
+  RopeFrequencies frequencies(rope_inverse_frequencies(8, 10000.0, {}));
+  at::Tensor first = frequencies.on(at::kCPU);
+  EXPECT_TRUE(first.is_same(frequencies.on(at::kCPU)));
+  if (torch::cuda::is_available()) {
+    const at::Device gpu(at::kCUDA, 0);
+    at::Tensor copy = frequencies.on(gpu);
+    EXPECT_TRUE(copy.is_cuda());
+    EXPECT_TRUE(copy.is_same(frequencies.on(gpu)));
+    EXPECT_TRUE(at::equal(copy.cpu(), first));
+  }
 }
 
 TEST(RopeTest, ScoresDependOnlyOnRelativePosition) {
