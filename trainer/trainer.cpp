@@ -8,6 +8,7 @@
 #include "models/llama.h"
 #include "peft/peft_files.h"
 #include "trainer/causal_lm_loss.h"
+#include "trainer/chunked_loss.h"
 #include "trainer/deterministic_kernels.h"
 #include "trainer/distributed/data_parallel.h"
 #include "trainer/distributed/grad_reducer.h"
@@ -376,9 +377,17 @@ at::Tensor TrainingRun::to_device(const at::Tensor& host) const {
 at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
   ForwardInputs inputs{.input_ids = to_device(batch.input_ids),
                        .position_ids = to_device(batch.position_ids)};
-  if (batch.segment_ids.defined()) inputs.segment_ids = to_device(batch.segment_ids);
-  at::Tensor logits = m_.model->forward(inputs);
-  return causal_lm_loss_sum(logits, to_device(batch.labels));
+  if (batch.cu_seqlens.defined()) {
+    // Packed rows: variable-length attention over the segments, no [T, T] mask.
+    inputs.cu_seqlens = to_device(batch.cu_seqlens);
+    inputs.cu_seqlens_host = batch.cu_seqlens;
+    inputs.max_seqlen = batch.max_seqlen;
+  } else if (batch.segment_ids.defined()) {
+    inputs.segment_ids = to_device(batch.segment_ids);
+  }
+  const at::Tensor hidden = m_.model->hidden_states(inputs);
+  return chunked_causal_lm_loss_sum(hidden, *m_.model->lm_head, batch.labels,
+                                    recipe_.training.loss_chunk_tokens);
 }
 
 void TrainingRun::warn_all_masked_micro_batch(int64_t step, size_t k, const StepBatches& batches) {
