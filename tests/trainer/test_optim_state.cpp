@@ -98,7 +98,11 @@ TEST(OptimState, KeysNameParametersAndMoments) {
   EXPECT_EQ(s.at("base.layers.0.q_proj.lora_B.weight.exp_avg").scalar_type(), at::kFloat);
   EXPECT_EQ(s.at("base.layers.0.v_proj.lora_A.weight.exp_avg_sq.codes").sizes(),
             at::IntArrayRef({16, 512}));
-  EXPECT_EQ(s.size(), 1u + 5 + 3 + 5);
+  // The bf16 parameter's float32 master weights.
+  EXPECT_EQ(s.at("base.layers.0.v_proj.lora_A.weight.master").scalar_type(), at::kFloat);
+  EXPECT_EQ(s.at("base.layers.0.v_proj.lora_A.weight.master").sizes(), at::IntArrayRef({16, 512}));
+  EXPECT_EQ(s.count("base.layers.0.q_proj.lora_A.weight.master"), 0u);
+  EXPECT_EQ(s.size(), 1u + 5 + 3 + 6);
 }
 
 // Every mismatch names the offending key and leaves the optimizer as it was.

@@ -3,6 +3,10 @@
 #include "core/error.h"
 #include "quant/blockwise.h"
 
+#ifdef QTRAIN_WITH_CUDA
+#include "trainer/optim/cuda/adam_8bit_cuda.h"
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -199,6 +203,58 @@ void adam_8bit_blockwise_update_composite(at::Tensor& param, const at::Tensor& g
   absmax2.copy_(new_absmax2);
 }
 
+#ifdef QTRAIN_WITH_CUDA
+namespace {
+
+bool cuda_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool takes_cuda_kernel(const Adam8bitBlockwiseTensors& x) {
+  return x.param.is_cuda() && x.param.is_contiguous() && cuda_kernel_dtype(x.param.scalar_type()) &&
+         cuda_kernel_dtype(x.grad.scalar_type());
+}
+
+cuda::Adam8bitScalars cuda_scalars(const Adam8bitStep& s) {
+  const Scalars k = scalars_of(s);
+  return {k.beta1,     k.beta2,   k.one_minus_beta1, k.one_minus_beta2,
+          k.step_size, k.eps_hat, k.decay,           k.decays};
+}
+
+}  // namespace
+#endif
+
+void adam_8bit_blockwise_update_many(std::vector<Adam8bitBlockwiseTensors>& params,
+                                     const at::Tensor& qmap1, const at::Tensor& qmap2) {
+#ifdef QTRAIN_WITH_CUDA
+  std::vector<cuda::Adam8bitTensors> on_cuda;
+  at::Tensor table1, table2;
+  for (Adam8bitBlockwiseTensors& x : params) {
+    if (!takes_cuda_kernel(x)) {
+      adam_8bit_blockwise_update(x.param, x.grad, x.codes1, x.codes2, x.absmax1, x.absmax2, qmap1,
+                                 qmap2, x.step);
+      continue;
+    }
+    check_blockwise_args(x.param, x.grad, x.codes1, x.codes2, x.absmax1, x.absmax2);
+    if (!on_cuda.empty() && x.param.device() != on_cuda[0].param.device()) {
+      throw_error(ErrorKind::kInternal, "8-bit Adam update: parameters on several devices");
+    }
+    if (on_cuda.empty()) {
+      table1 = qmap1.to(x.param.device(), at::kFloat).contiguous();
+      table2 = qmap2.to(x.param.device(), at::kFloat).contiguous();
+    }
+    on_cuda.push_back({x.param.view({-1}), x.grad.reshape({-1}).contiguous(), x.codes1, x.codes2,
+                       x.absmax1, x.absmax2, cuda_scalars(x.step)});
+  }
+  cuda::adam_8bit_blockwise_update(on_cuda, table1, table2);
+#else
+  for (Adam8bitBlockwiseTensors& x : params) {
+    adam_8bit_blockwise_update(x.param, x.grad, x.codes1, x.codes2, x.absmax1, x.absmax2, qmap1,
+                               qmap2, x.step);
+  }
+#endif
+}
+
 void adam_8bit_blockwise_update(at::Tensor& param, const at::Tensor& grad, at::Tensor& codes1,
                                 at::Tensor& codes2, at::Tensor& absmax1, at::Tensor& absmax2,
                                 const at::Tensor& qmap1, const at::Tensor& qmap2,
@@ -206,10 +262,17 @@ void adam_8bit_blockwise_update(at::Tensor& param, const at::Tensor& grad, at::T
   if (param.is_cpu()) {
     adam_8bit_blockwise_update_fused_cpu(param, grad, codes1, codes2, absmax1, absmax2, qmap1,
                                          qmap2, s);
-  } else {
-    adam_8bit_blockwise_update_composite(param, grad, codes1, codes2, absmax1, absmax2, qmap1,
-                                         qmap2, s);
+    return;
   }
+#ifdef QTRAIN_WITH_CUDA
+  std::vector<Adam8bitBlockwiseTensors> one{{param, grad, codes1, codes2, absmax1, absmax2, s}};
+  if (takes_cuda_kernel(one[0])) {
+    adam_8bit_blockwise_update_many(one, qmap1, qmap2);
+    return;
+  }
+#endif
+  adam_8bit_blockwise_update_composite(param, grad, codes1, codes2, absmax1, absmax2, qmap1, qmap2,
+                                       s);
 }
 
 // Each tensor operation rounds to float32 once, so on the CPU this equals the kernel's scalar

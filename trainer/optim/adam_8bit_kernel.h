@@ -23,6 +23,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace qtrain {
 
@@ -37,12 +38,29 @@ struct Adam8bitStep {
 // param: [*] any float dtype; grad: same numel, any float dtype; codes1, codes2: uint8, same
 // numel; absmax1, absmax2: float32 [ceil(numel / 256)]; qmap1 (signed), qmap2 (unsigned): float32
 // [256] sorted. All on one device; everything but grad and the maps is updated in place.
-// CPU tensors take a fused per-block loop, other devices a composite of tensor operations and
+// CPU tensors take a fused per-block loop (the reference); CUDA tensors its CUDA kernel
+// (trainer/optim/cuda/adam_8bit_cuda.h: the same codes, absmax and parameters bit for bit) when
+// qtrain is built with CUDA; other devices a composite of tensor operations and
 // quant/blockwise.h kernels (same formulas; results may differ by rounding).
 void adam_8bit_blockwise_update(at::Tensor& param, const at::Tensor& grad, at::Tensor& codes1,
                                 at::Tensor& codes2, at::Tensor& absmax1, at::Tensor& absmax2,
                                 const at::Tensor& qmap1, const at::Tensor& qmap2,
                                 const Adam8bitStep& s);
+
+// One parameter's blockwise state for adam_8bit_blockwise_update_many (shapes as above).
+struct Adam8bitBlockwiseTensors {
+  at::Tensor param;
+  at::Tensor grad;
+  at::Tensor codes1, codes2;
+  at::Tensor absmax1, absmax2;
+  Adam8bitStep step;
+};
+
+// adam_8bit_blockwise_update of several parameters on one device sharing qmap1 and qmap2. On CUDA
+// (built with CUDA, float32/float16/bfloat16 params and grads) one kernel launch per run of up to
+// 36 parameters; otherwise one adam_8bit_blockwise_update per parameter.
+void adam_8bit_blockwise_update_many(std::vector<Adam8bitBlockwiseTensors>& params,
+                                     const at::Tensor& qmap1, const at::Tensor& qmap2);
 
 // The two implementations behind adam_8bit_blockwise_update, exposed for tests: the fused loop
 // needs CPU tensors; the composite one runs on any device.

@@ -1,47 +1,54 @@
-// AdamW with float32 states: torch.optim.AdamW's single-tensor algorithm, operation for operation,
-// so float32 parameters follow PyTorch bit for bit on the same device:
+// AdamW with float32 states: torch.optim.AdamW's algorithm,
 //   p *= 1 - lr*wd                                  (decoupled decay, before the Adam update)
 //   m.lerp_(g, 1 - b1);  v = v*b2 + (1 - b2)*g*g
 //   p += -(lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// with t the parameter's own step count. Parameters of other dtypes (bf16 LoRA weights) keep
-// float32 states too (PyTorch would keep them in the parameter dtype): the update runs on a
-// float32 copy of the parameter and the result is rounded once into it (param.copy_(p32)).
+// with t the parameter's own step count, run over all parameters of a device at once
+// (adamw_update.h): on the CPU with _foreach_ ops, so float32 parameters follow PyTorch's default
+// CPU AdamW bit for bit; on CUDA with at::_fused_adamw_ (torch.optim.AdamW(fused=True)).
+// Parameters of other dtypes (bf16 LoRA weights) are updated through float32 master weights
+// (master_weights.h, optimizer.h).
 //
-// Paged (reference/formats.md §2): on CUDA, the states of parameters with >= 1e5 elements live in
-// managed memory and are prefetched to the GPU before each parameter's update; otherwise the
-// states are plain tensors and the results equal the unpaged optimizer's bit for bit.
+// Paged (reference/formats.md §2): on CUDA, the states (moments and masters) of parameters with
+// >= 1e5 elements live in managed memory and are prefetched to the GPU before the step; otherwise
+// the states are plain tensors and the results equal the unpaged optimizer's bit for bit.
 #pragma once
 
+#include "trainer/optim/adamw_update.h"
+#include "trainer/optim/master_weights.h"
 #include "trainer/optim/optimizer.h"
 
 namespace qtrain {
 
 class AdamW final : public Optimizer {
  public:
-  AdamW(NamedParameters named_params, const AdamWOptions& options, bool paged);
+  // kernel: which implementation of the update runs (adamw_update.h); make_optimizer uses kAuto.
+  AdamW(NamedParameters named_params, const AdamWOptions& options, bool paged,
+        AdamWKernel kernel = AdamWKernel::kAuto);
 
   void step() override;
   // Keys: "step"; per parameter "<name>.step", "<name>.exp_avg" and "<name>.exp_avg_sq"
-  // (float32, the parameter's shape).
+  // (float32, the parameter's shape), and "<name>.master" for non-float32 parameters.
   std::map<std::string, at::Tensor> state_dict() const override;
   void load_state_dict(const std::map<std::string, at::Tensor>& state) override;
   int64_t state_bytes() const override;
 
   bool paged() const { return paged_; }
-  // The live moment buffers (exp_avg, exp_avg_sq of each parameter in order), for memory checks.
+  // The live state buffers (exp_avg, exp_avg_sq of each parameter in order, then the masters),
+  // for memory checks.
   std::vector<at::Tensor> state_buffers() const;
 
  private:
   struct State {
     int64_t step = 0;
-    at::Tensor exp_avg;     // float32, the parameter's shape and device
-    at::Tensor exp_avg_sq;  // float32, the parameter's shape and device
+    at::Tensor exp_avg;      // float32, the parameter's shape and device
+    at::Tensor exp_avg_sq;   // float32, the parameter's shape and device
+    at::Tensor device_step;  // kFused only: float32 [] on the device, equal to step
   };
 
-  void update(at::Tensor& param, const at::Tensor& grad, State& state) const;
-
   bool paged_;
+  AdamWKernel kernel_;
   std::vector<State> states_;  // parallel to params_
+  MasterWeights masters_;
 };
 
 }  // namespace qtrain

@@ -22,7 +22,7 @@ at::Tensor cpu_copy(const at::Tensor& t) {
 }  // namespace
 
 AdamW8bit::AdamW8bit(NamedParameters named_params, const AdamWOptions& options, bool paged)
-    : Optimizer(std::move(named_params), options), paged_(paged) {
+    : Optimizer(std::move(named_params), options), paged_(paged), masters_(params_, paged) {
   states_.reserve(params_.size());
   for (const auto& [name, param] : params_) {
     State s;
@@ -44,8 +44,17 @@ AdamW8bit::AdamW8bit(NamedParameters named_params, const AdamWOptions& options, 
 void AdamW8bit::step() {
   const at::NoGradGuard no_grad;
   ++steps_;
+  // The blockwise parameters per device, with that device's code tables (every blockwise state
+  // holds the same two): one multi-tensor update each.
+  struct DeviceGroup {
+    at::Device device;
+    at::Tensor qmap1, qmap2;
+    std::vector<Adam8bitBlockwiseTensors> params;
+  };
+  std::vector<DeviceGroup> groups;
+  std::vector<size_t> updated;
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& param = params_[i].second;
+    const at::Tensor& param = params_[i].second;
     const at::Tensor& grad = param.grad();
     if (!grad.defined()) continue;
     State& s = states_[i];
@@ -53,18 +62,26 @@ void AdamW8bit::step() {
     if (paged_) {
       prefetch_to_device(s.exp_avg);
       prefetch_to_device(s.exp_avg_sq);
+      masters_.prefetch(i);
     }
     const Adam8bitStep hyper{
         static_cast<float>(options_.lr),           static_cast<float>(options_.beta1),
         static_cast<float>(options_.beta2),        static_cast<float>(options_.eps),
         static_cast<float>(options_.weight_decay), s.step};
-    if (s.blockwise) {
-      adam_8bit_blockwise_update(param, grad, s.exp_avg, s.exp_avg_sq, s.absmax1, s.absmax2,
-                                 s.qmap1, s.qmap2, hyper);
-    } else {
-      adam_32bit_bnb_update(param, grad, s.exp_avg, s.exp_avg_sq, hyper);
+    at::Tensor target = masters_.update_target(i, param);
+    updated.push_back(i);
+    if (!s.blockwise) {
+      adam_32bit_bnb_update(target, grad, s.exp_avg, s.exp_avg_sq, hyper);
+      continue;
     }
+    auto it = groups.begin();
+    while (it != groups.end() && it->device != param.device()) ++it;
+    if (it == groups.end())
+      it = groups.insert(groups.end(), {param.device(), s.qmap1, s.qmap2, {}});
+    it->params.push_back({target, grad, s.exp_avg, s.exp_avg_sq, s.absmax1, s.absmax2, hyper});
   }
+  for (DeviceGroup& g : groups) adam_8bit_blockwise_update_many(g.params, g.qmap1, g.qmap2);
+  masters_.publish(updated, params_);
 }
 
 std::map<std::string, at::Tensor> AdamW8bit::state_dict() const {
@@ -84,6 +101,7 @@ std::map<std::string, at::Tensor> AdamW8bit::state_dict() const {
       out[name + ".exp_avg_sq"] = cpu_copy(s.exp_avg_sq);
     }
   }
+  masters_.add_to_state_dict(params_, out);
   return out;
 }
 
@@ -111,6 +129,7 @@ void AdamW8bit::load_state_dict(const std::map<std::string, at::Tensor>& state) 
     }
     loaded.push_back(std::move(l));
   }
+  const std::vector<at::Tensor> masters = masters_.read_state_dict(params_, reader);
   reader.reject_unexpected();
 
   const at::NoGradGuard no_grad;
@@ -125,10 +144,11 @@ void AdamW8bit::load_state_dict(const std::map<std::string, at::Tensor>& state) 
       s.absmax2.copy_(loaded[i].absmax2);
     }
   }
+  masters_.load(params_, masters);
 }
 
 int64_t AdamW8bit::state_bytes() const {
-  int64_t bytes = 0;
+  int64_t bytes = masters_.bytes();
   for (const State& s : states_) {
     bytes += static_cast<int64_t>(s.exp_avg.nbytes() + s.exp_avg_sq.nbytes());
     if (s.blockwise) bytes += static_cast<int64_t>(s.absmax1.nbytes() + s.absmax2.nbytes());
@@ -141,6 +161,9 @@ std::vector<at::Tensor> AdamW8bit::state_buffers() const {
   for (const State& s : states_) {
     out.push_back(s.exp_avg);
     out.push_back(s.exp_avg_sq);
+  }
+  for (const at::Tensor& m : masters_.buffers()) {
+    if (m.defined()) out.push_back(m);
   }
   return out;
 }

@@ -37,6 +37,12 @@ const at::Tensor& StateDictReader::take(const std::string& key, at::ScalarType d
   return t;
 }
 
+const at::Tensor* StateDictReader::take_if_present(const std::string& key, at::ScalarType dtype,
+                                                   at::IntArrayRef shape) {
+  if (state_.count(key) == 0) return nullptr;
+  return &take(key, dtype, shape);
+}
+
 int64_t StateDictReader::take_step(const std::string& key) {
   const int64_t step = take(key, at::kLong, {}).item<int64_t>();
   if (step < 0) {

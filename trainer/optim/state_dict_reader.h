@@ -18,6 +18,9 @@ class StateDictReader {
   // The entry `key` with the given dtype and shape. Error kShape if it is missing or mis-shaped,
   // kFormat if its dtype differs or it holds a NaN or an Inf; all name the key.
   const at::Tensor& take(const std::string& key, at::ScalarType dtype, at::IntArrayRef shape);
+  // take() for an entry that older checkpoints lack: nullptr when `key` is absent.
+  const at::Tensor* take_if_present(const std::string& key, at::ScalarType dtype,
+                                    at::IntArrayRef shape);
   // An int64 [] step counter >= 0 (Error kFormat naming the key otherwise).
   int64_t take_step(const std::string& key);
   // Error kShape naming the first entry no take() asked for (a parameter this optimizer does not
