@@ -108,7 +108,8 @@ qtrain::PerplexityResult held_out_split(qtrain::CausalLM& model, const qtrain::R
   const auto started = std::chrono::steady_clock::now();
   const qtrain::EvalResult eval =
       qtrain::evaluate(model, split.eval, recipe.training.micro_batch_size, recipe.data.max_seq_len,
-                       qtrain::padding_id(*split.tokenizer), /*max_batches=*/0);
+                       qtrain::padding_id(*split.tokenizer), /*max_batches=*/0, /*shard=*/0,
+                       /*num_shards=*/1, recipe.training.loss_chunk_tokens);
   qtrain::PerplexityResult out;
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   out.mean_loss = eval.loss;

@@ -272,9 +272,9 @@ void TrainingRun::resume_from(const std::string& dir) {
 
 void TrainingRun::run_eval(int64_t step) {
   if (data_.eval.empty()) return;
-  EvalResult eval =
-      evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size, recipe_.data.max_seq_len,
-               pad_id_, recipe_.training.eval_batches, dp_.rank(), dp_.world_size());
+  EvalResult eval = evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size,
+                             recipe_.data.max_seq_len, pad_id_, recipe_.training.eval_batches,
+                             dp_.rank(), dp_.world_size(), recipe_.training.loss_chunk_tokens);
   if (dp_.active()) {
     std::vector<double> sums{eval.loss_sum, static_cast<double>(eval.tokens)};
     dp_.sum(sums);
