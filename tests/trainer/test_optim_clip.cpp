@@ -1,4 +1,5 @@
 // Gradient clipping against torch::nn::utils::clip_grad_norm_.
+#include "core/error.h"
 #include "tests/support/test_support.h"
 #include "trainer/optim/grad_clip.h"
 
@@ -94,6 +95,47 @@ TEST(OptimClip, NoGradsGiveZero) {
   const GradNormResult r = clip_grad_norm({at::zeros({2}).set_requires_grad(true)}, 1.0);
   EXPECT_EQ(r.total_norm, 0.0);
   EXPECT_TRUE(r.finite);
+}
+
+// The device-side form: the norm as a float32 [] tensor, the same value and the same clipped
+// gradients as the host-reading form (and so as torch).
+TEST(OptimClip, OnDeviceReturnsTheNormAsAFloat32Scalar) {
+  for (const double max_norm : {0.0, 0.3, 1e3}) {
+    const auto ours = params_with_grads(6, 2.0);
+    const auto theirs = clone_with_grads(ours);
+    const at::Tensor norm = clip_grad_norm_on_device(ours, max_norm);
+    const double expected =
+        torch::nn::utils::clip_grad_norm_(theirs, max_norm > 0 ? max_norm : 1e30);
+    EXPECT_EQ(norm.dim(), 0);
+    EXPECT_EQ(norm.scalar_type(), at::kFloat);
+    EXPECT_EQ(norm.item<double>(), expected);
+    for (size_t i = 0; i + 1 < ours.size(); ++i) {
+      EXPECT_TRUE(ours[i].grad().equal(theirs[i].grad())) << max_norm << " param " << i;
+    }
+  }
+}
+
+TEST(OptimClip, OnDeviceNonFiniteNormScalesNothing) {
+  for (const float bad : {NAN, INFINITY}) {
+    const auto params = params_with_grads(7, 1.0);
+    params[2].mutable_grad()[1][2][3] = bad;
+    const auto copy = clone_with_grads(params);
+    const at::Tensor norm = clip_grad_norm_on_device(params, 0.1);
+    EXPECT_FALSE(std::isfinite(norm.item<double>()));
+    EXPECT_TRUE(params[0].grad().equal(copy[0].grad()));
+    EXPECT_TRUE(params[1].grad().equal(copy[1].grad()));
+    const at::Tensor finite = at::isfinite(copy[2].grad());
+    EXPECT_TRUE(params[2].grad().masked_select(finite).equal(copy[2].grad().masked_select(finite)));
+  }
+}
+
+TEST(OptimClip, OnDeviceWithoutGradsGivesZero) {
+  const at::Tensor norm = clip_grad_norm_on_device({at::zeros({2}).set_requires_grad(true)}, 1.0);
+  EXPECT_EQ(norm.dim(), 0);
+  EXPECT_EQ(norm.scalar_type(), at::kFloat);
+  EXPECT_EQ(norm.item<float>(), 0.0f);
+  EXPECT_EQ(clip_grad_norm_on_device({}, 1.0).item<float>(), 0.0f);
+  EXPECT_THROW(clip_grad_norm_on_device({}, -1.0), Error);
 }
 
 }  // namespace

@@ -2,9 +2,10 @@
 //   p *= 1 - lr*wd                                  (decoupled decay, before the Adam update)
 //   m.lerp_(g, 1 - b1);  v = v*b2 + (1 - b2)*g*g
 //   p += -(lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// with t the parameter's own step count, run over all parameters of a device at once
-// (adamw_update.h): on the CPU with _foreach_ ops, so float32 parameters follow PyTorch's default
-// CPU AdamW bit for bit; on CUDA with at::_fused_adamw_ (torch.optim.AdamW(fused=True)).
+// with t the parameter's own step count (adamw_update.h): on the CPU one parameter at a time, so
+// float32 parameters follow PyTorch's default CPU AdamW bit for bit; on CUDA over all parameters
+// of the device at once with at::_fused_adamw_ (torch.optim.AdamW(fused=True), equal within
+// float32 rounding).
 // Parameters of other dtypes (bf16 LoRA weights) are updated through float32 master weights
 // (master_weights.h, optimizer.h).
 //

@@ -95,7 +95,7 @@ void update_fused(AdamWLists& l, const AdamWOptions& o) {
 
 AdamWKernel resolve_adamw_kernel(AdamWKernel kernel, const at::Device& device) {
   if (kernel != AdamWKernel::kAuto) return kernel;
-  return device.is_cuda() ? AdamWKernel::kFused : AdamWKernel::kForEach;
+  return device.is_cuda() ? AdamWKernel::kFused : AdamWKernel::kPerTensor;
 }
 
 void adamw_update(AdamWLists& lists, const AdamWOptions& options, AdamWKernel kernel) {
