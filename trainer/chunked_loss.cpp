@@ -5,14 +5,12 @@
 #include "models/linear.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
-#include <ATen/core/Generator.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
-#include <mutex>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,7 +71,7 @@ int64_t chunk_size(int64_t chunk_tokens, int64_t n) {
   return chunk_tokens > 0 ? std::min(chunk_tokens, n) : n;
 }
 
-// rows [N, H], targets [N] -> scalar float32 on rows' device, chunk by chunk.
+// rows [N, H], targets [N] -> scalar float32 on rows' device, chunk by chunk, forward only.
 at::Tensor forward_chunks(LinearSlot& lm_head, const at::Tensor& rows, const at::Tensor& targets,
                           int64_t chunk_tokens) {
   at::Tensor total = at::zeros({}, rows.options().dtype(at::kFloat));
@@ -86,90 +84,70 @@ at::Tensor forward_chunks(LinearSlot& lm_head, const at::Tensor& rows, const at:
   return total;
 }
 
-// The default generators lm_head's dropout may draw from (CPU, and the device's), so backward
-// can replay the forward chunks' masks (the same pattern as models/layer_checkpoint.cpp).
-struct RngSnapshot {
-  std::vector<std::pair<at::Generator, at::Tensor>> states;
-
-  static RngSnapshot capture(const c10::Device& device) {
-    RngSnapshot snap;
-    std::vector<c10::Device> devices = {c10::Device(c10::kCPU)};
-    if (device.is_cuda()) devices.push_back(device);
-    for (const auto& d : devices) {
-      at::Generator gen = at::globalContext().defaultGenerator(d);
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      snap.states.emplace_back(gen, gen.get_state());
-    }
-    return snap;
-  }
-
-  void restore() const {
-    for (const auto& [gen, state] : states) {
-      at::Generator g = gen;
-      std::lock_guard<std::mutex> lock(g.mutex());
-      g.set_state(state);
-    }
-  }
-};
-
 struct LossCall : torch::CustomClassHolder {
   LinearSlot* lm_head = nullptr;
   int64_t chunk_tokens = 0;
+  bool rows_need_grad = false;
   std::vector<at::Tensor> params;  // lm_head's parameters that require grad
-  RngSnapshot rng;
 };
 
+// One chunk: its summed loss and the gradients of that loss.
+struct ChunkResult {
+  at::Tensor loss;                // scalar float32
+  at::Tensor grad_h;              // [C, H], undefined unless h requires grad
+  std::vector<at::Tensor> grads;  // one per trainable parameter of lm_head, undefined if unused
+};
+
+// h [C, H] (detached; requires grad when the hidden states need a gradient), targets [C].
+// lm_head runs once and autograd takes the chunk's loss straight back through it, so every
+// gradient is bit for bit the full path's (cross_entropy's own backward makes softmax - onehot).
+// The graph holds the float32 log-probabilities [C, V], not the logits; backward adds the
+// logits' gradient and nll_loss's one-hot gradient, both [C, V] float32, while it runs.
+ChunkResult chunk_loss_and_grads(LinearSlot& lm_head, const at::Tensor& h,
+                                 const at::Tensor& targets, const std::vector<at::Tensor>& params) {
+  ChunkResult result;
+  {
+    at::AutoGradMode grad_on(true);
+    result.loss = chunk_loss(lm_head, h, targets);
+  }
+  torch::autograd::variable_list inputs;
+  if (h.requires_grad()) inputs.push_back(h);
+  inputs.insert(inputs.end(), params.begin(), params.end());
+  auto grads = torch::autograd::grad({result.loss}, inputs, {}, /*retain_graph=*/false,
+                                     /*create_graph=*/false, /*allow_unused=*/true);
+  result.loss = result.loss.detach();
+  auto first_param = grads.begin();
+  if (h.requires_grad()) result.grad_h = std::move(*first_param++);
+  result.grads.assign(std::make_move_iterator(first_param), std::make_move_iterator(grads.end()));
+  return result;
+}
+
 // Inputs: rows [N, H], targets [N], the call, lm_head's trainable parameters (passed so the loss
-// requires grad even when rows do not, e.g. LoRA on lm_head alone). Backward returns their
-// gradients summed over the chunks in float32 (or float64) and rounded once, so autograd
-// accumulates each parameter's .grad (and fires its hooks) once per pass.
+// requires grad even when rows do not, e.g. LoRA on lm_head alone). Forward computes the loss and
+// every gradient (the loss ends the graph: its incoming gradient is a scalar) and saves them:
+// grad_rows [N, H] in rows' dtype, each parameter's gradient summed over the chunks in float32
+// (or float64). Backward scales them by the incoming gradient and rounds the parameters' once, so
+// autograd accumulates each parameter's .grad (and fires its hooks) once per pass.
 class ChunkedLinearCrossEntropy : public torch::autograd::Function<ChunkedLinearCrossEntropy> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows,
                             const at::Tensor& targets, c10::intrusive_ptr<LossCall> call,
                             at::TensorList params) {
-    call->rng = RngSnapshot::capture(rows.device());
-    ctx->save_for_backward({rows, targets});
-    ctx->saved_data["call"] = at::IValue::make_capsule(call);
-    return forward_chunks(*call->lm_head, rows, targets, call->chunk_tokens);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto call = c10::static_intrusive_pointer_cast<LossCall>(ctx->saved_data["call"].toCapsule());
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& rows = saved[0];
-    const at::Tensor& targets = saved[1];
-    const size_t num_params = call->params.size();
-    torch::autograd::variable_list out(3 + num_params);
-    const at::Tensor& grad_loss = grads[0];
-    if (!grad_loss.defined()) return out;
-
-    const bool rows_need_grad = ctx->needs_input_grad(0);
     const int64_t n = rows.size(0);
+    const size_t num_params = call->params.size();
+    at::Tensor total = at::zeros({}, rows.options().dtype(at::kFloat));
+    at::Tensor grad_rows = call->rows_need_grad ? at::empty_like(rows) : at::Tensor();
     std::vector<at::Tensor> param_sums(num_params);
-    at::Tensor grad_rows = rows_need_grad ? at::empty_like(rows) : at::Tensor();
-    const RngSnapshot now = RngSnapshot::capture(rows.device());
-    call->rng.restore();
     const int64_t chunk = chunk_size(call->chunk_tokens, n);
     for (int64_t start = 0; start < n; start += chunk) {
       const int64_t c = std::min(chunk, n - start);
-      at::Tensor h = rows.narrow(0, start, c).detach().requires_grad_(rows_need_grad);
-      at::Tensor loss;
-      {
-        at::AutoGradMode grad_on(true);
-        loss = chunk_loss(*call->lm_head, h, targets.narrow(0, start, c));
-      }
-      torch::autograd::variable_list inputs;
-      if (rows_need_grad) inputs.push_back(h);
-      inputs.insert(inputs.end(), call->params.begin(), call->params.end());
-      const auto chunk_grads = torch::autograd::grad({loss}, inputs, {grad_loss},
-                                                     /*retain_graph=*/false,
-                                                     /*create_graph=*/false, /*allow_unused=*/true);
-      if (rows_need_grad) grad_rows.narrow(0, start, c).copy_(chunk_grads[0]);
-      const size_t first_param = rows_need_grad ? 1 : 0;
+      const at::Tensor h = rows.narrow(0, start, c).detach().requires_grad_(call->rows_need_grad);
+      ChunkResult r =
+          chunk_loss_and_grads(*call->lm_head, h, targets.narrow(0, start, c), call->params);
+      total.add_(r.loss);
+      if (call->rows_need_grad) grad_rows.narrow(0, start, c).copy_(r.grad_h);
       for (size_t p = 0; p < num_params; ++p) {
-        const at::Tensor& g = chunk_grads[first_param + p];
+        const at::Tensor& g = r.grads[p];
         if (!g.defined()) continue;
         if (param_sums[p].defined()) {
           param_sums[p].add_(g);
@@ -179,13 +157,35 @@ class ChunkedLinearCrossEntropy : public torch::autograd::Function<ChunkedLinear
         }
       }
     }
-    now.restore();
-    out[0] = grad_rows;
+    // Saved variables, not saved_data: autograd frees them after a backward without
+    // retain_graph and refuses a second one, as for any graph.
+    std::vector<at::Tensor> saved = {grad_rows};
+    saved.insert(saved.end(), param_sums.begin(), param_sums.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["call"] = at::IValue::make_capsule(call);
+    return total;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled()) {
+      throw_error(ErrorKind::kInternal,
+                  "chunked loss: its gradients are computed in forward and cannot be "
+                  "differentiated again (backward with create_graph)");
+    }
+    auto call = c10::static_intrusive_pointer_cast<LossCall>(ctx->saved_data["call"].toCapsule());
+    const auto saved = ctx->get_saved_variables();
+    const size_t num_params = call->params.size();
+    torch::autograd::variable_list out(3 + num_params);
+    const at::Tensor& grad_loss = grads[0];  // scalar float32
+    if (!grad_loss.defined()) return out;
+    if (ctx->needs_input_grad(0)) out[0] = saved[0] * grad_loss;
     for (size_t p = 0; p < num_params; ++p) {
       const at::Tensor& param = call->params[p];
+      const at::Tensor& sum = saved[1 + p];
       // No loss token: zero gradients, as the full path's all-ignored cross-entropy gives.
       out[3 + p] =
-          param_sums[p].defined() ? param_sums[p].to(param.scalar_type()) : at::zeros_like(param);
+          sum.defined() ? (sum * grad_loss).to(param.scalar_type()) : at::zeros_like(param);
     }
     return out;
   }
@@ -228,6 +228,7 @@ at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_h
   auto call = c10::make_intrusive<LossCall>();
   call->lm_head = &lm_head;
   call->chunk_tokens = chunk_tokens;
+  call->rows_need_grad = rows.requires_grad();
   call->params = params;
   return ChunkedLinearCrossEntropy::apply(rows, where.targets, call, at::TensorList(params));
 }

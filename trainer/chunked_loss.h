@@ -3,10 +3,25 @@
 // exist: at a 128k vocabulary, [B, T, V] float32 logits and their gradient are gigabytes, one
 // chunk of 1024 tokens is a few hundred megabytes.
 //
-// Only the positions that carry loss are projected. Forward keeps nothing of a chunk but its
-// summed loss; backward recomputes each chunk's logits (replaying lm_head's dropout draws) and
-// sends the gradient on to the hidden states and to lm_head's own trainable parameters (LoRA on
-// lm_head), whose .grad accumulates as with any other module.
+// Only the positions that carry loss are projected. The loss always ends the graph, so its
+// incoming gradient is one scalar: when a gradient is needed, forward computes each chunk's
+// logits once, their float32 log-probabilities, the chunk's loss and at once its logits' gradient
+// (softmax - onehot, bit for bit what autograd's log_softmax + nll_loss backward gives), which
+// it sends through lm_head's own backward. It keeps d loss / d hidden [N, H] (model dtype) and
+// d loss / d p for lm_head's trainable parameters (LoRA on lm_head; float32 or float64 sums over
+// the chunks); backward only scales them by the incoming gradient (Liger-kernel's fused linear
+// cross-entropy). lm_head's dropout is drawn once, in forward; parameters' .grad accumulates as
+// with any other module, once per backward.
+//
+// Memory: one chunk's [C, V] tensors at a time: the logits (model dtype), their float32
+// log-probabilities, turned in place into their gradient, and that gradient in the model dtype
+// when it is not float32 (CPU bfloat16 also converts the logits to float32 first), plus what
+// lm_head's backward makes (LoRA on lm_head: a scaled copy of the gradient). Per logit, at most:
+// float32 frozen head 8 bytes, float32 LoRA head 12, bfloat16 10 (CPU) or 8 (CUDA).
+//
+// Backward: like any autograd graph, a second backward needs retain_graph (it then gives the
+// same gradients again); differentiating the gradient (create_graph) is refused with
+// Error(kInternal): the stored gradients are constants, their derivative would be wrong.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,7 +42,7 @@ class LinearSlot;
 // Reads the labels on the host: no device synchronisation (index and target copies go through
 // pinned memory on CUDA). With no loss token it returns a zero that still back-propagates (zero
 // gradients reach hidden and lm_head, as with the full path). Under NoGradGuard, or when neither
-// hidden nor lm_head needs a gradient, it only runs the forward chunks.
+// hidden nor lm_head needs a gradient, it only runs the forward chunks (no gradient work).
 // Throws Error(kInternal) for mismatched shapes, device labels or a label outside [0, V): caller
 // bugs (labels come from the tokenizer, which TRN-04 keeps within the vocabulary).
 at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_head,

@@ -1,7 +1,7 @@
 // The chunked linear + cross-entropy against the full path, causal_lm_loss_sum(lm_head(hidden)):
 // the same loss and the same gradients for hidden and for a LoRA on lm_head, whatever the chunk
-// size; all-masked labels; bfloat16; eval without grad; dropout masks replayed in backward;
-// evaluate() on a model.
+// size; all-masked labels; bfloat16; eval without grad; dropout drawn once; a second backward
+// and create_graph; evaluate() on a model.
 #include "trainer/chunked_loss.h"
 
 #include "core/error.h"
@@ -184,9 +184,10 @@ TEST(ChunkedLoss, AdapterOnTheHeadAloneStillGetsItsGradient) {
   EXPECT_LE(relative(head->lora_B().grad(), want), 1e-6);
 }
 
-// With dropout on lm_head's adapter the backward pass must recompute each chunk with the masks
-// its forward drew. Reference: plain autograd over the same chunks in the same order.
-TEST(ChunkedLoss, BackwardReplaysTheDropoutMasks) {
+// With dropout on lm_head's adapter each chunk draws its masks once, in forward, and backward
+// uses the gradients of those very masks. Reference: plain autograd over the same chunks in the
+// same order from the same seed, which must also leave the generator where the chunked loss does.
+TEST(ChunkedLoss, DropoutIsDrawnOnceInForward) {
   auto head = lora_head(at::kFloat, /*dropout=*/0.5);
   const at::Tensor labels = random_labels(13);
   const at::Tensor hidden = random_hidden(at::kFloat, 14);
@@ -212,6 +213,7 @@ TEST(ChunkedLoss, BackwardReplaysTheDropoutMasks) {
     want = want + at::cross_entropy_loss(head->forward(gathered.narrow(0, s, c)),
                                          target.narrow(0, s, c), {}, at::Reduction::Sum);
   }
+  const at::Tensor want_next_draw = at::rand({4});
   head->zero_grad();
   want.backward();
   const at::Tensor want_hidden = hidden.grad().clone();
@@ -221,11 +223,47 @@ TEST(ChunkedLoss, BackwardReplaysTheDropoutMasks) {
   head->zero_grad();
   at::manual_seed(21);
   at::Tensor got = chunked_causal_lm_loss_sum(hidden, *head, labels, kChunk);
-  at::randn({1000});  // draws after forward must not disturb the replay
+  EXPECT_TRUE(at::rand({4}).equal(want_next_draw));  // as many draws as the reference's forward
+  at::randn({1000});  // draws between forward and backward change nothing
   got.backward();
   EXPECT_LE(relative(got, want), 1e-6);
   EXPECT_LE(relative(hidden.grad(), want_hidden), 1e-6);
   EXPECT_LE(relative(head->lora_A().grad(), want_a), 1e-6);
+}
+
+// The incoming gradient scales every stored gradient: backward of 2.5 * loss gives 2.5 times the
+// gradients; with retain_graph a second backward adds the same gradients again; without it the
+// second one is refused, as for any autograd graph.
+TEST(ChunkedLoss, BackwardScalesByTheIncomingGradientAndRunsOncePerGraph) {
+  auto head = lora_head(at::kFloat);
+  const at::Tensor labels = random_labels(22);
+  const at::Tensor hidden = random_hidden(at::kFloat, 23);
+  const LossAndGrads once = run(hidden, *head, labels, 9, true);
+
+  hidden.mutable_grad().zero_();
+  head->zero_grad();
+  at::Tensor loss = chunked_causal_lm_loss_sum(hidden, *head, labels, 9);
+  (loss * 2.5).backward({}, /*retain_graph=*/true);
+  EXPECT_LE(relative(hidden.grad().to(at::kDouble), once.hidden * 2.5), 1e-7);
+  EXPECT_LE(relative(head->lora_B().grad().to(at::kDouble), once.lora_B * 2.5), 1e-7);
+  loss.backward();
+  EXPECT_LE(relative(hidden.grad().to(at::kDouble), once.hidden * 3.5), 1e-7);
+  EXPECT_LE(relative(head->lora_A().grad().to(at::kDouble), once.lora_A * 3.5), 1e-7);
+  EXPECT_THROW(loss.backward(), c10::Error);
+}
+
+// Differentiating the gradient would differentiate constants: refused, not silently wrong.
+TEST(ChunkedLoss, CreateGraphIsRefused) {
+  auto head = lora_head(at::kFloat);
+  const at::Tensor hidden = random_hidden(at::kFloat, 24);
+  at::Tensor loss = chunked_causal_lm_loss_sum(hidden, *head, random_labels(25), 9);
+  try {
+    loss.backward({}, /*retain_graph=*/true, /*create_graph=*/true);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+    EXPECT_NE(e.message().find("create_graph"), std::string::npos) << e.message();
+  }
 }
 
 TEST(ChunkedLoss, LabelOutsideTheVocabularyIsAnInternalError) {
