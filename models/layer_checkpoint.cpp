@@ -47,6 +47,8 @@ struct LayerCall : torch::CustomClassHolder {
   at::Tensor cos, sin;
   AttentionLayout layout;
   RngSnapshot rng;
+  std::shared_ptr<ActivationOffloader> offloader;  // null: x is saved on its device
+  int64_t index = 0;                               // the layer's place, for the offloader
 };
 
 class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
@@ -54,7 +56,11 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             c10::intrusive_ptr<LayerCall> call) {
     call->rng = RngSnapshot::capture(x.device());
-    ctx->save_for_backward({x});
+    if (call->offloader) {
+      call->offloader->offload(call->index, x);
+    } else {
+      ctx->save_for_backward({x});
+    }
     ctx->saved_data["call"] = at::IValue::make_capsule(call);
     // Function::apply runs forward with grad mode off: nothing inside the layer is recorded.
     return call->layer->forward(x, call->cos, call->sin, call->layout, nullptr, nullptr);
@@ -63,7 +69,8 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
-    const at::Tensor x = ctx->get_saved_variables()[0];
+    const at::Tensor x = call->offloader ? call->offloader->fetch(call->index)
+                                         : ctx->get_saved_variables()[0];
     // Replay the first pass's random numbers, then put the generators back where the rest of
     // the backward pass expects them.
     const RngSnapshot now = RngSnapshot::capture(x.device());
@@ -83,8 +90,11 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 }  // namespace
 
 at::Tensor checkpointed_layer(DecoderLayer& layer, const at::Tensor& x, const at::Tensor& cos,
-                              const at::Tensor& sin, const AttentionLayout& layout) {
+                              const at::Tensor& sin, const AttentionLayout& layout,
+                              std::shared_ptr<ActivationOffloader> offloader, int64_t index) {
   auto call = c10::make_intrusive<LayerCall>();
+  call->offloader = std::move(offloader);
+  call->index = index;
   call->layer = &layer;
   call->cos = cos;
   call->sin = sin;

@@ -230,9 +230,17 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   // A checkpointed layer only runs its backward pass when its input requires grad; the frozen
   // embedding's output does not, so it is made a leaf that does.
   if (checkpoint && !x.requires_grad()) x = x.detach().requires_grad_(true);
-  for (size_t i = 0; i < model->layers.size(); ++i) {
+  std::shared_ptr<ActivationOffloader> offloader;
+  if (checkpoint && offload_activations_) {
+    offloader = ActivationOffloader::create(device, simulate_offload_);
+    last_offloader_ = offloader;
+  }
+  const size_t layers = model->layers.size();
+  for (size_t i = 0; i < layers; ++i) {
     if (checkpoint) {
-      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout);
+      const bool offload = offloader && i > 0 && i + 1 < layers;
+      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout,
+                             offload ? offloader : nullptr, static_cast<int64_t>(i));
       continue;
     }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "models/attention_mask.h"
+#include "models/activation_offload.h"
 #include "models/config.h"
 #include "models/linear.h"
 #include "models/rms_norm.h"
@@ -129,6 +130,18 @@ class CausalLM : public torch::nn::Module {
   // and is recomputed in the backward pass (models/layer_checkpoint.h).
   void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
   bool gradient_checkpointing() const { return gradient_checkpointing_; }
+  // training.offload_activations: checkpointed layers' inputs go to pinned host memory on CUDA
+  // (models/activation_offload.h); elsewhere it does nothing unless `simulate` (tests) asks for
+  // the same bookkeeping with host copies. The first and last layers' inputs stay: the first is
+  // the autograd leaf, the last is needed the moment backward starts.
+  void set_activation_offloading(bool on, bool simulate = false) {
+    offload_activations_ = on;
+    simulate_offload_ = simulate;
+  }
+  // The most host bytes the last checkpointed forward's offloader held (0 without one).
+  int64_t offloaded_peak_bytes() const {
+    return last_offloader_ ? last_offloader_->peak_host_bytes() : 0;
+  }
 
   const ModelConfig& config() const { return config_; }
   const at::TensorOptions& options() const { return options_; }
@@ -146,6 +159,8 @@ class CausalLM : public torch::nn::Module {
   at::TensorOptions options_;
   std::unique_ptr<RopeFrequencies> inv_freq_;
   bool gradient_checkpointing_ = false;
+  bool offload_activations_ = false, simulate_offload_ = false;
+  std::shared_ptr<ActivationOffloader> last_offloader_;
 };
 
 }  // namespace qtrain

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "data/batcher.h"
 #include "data/shuffle.h"
+#include "models/device_memory.h"
 #include "models/llama.h"
 #include "peft/peft_files.h"
 #include "trainer/causal_lm_loss.h"
@@ -93,6 +94,7 @@ class TrainingRun {
 
  private:
   void setup();
+  void setup_activation_offloading();
   void resume_from(const std::string& checkpoint_dir);
   void run_eval(int64_t step);
   void save(int64_t step);
@@ -164,6 +166,7 @@ void TrainingRun::setup() {
   if (dp_.rank() > 0) at::manual_seed(mix_seed(t.seed, static_cast<uint64_t>(dp_.rank())));
   if (m_.device.is_cuda()) cuda_index_ = m_.device.index();
   m_.model->set_gradient_checkpointing(t.gradient_checkpointing);
+  if (t.offload_activations) setup_activation_offloading();
   m_.model->train();
   log::info("model ", m_.model_dir, ": ", m_.model->config().num_hidden_layers, " layers, ",
             m_.adapters.size(), " adapters, on ", m_.device.str());
@@ -218,6 +221,37 @@ void TrainingRun::setup() {
             " ranks = ", t.grad_accum_steps * t.micro_batch_size * dp_.world_size(),
             " samples (global batch); optimizer ", t.optimizer, " (",
             format_bytes(optimizer_->state_bytes()), " of state)");
+}
+
+void TrainingRun::setup_activation_offloading() {
+  const ModelConfig& c = m_.model->config();
+  // QTRAIN_TEST_SIMULATE_OFFLOAD=1 (tests only): the CPU runs the offloaded path with host copies.
+  const char* simulate_env = std::getenv("QTRAIN_TEST_SIMULATE_OFFLOAD");
+  const bool simulate = simulate_env != nullptr && std::string(simulate_env) == "1";
+  if (!m_.device.is_cuda() && !simulate) {
+    log::info("training.offload_activations: the model is on ", m_.device.str(),
+              ", where there is no device memory to free; nothing is offloaded");
+    return;
+  }
+  // Every layer but the first and the last sends its input [B, T, H] to pinned host memory.
+  const int64_t layers = std::max<int64_t>(c.num_hidden_layers - 2, 0);
+  const int64_t host =
+      layers * recipe_.training.micro_batch_size * recipe_.data.max_seq_len * c.hidden_size *
+      static_cast<int64_t>(c10::elementSize(m_.model->options().dtype().toScalarType()));
+  const int64_t machine = device_memory_bytes(c10::Device(c10::kCPU));
+  if (machine > 0 && host > machine / 2) {
+    throw_error(ErrorKind::kConfig,
+                "needs up to " + gib_text(static_cast<double>(host)) +
+                    " of pinned host memory per micro-batch (" + std::to_string(layers) +
+                    " layer inputs of micro_batch_size x max_seq_len x hidden_size), more than "
+                    "half of this machine's " +
+                    gib_text(static_cast<double>(machine)) +
+                    "; lower training.micro_batch_size or data.max_seq_len",
+                {.field = "training.offload_activations"});
+  }
+  m_.model->set_activation_offloading(true, simulate);
+  log::info("training.offload_activations: up to ", gib_text(static_cast<double>(host)),
+            " of layer inputs in pinned host memory per micro-batch");
 }
 
 void TrainingRun::resume_from(const std::string& dir) {
@@ -520,7 +554,8 @@ void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
                     {"tokens_per_second", tokens / seconds},
                     {"step_seconds", seconds},
                     {"memory_bytes", mem.current},
-                    {"peak_memory_bytes", mem.peak}});
+                    {"peak_memory_bytes", mem.peak},
+                    {"offloaded_host_bytes", m_.model->offloaded_peak_bytes()}});
   if (tensorboard_) {
     tensorboard_->add_scalar("train/loss", loss, done);
     tensorboard_->add_scalar("train/lr", lr, done);

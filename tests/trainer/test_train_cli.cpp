@@ -334,3 +334,43 @@ TEST_F(TrainCli, SyntheticBaseTrainsAndPlansAtAPublishedShape) {
 
 }  // namespace
 }  // namespace qtrain
+
+namespace qtrain {
+namespace {
+
+// training.offload_activations changes where checkpointed layers' inputs wait, not the training:
+// with the offloaded path simulated on the CPU (host copies, the CUDA path's bookkeeping), the
+// losses and the adapter equal a plain run's bit for bit, LoRA dropout included; without the
+// simulation the CPU says it offloads nothing.
+TEST_F(TrainCli, OffloadedActivationsTrainExactlyTheSame) {
+  // builtin:tiny: six layers, so four inputs travel (micro has only the first and the last).
+  const std::string packed =
+      " model.path=builtin:tiny data.packing=true training.max_steps=4 training.eval_every=0";
+  ASSERT_EQ(run("output.dir=" + run_dir("plain") + packed), 0);
+  std::string out;
+  ASSERT_EQ(
+      run("output.dir=" + run_dir("noop") + packed + " training.offload_activations=true", &out), 0)
+      << out;
+  EXPECT_NE(out.find("nothing is offloaded"), std::string::npos) << out;
+  ::setenv("QTRAIN_TEST_SIMULATE_OFFLOAD", "1", 1);
+  const int code = run(
+      "output.dir=" + run_dir("offloaded") + packed + " training.offload_activations=true", &out);
+  ::unsetenv("QTRAIN_TEST_SIMULATE_OFFLOAD");
+  ASSERT_EQ(code, 0) << out;
+  const auto plain = read_metrics(run_dir("plain"));
+  const auto offloaded = read_metrics(run_dir("offloaded"));
+  EXPECT_EQ(train_losses(plain), train_losses(offloaded));
+  EXPECT_EQ(testing::read_file(run_dir("plain") + "/adapter/adapter_model.safetensors"),
+            testing::read_file(run_dir("offloaded") + "/adapter/adapter_model.safetensors"));
+  int64_t peak_host = 0;
+  for (const auto& m : offloaded)
+    peak_host = std::max(peak_host, m.value("offloaded_host_bytes", int64_t{0}));
+  EXPECT_GT(peak_host, 0);
+  ASSERT_NE(run("output.dir=" + run_dir("bad") +
+                    " training.offload_activations=true training.gradient_checkpointing=false",
+                &out),
+            0);
+}
+
+}  // namespace
+}  // namespace qtrain

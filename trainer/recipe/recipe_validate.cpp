@@ -221,6 +221,11 @@ void check_training(const TrainingSection& t, const DataSection& d, const Checks
   c.at_least<int64_t>("training.eval_batches", t.eval_batches, 0);
   c.at_least<int64_t>("training.log_every", t.log_every, 1);
   c.one_of("training.on_nonfinite", t.on_nonfinite, {"stop", "skip"});
+  if (t.offload_activations && !t.gradient_checkpointing) {
+    c.fail("training.offload_activations",
+           "offloads the inputs that checkpointed layers keep; set "
+           "training.gradient_checkpointing: true");
+  }
   if (t.eval_every > 0 && d.eval_path.empty() && d.eval_fraction == 0) {
     c.fail("training.eval_every",
            "there is no eval data: set data.eval_path or data.eval_fraction > 0");
