@@ -203,8 +203,9 @@ void set_adapter_grads(NamedParameters& params, int step) {
   }
 }
 
-// at::_fused_adamw_ on CUDA against the _foreach_ CPU reference over 50 steps: float32 parameters
-// and masters within a few float32 ulps of each tensor's scale, bf16 parameters within one ulp.
+// at::_fused_adamw_ on CUDA against the CPU reference (per-tensor) over 50 steps: float32
+// parameters and masters within a few float32 ulps of each tensor's scale, bf16 parameters within
+// one ulp.
 TEST(OptimCuda, FusedAdamWMatchesCpuWithinRounding) {
   REQUIRE_CUDA();
   NamedParameters cpu = adapter_params(at::kCPU);
@@ -234,8 +235,11 @@ TEST(OptimCuda, FusedAdamWMatchesCpuWithinRounding) {
   for (size_t i = 0; i < cpu.size(); ++i) {
     const at::Tensor x = cpu[i].second.detach().to(at::kFloat);
     const at::Tensor y = gpu[i].second.detach().cpu().to(at::kFloat);
-    const double ulp = cpu[i].second.scalar_type() == at::kBFloat16 ? std::ldexp(1.0, -7) : 1e-6;
-    EXPECT_TRUE((x - y).abs().le(x.abs() * ulp + 1e-9).all().item<bool>()) << cpu[i].first;
+    // bf16: one ulp of the element (masters a few float32 ulps apart round to neighbours at
+    // most); plus a few float32 ulps of the tensor's scale for both dtypes.
+    const double ulp = cpu[i].second.scalar_type() == at::kBFloat16 ? std::ldexp(1.0, -7) : 0.0;
+    const double scale = x.abs().max().item<double>();
+    EXPECT_TRUE((x - y).abs().le(x.abs() * ulp + scale * 1e-6).all().item<bool>()) << cpu[i].first;
   }
   std::printf("fused CUDA AdamW vs CPU, 50 steps: max rel diff of states and masters %.2e\n",
               worst);
