@@ -59,12 +59,6 @@ NamedParameters named_adapter_parameters(const NamedAdapters& adapters) {
   return named;
 }
 
-// TEMPORARY until trainer/optim/grad_clip has its device-side form.
-at::Tensor clip_grad_norm_on_device(const std::vector<at::Tensor>& params, double max_norm) {
-  const GradNormResult r = clip_grad_norm(params, max_norm);
-  return at::full({}, r.total_norm, at::TensorOptions().dtype(at::kFloat));
-}
-
 nlohmann::json extra_adapter_config(const TrainingModel& m) {
   nlohmann::json extra = nlohmann::json::object();
   if (m.qalora_group_size > 0) {
