@@ -29,6 +29,10 @@ struct ModelSection {
   // (models/synthetic_model.h) instead of read; the shapes are known_config's (else path's), and
   // path still supplies the tokenizer.
   bool synthetic = false;
+  // The input embedding table stays in host memory: each batch's rows are gathered there and only
+  // they are copied to the device (saves V x H x dtype bytes of GPU memory; models with tied
+  // embeddings need the table on the device for lm_head and refuse it).
+  bool embeddings_on_host = false;
 };
 
 struct QuantizationSection {

@@ -18,6 +18,7 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("known_config", s.known_config);
     visit("dtype", s.dtype);
     visit("device", s.device);
+    visit("embeddings_on_host", s.embeddings_on_host);
     visit("synthetic", s.synthetic);
   } else if constexpr (std::is_same_v<S, QuantizationSection>) {
     visit("type", s.type);
