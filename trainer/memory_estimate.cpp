@@ -6,6 +6,7 @@
 #include "models/quantized_loader.h"
 #include "models/quantized_memory.h"
 #include "trainer/adapter_targets.h"
+#include "trainer/optim/state_memory.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -97,6 +98,19 @@ int64_t base_layer_bytes_per_token(const Recipe& recipe, const ModelConfig& c) {
          4 * c.num_attention_heads + 2 * 4;
 }
 
+bool on_cuda(const Recipe& recipe) {
+  return recipe.model.device != "cpu";
+}
+
+bool offloads_activations(const Recipe& recipe) {
+  return recipe.training.offload_activations && recipe.training.gradient_checkpointing &&
+         on_cuda(recipe);
+}
+
+// With offloading the device keeps the first and last layers' inputs, plus the one coming back
+// and the one prefetched during backward.
+constexpr int64_t kOffloadDeviceInputs = 4;
+
 // Activation bytes per token of the whole model.
 int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& config,
                                    const std::vector<LinearModule>& targets) {
@@ -120,7 +134,8 @@ int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& conf
   const int64_t final_norm = a * 2 * config.hidden_size + 4;
   const int64_t head = final_norm + adapter_bytes_per_token(recipe, outside_layers);
   if (!recipe.training.gradient_checkpointing) return all_layers + head;
-  return layers * a * config.hidden_size + largest_layer + head;
+  const int64_t kept_inputs = offloads_activations(recipe) ? kOffloadDeviceInputs : layers;
+  return kept_inputs * a * config.hidden_size + largest_layer + head;
 }
 
 std::string gib(int64_t bytes) {
@@ -134,24 +149,39 @@ std::string gib(int64_t bytes) {
 MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config) {
   MemoryEstimate e;
   e.base_weights = base_weight_bytes(recipe, config);
+  if (recipe.model.embeddings_on_host && on_cuda(recipe)) {
+    e.host_embeddings = config.vocab_size * config.hidden_size * dtype_bytes(recipe.model.dtype);
+    e.base_weights -= e.host_embeddings;
+  }
 
   const std::vector<LinearModule> targets = adapter_targets(config, recipe.adapter);
   const int64_t r = recipe.adapter.r;
   const bool qalora = recipe.adapter.type == "qalora";
   const std::string& optimizer = recipe.training.optimizer;
+  const bool paged = on_cuda(recipe) && optimizer.rfind("paged_", 0) == 0;
   for (const LinearModule& m : targets) {
     const int64_t a_in =
         qalora ? ceil_div(m.in_features, recipe.quantization.group_size) : m.in_features;
     const int64_t a_numel = r * a_in;            // lora_A [r, in] (qalora: [r, in/group])
     const int64_t b_numel = m.out_features * r;  // lora_B [out, r]
     e.adapter_param_count += a_numel + b_numel;
-    e.optimizer_states += optimizer_bytes(a_numel, optimizer) + optimizer_bytes(b_numel, optimizer);
+    for (const int64_t n : {a_numel, b_numel}) {
+      // float32 masters of adapters kept in another dtype (trainer/optim/optimizer.h)
+      const int64_t bytes =
+          optimizer_bytes(n, optimizer) + (recipe.adapter.dtype != "float32" ? 4 * n : 0);
+      e.optimizer_states += bytes;
+      if (paged && n >= kPagedMinNumel) e.paged_states += bytes;
+    }
   }
   e.adapter_params = e.adapter_param_count * dtype_bytes(recipe.adapter.dtype);
   e.adapter_grads = e.adapter_params;
 
   const int64_t tokens = recipe.training.micro_batch_size * recipe.data.max_seq_len;
   e.activations = tokens * activation_bytes_per_token(recipe, config, targets);
+  if (offloads_activations(recipe)) {
+    const int64_t offloaded = std::max<int64_t>(config.num_hidden_layers - 2, 0);
+    e.host_activations = tokens * offloaded * config.hidden_size * dtype_bytes(recipe.model.dtype);
+  }
   const int64_t chunk = recipe.training.loss_chunk_tokens > 0
                             ? std::min(recipe.training.loss_chunk_tokens, tokens)
                             : tokens;
@@ -179,6 +209,14 @@ std::string MemoryEstimate::to_table() const {
   }
   std::snprintf(line, sizeof line, "%-18s %10s\n", "total", gib(total).c_str());
   table += line;
+  if (host_embeddings + host_activations > 0) {
+    std::snprintf(line, sizeof line, "%-18s %10s\n", "host embeddings",
+                  gib(host_embeddings).c_str());
+    table += line;
+    std::snprintf(line, sizeof line, "%-18s %10s\n", "host activations",
+                  gib(host_activations).c_str());
+    table += line;
+  }
   return table;
 }
 

@@ -32,6 +32,16 @@
 //                   log_softmax's backward (its saved output, the incoming gradient, its result;
 //                   the model-dtype logits and their gradient, a <= 4 bytes, live only beside
 //                   two of them), plus a * H per token for the gathered loss rows it keeps.
+// optimizer_states  + 4 bytes per adapter parameter for the float32 masters when adapter.dtype
+//                   is not float32.
+// paged_states      the part of optimizer_states in managed memory: paged optimizers on CUDA,
+//                   tensors of >= kPagedMinNumel (1e5) elements (trainer/optim/state_memory.h).
+// On CUDA (model.device cuda or auto), two recipe options move bytes to host memory, counted
+// apart from `total` (pinned host RAM, not GPU memory):
+// host_embeddings   model.embeddings_on_host: vocab * H * a leaves base_weights.
+// host_activations  training.offload_activations: the inputs of all layers but the first and the
+//                   last, a * H per token each; the device keeps four (first, last, the one
+//                   coming back and the one prefetched).
 // Not counted: CUDA context, allocator fragmentation, temporary dequantized weights, the
 // batch's token ids.
 #pragma once
@@ -49,9 +59,12 @@ struct MemoryEstimate {
   int64_t adapter_params = 0;
   int64_t adapter_grads = 0;
   int64_t optimizer_states = 0;
+  int64_t paged_states = 0;  // of optimizer_states
   int64_t activations = 0;
   int64_t logits = 0;
-  int64_t total = 0;
+  int64_t total = 0;                // device memory
+  int64_t host_embeddings = 0;      // pinned host memory instead of device memory
+  int64_t host_activations = 0;     // pinned host memory, per micro-batch
   int64_t adapter_param_count = 0;  // trainable parameters (elements)
 
   // One line per component and the total, in GiB with 2 decimals.

@@ -30,9 +30,19 @@ bool on_cuda(const Recipe& recipe) {
   return recipe.model.device != "cpu";
 }
 
+// Device bytes at the worst moment. Paged states are managed memory the driver moves to the host
+// while forward and backward need the room, and back for the optimizer step, when activations and
+// logits are gone: the peak is the larger of the two phases.
+int64_t device_peak(const Recipe& recipe, const MemoryEstimate& e) {
+  if (e.paged_states == 0) return e.total;
+  const int64_t backward = e.total - e.paged_states;
+  const int64_t step = e.base_weights + e.adapter_params + e.adapter_grads + e.optimizer_states;
+  return std::max(backward, step);
+}
+
 int64_t runtime_bytes(const Recipe& recipe, const MemoryEstimate& e) {
   if (on_cuda(recipe)) {
-    return kCudaContextBytes + static_cast<int64_t>(kFragmentationMargin * e.total);
+    return kCudaContextBytes + static_cast<int64_t>(kFragmentationMargin * device_peak(recipe, e));
   }
   const double factor = recipe.training.gradient_checkpointing
                             ? kCpuActivationFactor
@@ -143,7 +153,7 @@ MemoryPlan plan_memory(const Recipe& recipe, std::optional<int64_t> budget) {
   flipped.training.gradient_checkpointing = !recipe.training.gradient_checkpointing;
   plan.activations_other_mode = estimate_memory(flipped, config).activations;
   plan.runtime = runtime_bytes(recipe, plan.estimate);
-  plan.needed = plan.estimate.total + plan.runtime;
+  plan.needed = device_peak(recipe, plan.estimate) + plan.runtime;
   plan.budget = budget;
   plan.fits = !budget || plan.needed <= *budget;
   if (!plan.fits) {
@@ -154,13 +164,13 @@ MemoryPlan plan_memory(const Recipe& recipe, std::optional<int64_t> budget) {
       Recipe alone = recipe;
       if (change.apply(alone)) {
         const MemoryEstimate e = estimate_memory(alone, config);
-        const int64_t needed = e.total + runtime_bytes(alone, e);
+        const int64_t needed = device_peak(alone, e) + runtime_bytes(alone, e);
         if (needed <= *budget) plan.suggestions.push_back(change.description + ": " + gib(needed));
       }
       if (change.apply(cumulative)) {
         applied += (applied.empty() ? "" : " + ") + change.description;
         const MemoryEstimate e = estimate_memory(cumulative, config);
-        const int64_t needed = e.total + runtime_bytes(cumulative, e);
+        const int64_t needed = device_peak(cumulative, e) + runtime_bytes(cumulative, e);
         if (plan.suggestions.empty() && needed <= *budget) {
           plan.suggestions.push_back(applied + ": " + gib(needed));
         }
@@ -184,6 +194,15 @@ std::string describe_memory_plan(const Recipe& recipe, const MemoryPlan& plan) {
       << (on_cuda(recipe) ? "CUDA context and workspaces + 10% allocator margin"
                           : "a LibTorch process's resident set + data + CPU autograd overhead")
       << "): " << gib(plan.runtime) << "\n";
+  if (e.paged_states > 0) {
+    out << "  paged optimizer states (" << gib(e.paged_states)
+        << ") leave the GPU during forward and backward and return for the step\n";
+  }
+  if (e.host_embeddings + e.host_activations > 0) {
+    out << "  host memory: " << gib(e.host_embeddings + e.host_activations)
+        << " pinned (embeddings " << gib(e.host_embeddings) << ", offloaded activations "
+        << gib(e.host_activations) << " per micro-batch)\n";
+  }
   out << "  needed: " << gib(plan.needed) << "\n";
   if (plan.budget) {
     out << (plan.fits ? "fits" : "does NOT fit") << " in " << gib(*plan.budget);

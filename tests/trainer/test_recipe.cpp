@@ -568,7 +568,11 @@ TEST(MemoryEstimate, AdapterParametersAreExact) {
   EXPECT_EQ(e.adapter_param_count, 159907840);
   EXPECT_EQ(e.adapter_params, 2 * 159907840);  // bfloat16
   EXPECT_EQ(e.adapter_grads, e.adapter_params);
-  EXPECT_EQ(e.optimizer_states, 8 * 159907840);  // AdamW: two float32 states
+  // AdamW: two float32 states, plus the float32 master of each bfloat16 adapter value.
+  EXPECT_EQ(e.optimizer_states, (8 + 4) * 159907840);
+  const MemoryEstimate f32 =
+      estimate_memory(planning_recipe("adapter:\n  r: 64\n  dtype: float32\n"), llama7b);
+  EXPECT_EQ(f32.optimizer_states, 8 * 159907840);  // float32 adapters are their own masters
 
   // PEFT's "trainable params: 4,194,304" for r=8 on q_proj and v_proj.
   const Recipe qv = planning_recipe("adapter:\n  target_modules: [q_proj, v_proj]\n");
@@ -660,7 +664,36 @@ TEST(MemoryEstimate, EightBitOptimizerStates) {
   const MemoryEstimate e =
       estimate_memory(planning_recipe("training:\n  optimizer: paged_adamw_8bit\n"), llama8b);
   // Every lora_A/B here has >= 4096 values and a multiple of 256: 2 bytes + 8 bytes per 256.
-  EXPECT_EQ(e.optimizer_states, e.adapter_param_count * 2 + e.adapter_param_count / 256 * 8);
+  // Plus the float32 masters of the bfloat16 adapters.
+  EXPECT_EQ(e.optimizer_states, e.adapter_param_count * 2 + e.adapter_param_count / 256 * 8 +
+                                    e.adapter_param_count * 4);
+}
+
+TEST(MemoryEstimate, HostEmbeddingsAndOffloadedActivationsLeaveTheDevice) {
+  const ModelConfig llama8b = known_model_config("llama3-8b");
+  const std::vector<std::string> base = {"data.max_seq_len=2048", "training.micro_batch_size=2",
+                                         "model.device=auto"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), base.begin(), base.end());
+    return estimate_memory(planning_recipe("", more), llama8b);
+  };
+  const MemoryEstimate plain = with({});
+  const MemoryEstimate moved =
+      with({"training.offload_activations=true", "model.embeddings_on_host=true"});
+  const int64_t table = 128256LL * 4096 * 2;  // bfloat16 [V, H]
+  EXPECT_EQ(plain.host_embeddings, 0);
+  EXPECT_EQ(moved.host_embeddings, table);
+  EXPECT_EQ(moved.base_weights, plain.base_weights - table);
+  // 30 of 32 layer inputs [2, 2048, 4096] bfloat16 go to the host; the device keeps 4.
+  const int64_t input = 2LL * 2048 * 4096 * 2;
+  EXPECT_EQ(moved.host_activations, 30 * input);
+  EXPECT_EQ(plain.activations - moved.activations, (32 - 4) * input);
+  EXPECT_EQ(moved.total, plain.total - table - (32 - 4) * input);
+  // On the CPU there is no device memory to save: nothing moves.
+  const MemoryEstimate cpu = with(
+      {"training.offload_activations=true", "model.embeddings_on_host=true", "model.device=cpu"});
+  EXPECT_EQ(cpu.host_activations + cpu.host_embeddings, 0);
+  EXPECT_EQ(cpu.activations, plain.activations);
 }
 
 TEST(DryRun, DescribesTheRecipeAndTheTable) {
