@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <regex>
 
 namespace qtrain {
 namespace {
@@ -117,6 +119,48 @@ TEST(MemoryPlan, CpuEstimateIsWithin15PercentOfARealRun) {
   const double percent = std::stod(out.substr(open + 1));
   std::printf("%s", out.substr(at).c_str());
   EXPECT_LE(std::abs(percent), 15.0) << out;
+}
+
+}  // namespace
+}  // namespace qtrain
+
+namespace qtrain {
+namespace {
+
+// A recipe's header promise ("on one 24 GB GPU") is what qmem says: every recipe that names a GPU
+// size fits in it.
+TEST(MemoryPlan, RecipeHeadersAreWhatQmemSays) {
+  int checked = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(testing::source_dir() + "/recipes")) {
+    if (entry.path().extension() != ".yaml") continue;
+    const std::string text = testing::read_file(entry.path().string());
+    const std::string header = text.substr(0, text.find("\nmodel:"));
+    const std::regex promise(R"(one (\d+) GB GPU)");
+    std::smatch m;
+    if (!std::regex_search(header, m, promise)) continue;
+    const int64_t gib = std::stoll(m[1]);
+    const MemoryPlan plan = plan_memory(load_recipe(entry.path().string(), {}), gib * kGiB);
+    EXPECT_TRUE(plan.fits) << entry.path() << " promises " << gib << " GB, qmem needs "
+                           << plan.needed / static_cast<double>(kGiB) << " GiB";
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+// The issue's targets: the 48 GB 70B layout fits with 2 GiB to spare at 8k context, and the 8B
+// recipe at micro-batch 2, r=16 (torchtune's published Llama-3.1-8B QLoRA shape) needs <= 8 GiB.
+TEST(MemoryPlan, LongContextAndSmallCardTargets) {
+  const MemoryPlan big =
+      plan_memory(load_recipe(recipe_path("llama70b_qlora_48gb.yaml"), {}), 48 * kGiB);
+  EXPECT_TRUE(big.fits);
+  EXPECT_GE(48 * kGiB - big.needed, 2 * kGiB);
+  EXPECT_GT(big.estimate.host_activations, 0);
+  EXPECT_GT(big.estimate.host_embeddings, 0);
+  const MemoryPlan small = plan_memory(load_recipe(recipe_path("llama3_8b_qlora.yaml"),
+                                                   {"training.micro_batch_size=2", "adapter.r=16"}),
+                                       std::nullopt);
+  EXPECT_LE(small.needed, 8 * kGiB);
 }
 
 }  // namespace
