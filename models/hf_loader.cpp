@@ -141,7 +141,8 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const LoadOptio
   CheckpointReader checkpoint = CheckpointReader::open_dir(dir);
   check_checkpoint_shapes(config, checkpoint, dir, [](const TensorSpec&) { return true; });
   auto model = std::make_shared<CausalLM>(
-      config, at::TensorOptions().dtype(options.dtype).device(options.device));
+      config, at::TensorOptions().dtype(options.dtype).device(options.device), LinearFactory{},
+      options.embeddings);
   load_hf_weights(*model, checkpoint, dir);
   log::debug("loaded ", config.model_type, " model from ", dir);
   return model;

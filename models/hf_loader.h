@@ -19,6 +19,8 @@ namespace qtrain {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype of the loaded parameters
   c10::Device device = c10::kCPU;
+  // kHost: the embedding table is read straight into host memory (model.embeddings_on_host).
+  EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice;
 };
 
 // Copies every parameter of `model` from `checkpoint` (names as transformers writes them).

@@ -5,6 +5,7 @@
 #include "models/varlen_attention.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
 #include <string>
@@ -18,7 +19,22 @@ at::Tensor on_device(const at::Tensor& t, const at::Device& device) {
   return t.device() == device ? t : t.to(device, /*non_blocking=*/true);
 }
 
+// The host options of an embedding table for a model computing on `device`: pinned memory when
+// that is a CUDA device, so the gathered rows can be copied without waiting.
+at::TensorOptions host_table_options(const at::TensorOptions& options) {
+  return options.device(c10::kCPU).pinned_memory(options.device().is_cuda());
+}
+
 }  // namespace
+
+void check_embedding_placement(const ModelConfig& config, EmbeddingPlacement placement) {
+  if (placement != EmbeddingPlacement::kHost || !config.tie_word_embeddings) return;
+  throw_error(ErrorKind::kConfig,
+              "this " + config.model_type +
+                  " model ties its input embeddings to lm_head (tie_word_embeddings), and lm_head "
+                  "needs the table on the device; set model.embeddings_on_host=false",
+              {.field = "model.embeddings_on_host"});
+}
 
 Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
                      const std::string& prefix, const LinearFactory& make)
@@ -123,11 +139,11 @@ at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, con
 }
 
 DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& options,
-                           const LinearFactory& make) {
+                           const LinearFactory& make, const at::TensorOptions& embedding_options) {
   // A plain Module holding the embedding matrix, so its parameter is named embed_tokens.weight.
   auto embedding = register_module("embed_tokens", std::make_shared<torch::nn::Module>());
-  embed_tokens =
-      embedding->register_parameter("weight", at::empty({c.vocab_size, c.hidden_size}, options));
+  embed_tokens = embedding->register_parameter(
+      "weight", at::empty({c.vocab_size, c.hidden_size}, embedding_options));
   auto list = register_module("layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
@@ -138,16 +154,21 @@ DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& option
 }
 
 CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
-                   const LinearFactory& make_linear)
+                   const LinearFactory& make_linear, EmbeddingPlacement embeddings)
     : config_(config), options_(options) {
   config_.validate();
+  check_embedding_placement(config_, embeddings);
+  embeddings_on_host_ = embeddings == EmbeddingPlacement::kHost;
   LinearFactory make = make_linear;
   if (!make) {
     make = [options](const std::string&, int64_t in, int64_t out, bool bias) {
       return std::make_shared<DenseLinear>(in, out, bias, options);
     };
   }
-  model = register_module("model", std::make_shared<DecoderStack>(config_, options, make));
+  model = register_module(
+      "model",
+      std::make_shared<DecoderStack>(config_, options, make,
+                                     embeddings_on_host_ ? host_table_options(options) : options));
   if (config_.tie_word_embeddings) {
     lm_head = register_module("lm_head", std::make_shared<DenseLinear>(model->embed_tokens));
   } else {
@@ -158,9 +179,50 @@ CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
       rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling));
 }
 
+c10::Device CausalLM::device() const {
+  return model->norm->weight().device();
+}
+
+void CausalLM::set_embeddings_on_host(bool on) {
+  if (on) check_embedding_placement(config_, EmbeddingPlacement::kHost);
+  embeddings_on_host_ = on;
+  const c10::Device target = on ? c10::Device(c10::kCPU) : device();
+  at::Tensor& table = model->embed_tokens;
+  if (table.device() == target) return;
+  torch::NoGradGuard no_grad;
+  // set_data swaps the parameter's storage in place, so every handle on it (the registered
+  // parameter, model->embed_tokens) sees the moved table.
+  const at::TensorOptions where =
+      on ? host_table_options(table.options().device(device())) : table.options().device(target);
+  at::Tensor moved = at::empty(table.sizes(), where);
+  moved.copy_(table);
+  table.set_data(moved);
+}
+
+at::Tensor CausalLM::embed(const at::Tensor& ids, const c10::Device& device) const {
+  const at::Tensor& table = model->embed_tokens;
+  if (!embeddings_on_host_) return at::embedding(table, on_device(ids, table.device()));
+  // Rows are gathered where the table lives (the host); only [B, T, H] crosses to the device.
+  // Device ids: one blocking copy (a non-blocking one would return before the ids are there).
+  const at::Tensor host_ids = ids.device() == table.device() ? ids : ids.to(table.device());
+  if (table.requires_grad() && at::GradMode::is_enabled()) {
+    // A trainable table: autograd carries the gradient back across the copy.
+    return on_device(at::embedding(table, host_ids), device);
+  }
+  const int64_t batch = host_ids.size(0), length = host_ids.size(1), hidden = table.size(1);
+  // Pinned rows when the copy goes to a CUDA device: it then runs without waiting, and the
+  // caching host allocator keeps the block until the copy is done.
+  at::Tensor rows =
+      at::empty({batch * length, hidden}, at::TensorOptions()
+                                              .dtype(table.scalar_type())
+                                              .pinned_memory(device.is_cuda() && table.is_cpu()));
+  at::index_select_out(rows, table, 0, host_ids.reshape({-1}));
+  return on_device(rows.view({batch, length, hidden}), device);
+}
+
 AttentionLayout CausalLM::attention_layout(const ForwardInputs& in, int64_t batch, int64_t length,
                                            int64_t past) const {
-  const auto device = model->embed_tokens.device();
+  const auto device = this->device();
   AttentionLayout layout;
   if (in.cache != nullptr) {
     if (in.cu_seqlens.defined()) {
@@ -202,18 +264,18 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     throw_error(ErrorKind::kShape, "input_ids must be [batch, length]", {.tensor = "input_ids"});
   }
   const int64_t batch = in.input_ids.size(0), length = in.input_ids.size(1);
-  const auto device = model->embed_tokens.device();
+  const auto device = this->device();
   KvCache* cache = in.cache;
   const int64_t past = cache ? cache->length() : 0;
   if (cache && cache->keys.empty()) {
     cache->keys.resize(config_.num_hidden_layers);
     cache->values.resize(config_.num_hidden_layers);
   }
-  at::Tensor ids = on_device(in.input_ids, device);
+  const at::Tensor& ids = in.input_ids;
   at::Tensor positions =
       in.position_ids.defined()
           ? on_device(in.position_ids, device)
-          : at::arange(past, past + length, ids.options()).expand({batch, length});
+          : at::arange(past, past + length, ids.options().device(device)).expand({batch, length});
   if (positions.sizes() != ids.sizes()) {
     throw_error(ErrorKind::kShape, "position_ids must have the shape of input_ids",
                 {.tensor = "position_ids"});
@@ -223,7 +285,7 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
                 {.tensor = "segment_ids"});
   }
   const AttentionLayout layout = attention_layout(in, batch, length, past);
-  at::Tensor x = at::embedding(model->embed_tokens, ids);
+  at::Tensor x = embed(ids, device);
   auto [cos, sin] = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
   const bool checkpoint =
       gradient_checkpointing_ && is_training() && cache == nullptr && at::GradMode::is_enabled();
@@ -239,8 +301,8 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   for (size_t i = 0; i < layers; ++i) {
     if (checkpoint) {
       const bool offload = offloader && i > 0 && i + 1 < layers;
-      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout,
-                             offload ? offloader : nullptr, static_cast<int64_t>(i));
+      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout, offload ? offloader : nullptr,
+                             static_cast<int64_t>(i));
       continue;
     }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;

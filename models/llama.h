@@ -5,8 +5,8 @@
 // through replace_linear().
 #pragma once
 
-#include "models/attention_mask.h"
 #include "models/activation_offload.h"
+#include "models/attention_mask.h"
 #include "models/config.h"
 #include "models/linear.h"
 #include "models/rms_norm.h"
@@ -101,21 +101,39 @@ class DecoderLayer : public torch::nn::Module {
 // "model": embeddings, decoder layers and the final norm.
 class DecoderStack : public torch::nn::Module {
  public:
+  // The embedding table is allocated with `embedding_options` (the host, or `options`).
   DecoderStack(const ModelConfig& config, const at::TensorOptions& options,
-               const LinearFactory& make_linear);
+               const LinearFactory& make_linear, const at::TensorOptions& embedding_options);
 
   at::Tensor embed_tokens;  // [V, H], registered as embed_tokens.weight
   std::vector<std::shared_ptr<DecoderLayer>> layers;
   std::shared_ptr<RMSNorm> norm;
 };
 
+// Where the input embedding table lives (recipe key model.embeddings_on_host).
+enum class EmbeddingPlacement {
+  kDevice,  // with every other parameter, on options.device()
+  // Host memory (pinned when the model is on CUDA): each forward gathers the batch's rows there
+  // and copies only those [B, T, H] to the device, saving V x H x dtype bytes of device memory.
+  // Input ids are best passed on the host: ids on the device cost one device-to-host copy (a
+  // synchronisation) per forward.
+  kHost,
+};
+
+// Error(kConfig) naming model.embeddings_on_host when `placement` is kHost and `config` ties its
+// input embeddings to lm_head (lm_head needs the table on the device).
+void check_embedding_placement(const ModelConfig& config, EmbeddingPlacement placement);
+
 class CausalLM : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (dtype, device); load them with
   // load_hf_weights() or initialise them yourself. `make_linear` builds every projection slot
-  // (default: DenseLinear with `options`).
+  // (default: DenseLinear with `options`). With EmbeddingPlacement::kHost the table is allocated
+  // on the host from the start (never on the device); a model with tied embeddings refuses it
+  // with Error(kConfig) naming model.embeddings_on_host before anything is allocated.
   CausalLM(const ModelConfig& config, const at::TensorOptions& options,
-           const LinearFactory& make_linear = {});
+           const LinearFactory& make_linear = {},
+           EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice);
 
   // Returns logits [B, T, V] (or [B, 1, V] with last_token_only) in the model's dtype.
   at::Tensor forward(const ForwardInputs& inputs);
@@ -143,8 +161,17 @@ class CausalLM : public torch::nn::Module {
     return last_offloader_ ? last_offloader_->peak_host_bytes() : 0;
   }
 
+  // Moves the embedding table to the host (pinned when the model is on CUDA) and gathers rows
+  // there from then on, or back to the compute device. On a CPU model the table stays where it is
+  // and only the gather-then-copy path is switched (tests exercise it so). Tied embeddings refuse
+  // `on` as the constructor does.
+  void set_embeddings_on_host(bool on);
+  bool embeddings_on_host() const { return embeddings_on_host_; }
+
   const ModelConfig& config() const { return config_; }
   const at::TensorOptions& options() const { return options_; }
+  // The device the model computes on (its final norm's); the embedding table may be elsewhere.
+  c10::Device device() const;
 
   // Every projection slot with its HF module name ("model.layers.3.mlp.up_proj", "lm_head").
   std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> named_linears() const;
@@ -158,6 +185,10 @@ class CausalLM : public torch::nn::Module {
   ModelConfig config_;
   at::TensorOptions options_;
   std::unique_ptr<RopeFrequencies> inv_freq_;
+  // ids [B, T] int64 (CPU or device) -> [B, T, H] on `device`.
+  at::Tensor embed(const at::Tensor& ids, const c10::Device& device) const;
+
+  bool embeddings_on_host_ = false;
   bool gradient_checkpointing_ = false;
   bool offload_activations_ = false, simulate_offload_ = false;
   std::shared_ptr<ActivationOffloader> last_offloader_;

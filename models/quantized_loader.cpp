@@ -177,7 +177,7 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
     return std::make_shared<QuantizedLinearSlot>(std::move(weight),
                                                  bias ? load_bias(name) : at::Tensor());
   };
-  auto model = std::make_shared<CausalLM>(config, dense_options, make);
+  auto model = std::make_shared<CausalLM>(config, dense_options, make, options.embeddings);
   load_hf_weights(*model, checkpoint, dir, consumed);
   log::info("loaded ", config.model_type, " from ", dir, ": ", consumed.size(), " tensors ",
             prequantized ? "pre-quantized (bitsandbytes layout)" : "quantized", " to ",

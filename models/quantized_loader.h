@@ -24,6 +24,8 @@ struct QuantizedLoadOptions {
   // entry matches a module name exactly or as its last dotted components ("lm_head",
   // "mlp.down_proj", "model.layers.0.self_attn.q_proj").
   std::vector<std::string> skip_modules = {"lm_head"};
+  // kHost: the embedding table is read straight into host memory (model.embeddings_on_host).
+  EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice;
 };
 
 // True when `module` (an HF module name) is named by `skip_modules`.

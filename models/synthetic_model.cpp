@@ -43,10 +43,20 @@ int64_t synthetic_model_bytes(const ModelConfig& config, const SyntheticModelOpt
   return elements * static_cast<int64_t>(c10::elementSize(options.dtype));
 }
 
+// What the device holds: the model, less a host embedding table.
+int64_t synthetic_device_bytes(const ModelConfig& config, const SyntheticModelOptions& options) {
+  int64_t bytes = synthetic_model_bytes(config, options);
+  if (options.embeddings == EmbeddingPlacement::kHost && !options.device.is_cpu()) {
+    bytes -= config.vocab_size * config.hidden_size *
+             static_cast<int64_t>(c10::elementSize(options.dtype));
+  }
+  return bytes;
+}
+
 // Built from the config alone, nothing else bounds the model's size: an absurd config.json
 // (hidden_size: 1000000000) would otherwise end in the allocator, naming no setting.
 void check_fits_device(const ModelConfig& config, const SyntheticModelOptions& options) {
-  const int64_t needed = synthetic_model_bytes(config, options);
+  const int64_t needed = synthetic_device_bytes(config, options);
   const int64_t available = device_memory_bytes(options.device);
   if (available <= 0 || needed <= available) return;
   throw_error(ErrorKind::kConfig,
@@ -79,7 +89,7 @@ std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
         bias ? draw(name + ".bias", {out}, dense, options.seed, options.init_std) : at::Tensor();
     return std::make_shared<QuantizedLinearSlot>(std::move(weight), b);
   };
-  auto model = std::make_shared<CausalLM>(config, dense, make);
+  auto model = std::make_shared<CausalLM>(config, dense, make, options.embeddings);
   // What the factory left dense (embeddings, norms, skipped projections) is uninitialised.
   for (auto& item : model->named_parameters()) {
     const std::string& name = item.key();
@@ -87,7 +97,9 @@ std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
     if (ends_with(name, "norm.weight")) {
       param.fill_(1.0);
     } else {
-      param.copy_(draw(name, param.sizes(), dense, options.seed, options.init_std));
+      // On the parameter's own device: a host embedding table never passes through the device.
+      param.copy_(
+          draw(name, param.sizes(), dense.device(param.device()), options.seed, options.init_std));
     }
   }
   log::info("synthetic ", config.model_type, " model: ", config.num_hidden_layers,

@@ -25,6 +25,9 @@ struct SyntheticModelOptions {
   std::vector<std::string> skip_modules = {"lm_head"};  // kept dense (is_skipped_module)
   uint64_t seed = 0;
   double init_std = 0.02;
+  // kHost: the embedding table is drawn in host memory (model.embeddings_on_host); its values then
+  // come from the CPU generator, not the device's.
+  EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice;
 };
 
 // Error(kConfig) before anything is allocated when the model needs more than the device's total

@@ -28,17 +28,30 @@ namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
 
+EmbeddingPlacement embedding_placement(const Recipe& recipe) {
+  return recipe.model.embeddings_on_host ? EmbeddingPlacement::kHost : EmbeddingPlacement::kDevice;
+}
+
 std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir,
                                     const c10::Device& device, at::ScalarType dtype) {
   const auto& q = recipe.quantization;
-  if (q.type == "none") return load_causal_lm(dir, {.dtype = dtype, .device = device});
+  const EmbeddingPlacement embeddings = embedding_placement(recipe);
+  if (q.type == "none") {
+    return load_causal_lm(dir, {.dtype = dtype, .device = device, .embeddings = embeddings});
+  }
   if (q.type == "int4") {
-    return load_int4_causal_lm(dir, {.dtype = dtype,
-                                     .device = device,
-                                     .group_size = q.group_size,
-                                     .skip_modules = q.skip_modules});
+    // The INT4 loader has no placement option yet: its table is moved after loading (a tied model
+    // is refused before anything loads).
+    check_embedding_placement(read_model_dir_config(dir), embeddings);
+    auto model = load_int4_causal_lm(dir, {.dtype = dtype,
+                                           .device = device,
+                                           .group_size = q.group_size,
+                                           .skip_modules = q.skip_modules});
+    if (embeddings == EmbeddingPlacement::kHost) model->set_embeddings_on_host(true);
+    return model;
   }
   QuantizedLoadOptions options;
+  options.embeddings = embeddings;
   options.dtype = dtype;
   options.device = device;
   options.quant.type = quant_type_from_name(q.type);
@@ -56,6 +69,7 @@ std::shared_ptr<CausalLM> synthetic_base(const Recipe& recipe, const c10::Device
   options.device = device;
   options.seed = recipe.training.seed;
   options.skip_modules = q.skip_modules;
+  options.embeddings = embedding_placement(recipe);
   if (q.type != "none") {
     options.quant = QuantConfig{.type = quant_type_from_name(q.type),
                                 .blocksize = q.blocksize,
@@ -145,6 +159,19 @@ TrainingModel build_training_model(const Recipe& recipe) {
   out.lora = lora_config_of(recipe);
   out.model = recipe.model.synthetic ? synthetic_base(recipe, out.device, out.dtype)
                                      : load_base(recipe, out.model_dir, out.device, out.dtype);
+  if (recipe.model.embeddings_on_host) {
+    if (out.device.is_cpu()) {
+      log::info(
+          "model.embeddings_on_host: the model is on the cpu, where the embedding table is "
+          "in host memory anyway; nothing changes");
+    } else {
+      const at::Tensor& table = out.model->model->embed_tokens;
+      log::info("model.embeddings_on_host: the embedding table (", table.nbytes() / (1 << 20),
+                " MiB) stays in host memory; each batch's rows are "
+                "gathered there and copied to ",
+                out.device.str());
+    }
+  }
   if (!recipe.adapter.init_from.empty()) {
     if (recipe.adapter.type == "qalora") {
       throw_error(ErrorKind::kUnsupported, "adapter.init_from holds LoRA adapters only",
