@@ -4,22 +4,23 @@
 // chunk of 1024 tokens is a few hundred megabytes.
 //
 // Only the positions that carry loss are projected. The loss always ends the graph, so its
-// incoming gradient is one scalar: when a gradient is needed, forward computes each chunk's
-// logits once, their float32 log-probabilities, the chunk's loss and at once its logits' gradient
-// (softmax - onehot, bit for bit what autograd's log_softmax + nll_loss backward gives), which
-// it sends through lm_head's own backward. It keeps d loss / d hidden [N, H] (model dtype) and
-// d loss / d p for lm_head's trainable parameters (LoRA on lm_head; float32 or float64 sums over
-// the chunks); backward only scales them by the incoming gradient (Liger-kernel's fused linear
-// cross-entropy). lm_head's dropout is drawn once, in forward; parameters' .grad accumulates as
-// with any other module, once per backward.
+// incoming gradient is one scalar: when a gradient is needed, forward runs each chunk's lm_head
+// and float32 cross-entropy once, with autograd, and takes the chunk's gradients at once
+// (torch::autograd::grad back through lm_head: cross_entropy's own backward, the full path's
+// arithmetic). It keeps
+// d loss / d hidden for the loss rows [N, H] (model dtype) and, for lm_head's trainable
+// parameters (LoRA on lm_head), their gradients summed over the chunks in float32 (float64 for
+// float64 parameters); backward only scales them by the incoming gradient (Liger-kernel's fused
+// linear cross-entropy). lm_head's dropout is drawn once, in forward. Parameters' .grad
+// accumulates once per backward, as with any other module, but their tensor hooks also see each
+// chunk's partial gradient during forward (autograd::grad runs them).
 //
-// Memory: one chunk's [C, V] tensors at a time: the logits (model dtype), their float32
-// log-probabilities, turned in place into their gradient, and that gradient in the model dtype
-// when it is not float32 (CPU bfloat16 also converts the logits to float32 first), plus what
-// lm_head's backward makes (LoRA on lm_head: a scaled copy of the gradient). Per logit, at most:
-// float32 frozen head 8 bytes, float32 LoRA head 12, bfloat16 10 (CPU) or 8 (CUDA).
+// Memory: one chunk's [C, V] tensors at a time, at most 3 float32 ones, 12 bytes per logit: the
+// log-probabilities autograd keeps, nll_loss's one-hot gradient and log_softmax's gradient while
+// that chunk's backward runs (forward: the logits and the float32 log-probabilities; CPU
+// bfloat16 also a float32 copy of the logits, 10 bytes).
 //
-// Backward: like any autograd graph, a second backward needs retain_graph (it then gives the
+// Backward: as for any autograd graph, a second backward needs retain_graph (it then gives the
 // same gradients again); differentiating the gradient (create_graph) is refused with
 // Error(kInternal): the stored gradients are constants, their derivative would be wrong.
 #pragma once
