@@ -6,16 +6,19 @@
 //         [--dtype float32] [--device cpu] [--json OUT.json] [--csv OUT.csv]
 //   qeval --recipe RECIPE.yaml [MODEL] [--adapter DIR] [--compare ...]
 //
-// MODEL is an HF directory or builtin:<preset>; FILE is .txt (one document) or .jsonl ({"text"}):
-// sliding-window perplexity. With --recipe: the recipe's held-out split, formatted, masked and
-// batched exactly as training evaluates it (mean loss over response tokens); MODEL defaults to the
-// recipe's model.path.
-// The table: precision, base weight memory, perplexity, change vs the first row, eval tokens/s.
+// MODEL is an HF directory or builtin:<preset>; a bitsandbytes 4-bit directory (a `*-bnb-4bit`
+// model, a `qexport --format nf4` export) loads at its stored precision, and a --precision or
+// --compare entry naming another is refused (models/stored_precision.h). FILE is .txt (one
+// document) or .jsonl ({"text"}): sliding-window perplexity. With --recipe: the recipe's held-out
+// split, formatted, masked and batched exactly as training evaluates it (mean loss over response
+// tokens); MODEL defaults to the recipe's model.path. The table: precision, base weight memory,
+// perplexity, change vs the first row, eval tokens/s.
 #include "core/atomic_file.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "models/llama.h"
+#include "models/stored_precision.h"
 #include "peft/peft_files.h"
 #include "tools/cli_main.h"
 #include "trainer/evaluate.h"
@@ -123,7 +126,7 @@ qtrain::PerplexityResult held_out_split(qtrain::CausalLM& model, const qtrain::R
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_path, data, adapter, precision = "bf16", compare, field = "text";
+  std::string model_path, data, adapter, precision, compare, field = "text";
   std::string dtype = "float32", device_name = "cpu", json_out, csv_out, recipe_path;
   qtrain::PerplexityOptions options;
   CLI::App app{"Perplexity of a model (+ adapter) on held-out text, per base precision.", "qeval"};
@@ -131,8 +134,9 @@ int main(int argc, char** argv) {
   app.add_option("--data", data, ".txt file or .jsonl with a text field");
   app.add_option("--recipe", recipe_path, "evaluate this recipe's held-out split instead");
   app.add_option("--adapter", adapter, "a PEFT adapter directory to attach");
-  app.add_option("--precision", precision, "fp32 | bf16 | fp16 | int8 | nf4 | fp4 | int4")
-      ->capture_default_str();
+  app.add_option("--precision", precision,
+                 "fp32 | bf16 | fp16 | int8 | nf4 | fp4 | int4 (default: bf16; a bitsandbytes "
+                 "4-bit MODEL: its stored precision)");
   app.add_option("--compare", compare, "comma-separated precisions, e.g. bf16,int8,nf4,fp4");
   app.add_option("--max-len", options.max_len, "tokens per window")->capture_default_str();
   app.add_option("--stride", options.stride, "tokens between window starts")->capture_default_str();
@@ -157,8 +161,14 @@ int main(int argc, char** argv) {
     const std::string dir = qtrain::resolve_model_dir(model_path);
     const c10::Device device = qtrain::resolve_device(device_name);
     const at::ScalarType compute = qtrain::resolve_dtype(dtype, "--dtype");
-    const std::vector<std::string> precisions =
-        compare.empty() ? std::vector<std::string>{precision} : split_list(compare);
+    std::vector<std::string> precisions;
+    if (compare.empty()) {
+      precisions.push_back(qtrain::precision_for_model_dir(dir, precision, "bf16", "--precision"));
+    } else {
+      for (const std::string& p : split_list(compare)) {
+        precisions.push_back(qtrain::precision_for_model_dir(dir, p, p, "--compare"));
+      }
+    }
     std::optional<qtrain::LoadedAdapter> loaded;
     int64_t group = 32;
     if (!adapter.empty()) {

@@ -3,13 +3,16 @@
 //
 //   qexport RUN_OR_ADAPTER --format merged-bf16 [-o OUT] [--base DIR]
 //           [--base-weights original|trained] [--gguf-type q4_k_m] [--max-shard-size 5GB]
-//           [--overwrite]
+//           [--overwrite] [--check | --no-check]
 //
-// OUT defaults to RUN_OR_ADAPTER/export/<format> (a .gguf file for gguf).
+// OUT defaults to RUN_OR_ADAPTER/export/<format> (a .gguf file for gguf). After exporting a run,
+// the held-out loss of the trained model and of the export read back are printed and written
+// beside the export (tools/export_check.h: when it runs by default, and how).
 #include "core/log.h"
 #include "export/export_formats.h"
 #include "export/export_source.h"
 #include "tools/cli_main.h"
+#include "tools/export_check.h"
 #include "trainer/memory_plan.h"
 #include "trainer/run_lock.h"
 
@@ -53,11 +56,21 @@ int main(int argc, char** argv) {
   app.add_option("--max-shard-size", shard_size, "largest safetensors shard, e.g. 5GB, 500MB")
       ->capture_default_str();
   app.add_flag("--overwrite", options.overwrite, "replace an existing output (once complete)");
+  bool check = false, no_check = false;
+  auto* check_flag = app.add_flag(
+      "--check", check,
+      "evaluate the trained model and the export on the run's held-out split (default: when "
+      "the model is small enough to do it quickly)");
+  app.add_flag("--no-check", no_check, "skip that evaluation")->excludes(check_flag);
   return qtrain::run_cli("qexport", app, argc, argv, [&] {
     const auto started = std::chrono::steady_clock::now();
     options.format = qtrain::export_format_from_name(format_name);
     options.base_weights = qtrain::base_weights_from_name(base_weights);
     options.max_shard_bytes = static_cast<uint64_t>(qtrain::parse_memory_size(shard_size));
+    const qtrain::ExportCheckMode mode = check      ? qtrain::ExportCheckMode::kOn
+                                         : no_check ? qtrain::ExportCheckMode::kOff
+                                                    : qtrain::ExportCheckMode::kAuto;
+    qtrain::preflight_export_check(input, mode);
     if (out.empty()) {
       out = input + "/export/" + format_name;
       if (options.format == qtrain::ExportFormat::kGguf) out += "-" + options.gguf_type + ".gguf";
@@ -79,6 +92,12 @@ int main(int argc, char** argv) {
     std::printf("  adapted projections: %lld\n", static_cast<long long>(report.merged_modules));
     if (!report.details.empty()) std::printf("  %s\n", report.details.c_str());
     std::printf("  %.1f s, peak RSS %.0f MiB\n", seconds, peak_rss_mib());
+    std::fflush(stdout);
+    const qtrain::ExportCheck checked =
+        qtrain::check_export(input, source, report.output, options, mode);
+    if (mode != qtrain::ExportCheckMode::kOff) {
+      std::printf("%s", qtrain::export_check_text(checked).c_str());
+    }
     return 0;
   });
 }

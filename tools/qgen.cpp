@@ -19,7 +19,9 @@
 //   data.template for a run (alpaca recipes: TEXT is the instruction; completion / text: none).
 // --precision: how the base's weights are stored; the forward pass computes in --dtype. Default
 //   bf16, a run's quantization.type (none: its model.dtype), int4 for a QA-LoRA adapter (which
-//   needs int4 with its qalora_group_size).
+//   needs int4 with its qalora_group_size). A bitsandbytes 4-bit MODEL (`*-bnb-4bit`, a
+//   `qexport --format nf4` export) loads at its stored precision; --precision naming another is
+//   refused (models/stored_precision.h).
 // --show-prompt: the formatted prompt, its token ids and the stop ids on stderr; -n 0 generates
 //   nothing.
 // Stops at EOS (config.json's and the tokenizer's) and, for chat templates, at the end-of-turn
@@ -30,6 +32,7 @@
 #include "data/tokenizer.h"
 #include "models/generate.h"
 #include "models/llama.h"
+#include "models/stored_precision.h"
 #include "peft/peft_files.h"
 #include "tools/cli_main.h"
 #include "trainer/precision_model.h"
@@ -140,7 +143,8 @@ Source open_source(Options& o) {
 }
 
 std::string choose_precision(const Options& o, const Source& source) {
-  const std::string precision = o.precision.empty() ? source.precision : o.precision;
+  const std::string precision = qtrain::precision_for_model_dir(source.model_dir, o.precision,
+                                                                source.precision, "--precision");
   if (source.qalora_group > 0 && precision != "int4") {
     throw_error(ErrorKind::kUsage,
                 "the adapter is QA-LoRA (qalora_group_size " + std::to_string(source.qalora_group) +
@@ -309,7 +313,8 @@ int main(int argc, char** argv) {
   app.add_flag("--show-prompt", o.show_prompt, "print the formatted prompt and its ids to stderr");
   app.add_option("--precision", o.precision,
                  "base weights: fp32 | bf16 | fp16 | int8 | nf4 | fp4 | int4 (default: bf16, the "
-                 "run's quantization, int4 for QA-LoRA)")
+                 "run's quantization, int4 for QA-LoRA; a bitsandbytes 4-bit MODEL: its stored "
+                 "precision)")
       ->check(CLI::IsMember(qtrain::model_precisions()));
   app.add_option("--max-new-tokens,-n", o.generate.max_new_tokens)
       ->capture_default_str()
