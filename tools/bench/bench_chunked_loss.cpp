@@ -4,7 +4,8 @@
 // one iteration held above what it started with: on the CPU the process's peak resident set
 // (VmHWM, reset through /proc/self/clear_refs before each iteration; tensors this large are
 // mmap'd and go back to the system when freed), on CUDA the caching allocator's peak allocated
-// bytes. lm_head is a frozen dense [V, H] (the usual QLoRA head); hidden requires grad.
+// bytes. cpu_ms: the process's CPU time per iteration, every thread (steadier than wall time on a
+// shared machine). lm_head is a frozen dense [V, H] (the usual QLoRA head); hidden requires grad.
 //
 //   build/tools/bench/bench_chunked_loss [--benchmark_filter=cpu] [--benchmark_filter=cuda]
 #include "models/linear.h"
@@ -20,6 +21,8 @@
 #ifdef QTRAIN_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
+
+#include <time.h>
 
 #include <algorithm>
 #include <fstream>
@@ -37,6 +40,12 @@ int64_t status_bytes(const std::string& field) {
     if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
   }
   return -1;
+}
+
+double process_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1e3 + static_cast<double>(now.tv_nsec) * 1e-6;
 }
 
 // Resets the peak and returns the current usage; peak() is then the most held since.
@@ -98,12 +107,16 @@ void BM_LossForwardBackward(benchmark::State& state, c10::DeviceType device_type
   forward_backward();  // warm-up: BLAS handles, first touch of the allocator's pages
   const PeakMeter meter{device};
   int64_t peak = 0;
+  double cpu_ms = 0;
   for (auto _ : state) {
     hidden.mutable_grad() = at::Tensor();
     const int64_t before = meter.reset();
+    const double cpu_before = process_cpu_ms();
     forward_backward();
+    cpu_ms += process_cpu_ms() - cpu_before;
     peak = std::max(peak, meter.peak() - before);
   }
+  state.counters["cpu_ms"] = cpu_ms / static_cast<double>(state.iterations());
   state.counters["peak_MiB"] = static_cast<double>(peak) / (1 << 20);
   state.counters["logits_MiB"] = static_cast<double>(kTokens * kVocab * 4) / (1 << 20);
   state.counters["threads"] = at::get_num_threads();
