@@ -16,7 +16,12 @@ namespace {
 // Batch tensors arrive on the CPU or already on the model's device (copied there ahead,
 // non-blocking, by the caller); only the former are copied.
 at::Tensor on_device(const at::Tensor& t, const at::Device& device) {
-  return t.device() == device ? t : t.to(device, /*non_blocking=*/true);
+  if (t.device() == device) return t;
+  // A host tensor is staged in pinned memory so the copy is asynchronous on the compute stream.
+  if (t.is_cpu() && device.is_cuda() && !t.is_pinned()) {
+    return t.pin_memory().to(device, /*non_blocking=*/true);
+  }
+  return t.to(device, /*non_blocking=*/true);
 }
 
 // The host options of an embedding table for a model computing on `device`: pinned memory when

@@ -403,8 +403,10 @@ at::Tensor TrainingRun::to_device(const at::Tensor& host) const {
 }
 
 at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
-  ForwardInputs inputs{.input_ids = to_device(batch.input_ids),
-                       .position_ids = to_device(batch.position_ids)};
+  // With the embedding table in host memory its rows are gathered from the host ids.
+  ForwardInputs inputs{
+      .input_ids = m_.model->embeddings_on_host() ? batch.input_ids : to_device(batch.input_ids),
+      .position_ids = to_device(batch.position_ids)};
   if (batch.cu_seqlens.defined()) {
     // Packed rows: variable-length attention over the segments, no [T, T] mask.
     inputs.cu_seqlens = to_device(batch.cu_seqlens);
