@@ -1,6 +1,9 @@
 #include "models/int4_linear_slot.h"
 
 #include "core/error.h"
+#include "quant/dequantize_rows.h"
+
+#include <utility>
 
 namespace qtrain {
 
@@ -19,7 +22,12 @@ Int4LinearSlot::Int4LinearSlot(Int4GroupTensor weight, at::Tensor bias)
 }
 
 at::Tensor Int4LinearSlot::forward(const at::Tensor& x) {
-  return int4_group_linear(x, weight_, bias_);
+  // Computed in float32 for every dtype, float64 included, as int4_group_linear does.
+  DenseRowsFn rows = [weight = weight_](int64_t begin, int64_t end, at::ScalarType dtype) {
+    return dequantize_rows(*weight, begin, end, dtype);
+  };
+  return frozen_linear(x, {std::move(rows), out_features(), in_features(), max_slice_elements_},
+                       bias_);
 }
 
 }  // namespace qtrain

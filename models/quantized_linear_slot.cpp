@@ -1,7 +1,9 @@
 #include "models/quantized_linear_slot.h"
 
 #include "core/error.h"
-#include "quant/quantized_linear.h"
+#include "quant/dequantize_rows.h"
+
+#include <utility>
 
 namespace qtrain {
 
@@ -16,7 +18,13 @@ QuantizedLinearSlot::QuantizedLinearSlot(QuantizedTensor weight, at::Tensor bias
 }
 
 at::Tensor QuantizedLinearSlot::forward(const at::Tensor& x) {
-  return quantized_linear(x, weight_, bias_);
+  // float64 (gradient checks) goes through float32, as quantized_linear does.
+  DenseRowsFn rows = [weight = weight_](int64_t begin, int64_t end, at::ScalarType dtype) {
+    if (dtype == at::kDouble) return dequantize_rows(*weight, begin, end, at::kFloat).to(dtype);
+    return dequantize_rows(*weight, begin, end, dtype);
+  };
+  return frozen_linear(x, {std::move(rows), out_features(), in_features(), max_slice_elements_},
+                       bias_);
 }
 
 }  // namespace qtrain
