@@ -55,7 +55,7 @@ std::shared_ptr<CausalLM> load_int4_causal_lm(const std::string& dir,
         std::move(weight),
         bias ? read_projection_bias(checkpoint, dir, name, dense_options, consumed) : at::Tensor());
   };
-  auto model = std::make_shared<CausalLM>(config, dense_options, make);
+  auto model = std::make_shared<CausalLM>(config, dense_options, make, options.embeddings);
   load_hf_weights(*model, checkpoint, dir, consumed);
   log::info("loaded ", config.model_type, " from ", dir, ": ", quantized_count,
             " projections quantized to int4 (group ", options.group_size, ", ",

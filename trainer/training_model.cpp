@@ -40,15 +40,11 @@ std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir
     return load_causal_lm(dir, {.dtype = dtype, .device = device, .embeddings = embeddings});
   }
   if (q.type == "int4") {
-    // The INT4 loader has no placement option yet: its table is moved after loading (a tied model
-    // is refused before anything loads).
-    check_embedding_placement(read_model_dir_config(dir), embeddings);
-    auto model = load_int4_causal_lm(dir, {.dtype = dtype,
-                                           .device = device,
-                                           .group_size = q.group_size,
-                                           .skip_modules = q.skip_modules});
-    if (embeddings == EmbeddingPlacement::kHost) model->set_embeddings_on_host(true);
-    return model;
+    return load_int4_causal_lm(dir, {.dtype = dtype,
+                                     .device = device,
+                                     .group_size = q.group_size,
+                                     .skip_modules = q.skip_modules,
+                                     .embeddings = embeddings});
   }
   QuantizedLoadOptions options;
   options.embeddings = embeddings;

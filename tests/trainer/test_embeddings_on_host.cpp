@@ -1,7 +1,8 @@
 // The recipe key model.embeddings_on_host: it reaches the model the recipe builds (every loader),
 // a tied base is refused naming the key before its weights load, and qtrain trains the identical
 // loss curve with it (on the CPU the gather-then-copy path runs, with the same numbers); on CUDA
-// the table stays in pinned host memory and the curve matches the device table's.
+// the table stays in pinned host memory and the curve matches the device table's, and the loaders
+// never put it on the device (the peak of device memory while loading is one table lower).
 #include "core/error.h"
 #include "data/tiny_instruct.h"
 #include "models/llama.h"
@@ -13,6 +14,10 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
+
+#ifdef QTRAIN_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <cstdlib>
 #include <fstream>
@@ -146,6 +151,48 @@ TEST_F(EmbeddingsOnHost, CudaTableStaysPinnedOnTheHostAndTrainsTheSameCurve) {
   for (size_t i = 0; i < device_table.size(); ++i) {
     EXPECT_NEAR(device_table[i], host_table[i], 1e-4 * device_table[i]) << i;
   }
+}
+
+#ifdef QTRAIN_WITH_CUDA
+// Peak bytes the caching allocator held on cuda:0 while building `recipe`'s model, and the
+// table's bytes. The model is released before returning.
+std::pair<int64_t, int64_t> peak_while_building(const Recipe& recipe) {
+  using namespace c10::cuda::CUDACachingAllocator;
+  const int64_t before = getDeviceStats(0).allocated_bytes[0].current;
+  resetPeakStats(0);
+  int64_t table_bytes = 0;
+  {
+    TrainingModel m = build_training_model(recipe);
+    table_bytes = static_cast<int64_t>(m.model->model->embed_tokens.nbytes());
+  }
+  return {getDeviceStats(0).allocated_bytes[0].peak - before, table_bytes};
+}
+#endif
+
+TEST_F(EmbeddingsOnHost, CudaLoadersNeverPutTheTableOnTheDevice) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+#ifdef QTRAIN_WITH_CUDA
+  at::empty({1}, at::TensorOptions().device(at::kCUDA));  // the allocator is initialised
+  for (const std::vector<std::string>& overrides :
+       {std::vector<std::string>{"quantization.type=int4", "adapter.type=qalora"},
+        {"quantization.type=nf4"},
+        {"quantization.type=none"}}) {
+    SCOPED_TRACE(overrides.front());
+    std::vector<std::string> host = overrides;
+    host.push_back("model.embeddings_on_host=true");
+    const auto [device_peak, table_bytes] =
+        peak_while_building(recipe("builtin:micro", overrides, "cuda"));
+    const auto [host_peak, host_table_bytes] =
+        peak_while_building(recipe("builtin:micro", host, "cuda"));
+    EXPECT_EQ(table_bytes, host_table_bytes);
+    // Every device allocation but the table is the same either way; moving the table to the host
+    // after loading it on the device would leave the peaks equal.
+    EXPECT_GE(device_peak - host_peak, table_bytes);
+    TrainingModel m = build_training_model(recipe("builtin:micro", host, "cuda"));
+    EXPECT_TRUE(m.model->model->embed_tokens.is_cpu());
+    EXPECT_TRUE(m.model->model->embed_tokens.is_pinned());
+  }
+#endif
 }
 
 }  // namespace
