@@ -60,11 +60,52 @@ LossPositions loss_positions(const at::Tensor& labels, int64_t vocab, const c10:
   return {buffer[0], buffer[1]};
 }
 
-// h [C, H], targets [C] -> scalar float32: the summed cross-entropy of lm_head(h). Only this
-// chunk's logits exist, in the model's dtype and in float32.
+// Rows of logits turned into float32 at a time when lm_head's output is another dtype: the
+// float32 working copy is one block, not the chunk (128 rows at V = 128256 are 63 MiB).
+constexpr int64_t kFloatBlockRows = 128;
+
+// logits [R, V] float32, overwritten; targets [R] in [0, V) -> [R] float32 cross-entropies
+// logsumexp(logits[r]) - logits[r, targets[r]]. With `gradient` the logits become that loss's
+// gradient, softmax - onehot(targets); otherwise they hold exp(logits - rowmax). No [R, V]
+// temporary: max, exp and normalisation all run in place.
+at::Tensor cross_entropy_in_place(at::Tensor& logits, const at::Tensor& targets, bool gradient) {
+  const at::Tensor index = targets.unsqueeze(1);            // [R, 1]
+  const at::Tensor target_logit = logits.gather(1, index);  // [R, 1]
+  const at::Tensor row_max = at::amax(logits, {1}, true);   // [R, 1]
+  logits.sub_(row_max).exp_();
+  const at::Tensor row_sum = logits.sum(1, true);  // [R, 1]
+  if (gradient) {
+    logits.div_(row_sum);
+    logits.scatter_add_(1, index, at::full_like(target_logit, -1.0));
+  }
+  return (row_max + row_sum.log() - target_logit).squeeze(1);
+}
+
+// out [C, V] lm_head's output (any floating dtype, no gradient tracked through these writes),
+// targets [C] -> scalar float32: the summed float32 cross-entropy. With `gradient`, out is
+// overwritten with d loss / d out (softmax - onehot, computed in float32, rounded to out's
+// dtype); otherwise its values are left undefined. Float32 runs in place on out itself;
+// other dtypes go through a float32 copy of kFloatBlockRows rows at a time.
+at::Tensor cross_entropy_of_logits(at::Tensor out, const at::Tensor& targets, bool gradient) {
+  if (out.scalar_type() == at::kFloat) {
+    return cross_entropy_in_place(out, targets, gradient).sum();
+  }
+  at::Tensor total = at::zeros({}, out.options().dtype(at::kFloat));
+  const int64_t rows = out.size(0);
+  for (int64_t start = 0; start < rows; start += kFloatBlockRows) {
+    const int64_t r = std::min(kFloatBlockRows, rows - start);
+    at::Tensor block = out.narrow(0, start, r);
+    at::Tensor work = block.to(at::kFloat);
+    total.add_(cross_entropy_in_place(work, targets.narrow(0, start, r), gradient).sum());
+    if (gradient) block.copy_(work);
+  }
+  return total;
+}
+
+// h [C, H], targets [C] -> scalar float32: the summed cross-entropy of lm_head(h), forward only.
+// Only this chunk's logits exist, in the model's dtype (and one float32 block of them).
 at::Tensor chunk_loss(LinearSlot& lm_head, const at::Tensor& h, const at::Tensor& targets) {
-  return at::cross_entropy_loss(lm_head.forward(h).to(at::kFloat), targets, {}, at::Reduction::Sum,
-                                kIgnoreLabel);
+  return cross_entropy_of_logits(lm_head.forward(h).detach(), targets, /*gradient=*/false);
 }
 
 int64_t chunk_size(int64_t chunk_tokens, int64_t n) {
@@ -99,23 +140,27 @@ struct ChunkResult {
 };
 
 // h [C, H] (detached; requires grad when the hidden states need a gradient), targets [C].
-// lm_head runs once and autograd takes the chunk's loss straight back through it, so every
-// gradient is bit for bit the full path's (cross_entropy's own backward makes softmax - onehot).
-// The graph holds the float32 log-probabilities [C, V], not the logits; backward adds the
-// logits' gradient and nll_loss's one-hot gradient, both [C, V] float32, while it runs.
+// lm_head runs once with autograd; the logits' gradient, softmax - onehot in float32, is written
+// over lm_head's own output (a detached alias: no linear, LoRA, QA-LoRA or quantized backward
+// reads the output's values, and the shared version counter makes autograd refuse, not
+// miscompute, a head whose backward would) and pushed back through lm_head as grad_outputs.
+// [C, V] memory: the output, plus one float32 block when it is not float32, plus whatever
+// lm_head's own backward allocates (a LoRA's scaled copy of the gradient).
 ChunkResult chunk_loss_and_grads(LinearSlot& lm_head, const at::Tensor& h,
                                  const at::Tensor& targets, const std::vector<at::Tensor>& params) {
   ChunkResult result;
+  at::Tensor out;
   {
     at::AutoGradMode grad_on(true);
-    result.loss = chunk_loss(lm_head, h, targets);
+    out = lm_head.forward(h);  // [C, V]
   }
+  at::Tensor grad_out = out.detach();
+  result.loss = cross_entropy_of_logits(grad_out, targets, /*gradient=*/true);
   torch::autograd::variable_list inputs;
   if (h.requires_grad()) inputs.push_back(h);
   inputs.insert(inputs.end(), params.begin(), params.end());
-  auto grads = torch::autograd::grad({result.loss}, inputs, {}, /*retain_graph=*/false,
+  auto grads = torch::autograd::grad({out}, inputs, {grad_out}, /*retain_graph=*/false,
                                      /*create_graph=*/false, /*allow_unused=*/true);
-  result.loss = result.loss.detach();
   auto first_param = grads.begin();
   if (h.requires_grad()) result.grad_h = std::move(*first_param++);
   result.grads.assign(std::make_move_iterator(first_param), std::make_move_iterator(grads.end()));

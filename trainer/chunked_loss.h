@@ -5,9 +5,9 @@
 //
 // Only the positions that carry loss are projected. The loss always ends the graph, so its
 // incoming gradient is one scalar: when a gradient is needed, forward runs each chunk's lm_head
-// and float32 cross-entropy once, with autograd, and takes the chunk's gradients at once
-// (torch::autograd::grad back through lm_head: cross_entropy's own backward, the full path's
-// arithmetic). It keeps
+// once, with autograd, computes the float32 cross-entropy and its logits' gradient
+// (softmax - onehot) by hand, in place over lm_head's output, and pushes that gradient back
+// through lm_head at once (torch::autograd::grad with it as grad_outputs). It keeps
 // d loss / d hidden for the loss rows [N, H] (model dtype) and, for lm_head's trainable
 // parameters (LoRA on lm_head), their gradients summed over the chunks in float32 (float64 for
 // float64 parameters); backward only scales them by the incoming gradient (Liger-kernel's fused
@@ -15,10 +15,14 @@
 // accumulates once per backward, as with any other module, but their tensor hooks also see each
 // chunk's partial gradient during forward (autograd::grad runs them).
 //
-// Memory: one chunk's [C, V] tensors at a time, at most 3 float32 ones, 12 bytes per logit: the
-// log-probabilities autograd keeps, nll_loss's one-hot gradient and log_softmax's gradient while
-// that chunk's backward runs (forward: the logits and the float32 log-probabilities; CPU
-// bfloat16 also a float32 copy of the logits, 10 bytes).
+// Memory, per chunk of C loss tokens, with s the bytes of lm_head's output dtype (the model's):
+// C * V * s for the logits, which become their own gradient, plus min(C, 128) * V * 4 for a
+// float32 working block when that dtype is not float32 (float32: 4 bytes per logit, bfloat16:
+// 2 bytes plus the block), in training and evaluation alike. lm_head's own temporaries come on
+// top: none for a dense or quantized head; a LoRA on lm_head holds up to three [C, V] tensors of
+// its forward at once and one more in backward (its scaled copy of the gradient).
+// The float32 arithmetic is the full path's formula, rounded differently (exp(x - max) / sum
+// rather than exp of the log-probabilities): float32 agrees to float32 rounding, not bit for bit.
 //
 // Backward: as for any autograd graph, a second backward needs retain_graph (it then gives the
 // same gradients again); differentiating the gradient (create_graph) is refused with
