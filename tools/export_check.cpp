@@ -89,6 +89,7 @@ nlohmann::json report_json(const ExportCheck& c, const std::string& output,
       {"split", "the run's held-out split"},
       {"examples", c.examples},
       {"loss_tokens", c.tokens},
+      {"parameter_tokens", c.parameter_tokens},
       {"device", c.device},
       {"dtype", c.dtype},
       {"trained",
@@ -163,6 +164,7 @@ ExportCheck check_export(const std::string& input, const ExportSource& source,
 
   const auto started = std::chrono::steady_clock::now();
   const at::ScalarType dtype = resolve_dtype(recipe.model.dtype, "model.dtype");
+  check.parameter_tokens = cost;
   check.device = device.str();
   check.dtype = recipe.model.dtype;
   check.examples = static_cast<int64_t>(split.eval.size());
