@@ -7,6 +7,7 @@
 #include "models/llama.h"
 #include "models/quantized_loader.h"
 #include "models/quantized_memory.h"
+#include "trainer/recipe/recipe.h"
 
 #include <ATen/ATen.h>
 
@@ -18,12 +19,34 @@ const std::vector<std::string>& model_precisions() {
   return names;
 }
 
+PrecisionOptions precision_options_of(const QuantizationSection& quantization,
+                                      const std::string& precision) {
+  PrecisionOptions options;
+  options.skip_modules = quantization.skip_modules;
+  if (precision == quantization.type && precision != "int4") {
+    options.blocksize = quantization.blocksize;
+    options.double_quant = quantization.double_quant;
+  }
+  if (precision == "int4" && quantization.type == "int4") {
+    options.int4_group_size = quantization.group_size;
+  }
+  return options;
+}
+
 PrecisionModel load_model_at_precision(const std::string& dir, const std::string& precision,
                                        at::ScalarType compute_dtype, c10::Device device,
                                        int64_t int4_group_size) {
+  return load_model_at_precision(dir, precision, compute_dtype, device,
+                                 PrecisionOptions{.int4_group_size = int4_group_size});
+}
+
+PrecisionModel load_model_at_precision(const std::string& dir, const std::string& precision,
+                                       at::ScalarType compute_dtype, c10::Device device,
+                                       const PrecisionOptions& precision_options) {
   PrecisionModel out;
   const ModelConfig config = ModelConfig::from_file(dir + "/config.json");
-  const std::vector<std::string> skip = {"lm_head"};
+  const std::vector<std::string>& skip = precision_options.skip_modules;
+  const int64_t int4_group_size = precision_options.int4_group_size;
   if (precision == "fp32" || precision == "bf16" || precision == "fp16") {
     const at::ScalarType stored = precision == "fp32"   ? at::kFloat
                                   : precision == "bf16" ? at::kBFloat16
@@ -60,8 +83,8 @@ PrecisionModel load_model_at_precision(const std::string& dir, const std::string
   options.dtype = compute_dtype;
   options.device = device;
   options.quant.type = quant_type_from_name(precision);
-  options.quant.blocksize = 64;
-  options.quant.double_quant = precision != "int8";
+  options.quant.blocksize = precision_options.blocksize;
+  options.quant.double_quant = precision != "int8" && precision_options.double_quant;
   options.skip_modules = skip;
   out.model = load_quantized_causal_lm(dir, options);
   // The dense rest counted in bf16, as a GPU run holds it.
