@@ -5,6 +5,7 @@
 #include "models/hf_names.h"
 #include "models/quantized_loader.h"
 #include "models/quantized_memory.h"
+#include "quant/frozen_linear.h"
 #include "trainer/adapter_targets.h"
 #include "trainer/optim/state_memory.h"
 
@@ -102,6 +103,17 @@ bool on_cuda(const Recipe& recipe) {
   return recipe.model.device != "cpu";
 }
 
+// Packed rows run through ATen's variable-length flash kernel only on CUDA, in bfloat16 or
+// float16, with head_dim a multiple of 8 up to 256 (models/varlen_attention.h); anywhere else each
+// segment is its own scaled_dot_product_attention, whose saved output and the concatenation of
+// all of them both stay alive: the attention output is kept twice.
+int64_t per_segment_attention_bytes_per_token(const Recipe& recipe, const ModelConfig& c) {
+  const bool flash = on_cuda(recipe) && recipe.model.dtype != "float32" && c.head_dim % 8 == 0 &&
+                     c.head_dim <= 256;
+  if (!recipe.data.packing || flash) return 0;
+  return dtype_bytes(recipe.model.dtype) * c.num_attention_heads * c.head_dim;
+}
+
 bool offloads_activations(const Recipe& recipe) {
   return recipe.training.offload_activations && recipe.training.gradient_checkpointing &&
          on_cuda(recipe);
@@ -111,9 +123,31 @@ bool offloads_activations(const Recipe& recipe) {
 // and the one prefetched during backward.
 constexpr int64_t kOffloadDeviceInputs = 4;
 
-// Activation bytes per token of the whole model.
-int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& config,
-                                   const std::vector<LinearModule>& targets) {
+bool is_quantized(const Recipe& recipe, const LinearModule& m) {
+  return recipe.quantization.type != "none" &&
+         !is_skipped_module(m.name, recipe.quantization.skip_modules);
+}
+
+// Bytes of `m`'s weight dequantized at once: whole, or in row slices of at most
+// kFrozenSliceElements (quant/frozen_linear.h) when larger.
+int64_t dequantized_bytes(const LinearModule& m, int64_t a) {
+  const int64_t whole = m.in_features * m.out_features;
+  if (whole <= kFrozenSliceElements) return whole * a;
+  return std::max<int64_t>(1, kFrozenSliceElements / m.in_features) * m.in_features * a;
+}
+
+// What forward and backward hold, per token unless named bytes.
+struct ActivationTerms {
+  int64_t kept = 0;     // what forward leaves for backward: checkpointed inputs or every layer
+  int64_t largest = 0;  // the recomputed layer with checkpointing, else 0 (in `kept`)
+  int64_t head = 0;     // final norm (+ lm_head adapters)
+  // Bytes, not per token: the largest quantized decoder projection dequantized into model.dtype
+  // ([out, in] or a row slice of it, alive while its matmul runs in forward and in backward).
+  int64_t dequantized_weight = 0;
+};
+
+ActivationTerms activation_terms(const Recipe& recipe, const ModelConfig& config,
+                                 const std::vector<LinearModule>& targets) {
   const int64_t layers = config.num_hidden_layers;
   std::vector<std::vector<LinearModule>> layer_targets(layers);
   std::vector<LinearModule> outside_layers;  // lm_head
@@ -123,7 +157,8 @@ int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& conf
     (layer < layers ? layer_targets[layer] : outside_layers).push_back(m);
   }
   const int64_t a = dtype_bytes(recipe.model.dtype);
-  const int64_t base_layer = base_layer_bytes_per_token(recipe, config);
+  const int64_t base_layer = base_layer_bytes_per_token(recipe, config) +
+                             per_segment_attention_bytes_per_token(recipe, config);
   int64_t all_layers = 0;
   int64_t largest_layer = 0;
   for (const auto& in_layer : layer_targets) {
@@ -131,11 +166,21 @@ int64_t activation_bytes_per_token(const Recipe& recipe, const ModelConfig& conf
     all_layers += full;
     largest_layer = std::max(largest_layer, full);
   }
-  const int64_t final_norm = a * 2 * config.hidden_size + 4;
-  const int64_t head = final_norm + adapter_bytes_per_token(recipe, outside_layers);
-  if (!recipe.training.gradient_checkpointing) return all_layers + head;
-  const int64_t kept_inputs = offloads_activations(recipe) ? kOffloadDeviceInputs : layers;
-  return kept_inputs * a * config.hidden_size + largest_layer + head;
+  ActivationTerms t;
+  t.head = a * 2 * config.hidden_size + 4 + adapter_bytes_per_token(recipe, outside_layers);
+  if (recipe.training.gradient_checkpointing) {
+    const int64_t kept_inputs = offloads_activations(recipe) ? kOffloadDeviceInputs : layers;
+    t.kept = kept_inputs * a * config.hidden_size;
+    t.largest = largest_layer;
+  } else {
+    t.kept = all_layers;
+  }
+  for (const LinearModule& m : linear_modules(config)) {
+    if (m.name != "lm_head" && is_quantized(recipe, m)) {
+      t.dequantized_weight = std::max(t.dequantized_weight, dequantized_bytes(m, a));
+    }
+  }
+  return t;
 }
 
 std::string gib(int64_t bytes) {
@@ -177,19 +222,43 @@ MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config) 
   e.adapter_grads = e.adapter_params;
 
   const int64_t tokens = recipe.training.micro_batch_size * recipe.data.max_seq_len;
-  e.activations = tokens * activation_bytes_per_token(recipe, config, targets);
+  const int64_t a = dtype_bytes(recipe.model.dtype);
+  const ActivationTerms t = activation_terms(recipe, config, targets);
+  // Backward of a layer: while its saved tensors are still alive it holds either a dequantized
+  // weight (grad_input = grad_out x W) or the two [tokens, I] gradients the gate * up product
+  // sends to gate and up, whichever is larger.
+  const int64_t backward_working_set =
+      std::max(t.dequantized_weight, tokens * 2 * a * config.intermediate_size);
+  e.activations = tokens * (t.kept + t.largest + t.head) + backward_working_set;
   if (offloads_activations(recipe)) {
     const int64_t offloaded = std::max<int64_t>(config.num_hidden_layers - 2, 0);
-    e.host_activations = tokens * offloaded * config.hidden_size * dtype_bytes(recipe.model.dtype);
+    e.host_activations = tokens * offloaded * config.hidden_size * a;
   }
   const int64_t chunk = recipe.training.loss_chunk_tokens > 0
                             ? std::min(recipe.training.loss_chunk_tokens, tokens)
                             : tokens;
-  e.logits = chunk * config.vocab_size * 3 * 4 +
-             tokens * config.hidden_size * dtype_bytes(recipe.model.dtype);
+  // Per chunk: lm_head's output [C, V], which becomes its own gradient (a LoRA head holds up to
+  // three such tensors), a float32 block of kLossFloatBlockRows rows when the output is not
+  // float32, the chunk rows' gradient [C, H] and a quantized head's dequantized weight [V, H];
+  // for the whole batch, the gathered loss rows and their gradient, 2 [tokens, H].
+  constexpr int64_t kLossFloatBlockRows = 128;  // trainer/chunked_loss.cpp
+  int64_t head_outputs = 1;
+  int64_t head_dequantized = 0;
+  for (const LinearModule& m : linear_modules(config)) {
+    if (m.name != "lm_head") continue;
+    if (is_quantized(recipe, m)) head_dequantized = dequantized_bytes(m, a);
+    if (is_adapter_target(m.name, recipe.adapter)) head_outputs = 3;
+  }
+  const int64_t float_block = a == 4 ? 0 : std::min(chunk, kLossFloatBlockRows) * 4;
+  e.logits = chunk * config.vocab_size * head_outputs * a + float_block * config.vocab_size +
+             chunk * config.hidden_size * a + head_dequantized +
+             tokens * 2 * config.hidden_size * a;
 
+  // The loss runs after forward, when only what forward keeps is alive, and is gone before
+  // backward recomputes a layer: the peak is the larger of the two phases, not their sum.
+  const int64_t loss_phase = tokens * (t.kept + t.head) + e.logits;
   e.total = e.base_weights + e.adapter_params + e.adapter_grads + e.optimizer_states +
-            e.activations + e.logits;
+            std::max(e.activations, loss_phase);
   return e;
 }
 

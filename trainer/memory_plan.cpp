@@ -47,7 +47,8 @@ int64_t runtime_bytes(const Recipe& recipe, const MemoryEstimate& e) {
   const double factor = recipe.training.gradient_checkpointing
                             ? kCpuActivationFactor
                             : kCpuActivationFactorNoCheckpointing;
-  const double unfused = (factor - 1.0) * static_cast<double>(e.activations + e.logits);
+  const int64_t states = e.base_weights + e.adapter_params + e.adapter_grads + e.optimizer_states;
+  const double unfused = (factor - 1.0) * static_cast<double>(e.total - states);
   return memory_usage(c10::Device(c10::kCPU)).current + kCpuTrainerBytes +
          static_cast<int64_t>(unfused);
 }
@@ -192,7 +193,7 @@ std::string describe_memory_plan(const Recipe& recipe, const MemoryPlan& plan) {
       << " gradient checkpointing would be " << gib(plan.activations_other_mode) << "\n";
   out << "  runtime ("
       << (on_cuda(recipe) ? "CUDA context and workspaces + 10% allocator margin"
-                          : "a LibTorch process's resident set + data + CPU autograd overhead")
+                          : "a LibTorch process's resident set + data + heap kept by CPU autograd")
       << "): " << gib(plan.runtime) << "\n";
   if (e.paged_states > 0) {
     out << "  paged optimizer states (" << gib(e.paged_states)
