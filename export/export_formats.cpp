@@ -7,15 +7,21 @@
 #include "export/gguf_export.h"
 #include "export/gptq_export.h"
 #include "export/hf_merged_export.h"
+#include "export/qalora_int4.h"
+#include "export/qalora_q4_1.h"
 #include "formats/bnb/bnb_checkpoint.h"
 #include "formats/gguf/gguf_mix.h"
 #include "formats/gguf/gguf_reader.h"
 #include "models/bnb_4bit_save.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <map>
+#include <optional>
+#include <set>
 #include <sstream>
 
 namespace qtrain {
@@ -119,6 +125,39 @@ std::string describe_written_gguf(const std::string& path) {
   return out.str();
 }
 
+// QA-LoRA's projections as exact Q4_1 blocks (qalora_q4_1.h); every other matrix F16, as it was
+// in training, so that the file computes what the trained model computed. `stats` collects the
+// blocks' rounding.
+std::function<std::optional<GgufTensorChoice>(const std::string&, const std::vector<int64_t>&)>
+qalora_q4_1_choice(const ExportSource& source, const MergedWeights& weights,
+                   Q4_1MergeStats* stats) {
+  const std::vector<std::string> skip =
+      source.trained_on ? source.trained_on->skip_modules : std::vector<std::string>{"lm_head"};
+  const std::vector<std::string> names = qalora_int4_projections(weights, skip);
+  const std::set<std::string> int4(names.begin(), names.end());
+  return [int4, &weights, stats](
+             const std::string& name,
+             const std::vector<int64_t>& shape) -> std::optional<GgufTensorChoice> {
+    if (int4.count(name)) {
+      return GgufTensorChoice{GgmlType::kQ4_1, [&weights, stats, name] {
+                                return encode_qalora_q4_1(qalora_int4_weight(weights, name), stats);
+                              }};
+    }
+    if (shape.size() == 2) return GgufTensorChoice{GgmlType::kF16, {}};
+    return std::nullopt;
+  };
+}
+
+std::string describe_q4_1(const Q4_1MergeStats& stats) {
+  char line[256];
+  std::snprintf(line, sizeof(line),
+                "QA-LoRA merge held in %lld Q4_1 blocks (training codes, per-block fp16 scale and "
+                "offset): max error vs the trained model %.3g (%.2g of a quantization step); "
+                "other matrices F16",
+                static_cast<long long>(stats.blocks), stats.max_error, stats.max_error_in_steps);
+  return line;
+}
+
 int64_t count_adapters(const MergedWeights& weights) {
   int64_t n = 0;
   for (const std::string& name : weights.names()) n += weights.has_adapter(name);
@@ -175,9 +214,12 @@ ExportReport run_export(const ExportSource& source, const std::string& out,
     return report;
   }
 
-  // GPTQ re-derives the training codes from the original weights itself.
-  const BaseWeights mode =
-      options.format == ExportFormat::kGptqInt4 ? BaseWeights::kOriginal : options.base_weights;
+  // GPTQ and QA-LoRA's exact Q4_1 re-derive the training codes from the original weights.
+  const bool qalora_q4_1 = options.format == ExportFormat::kGguf &&
+                           gguf_type == GgufOutType::kQ4_1 && source.qalora_group_size > 0;
+  const BaseWeights mode = options.format == ExportFormat::kGptqInt4 || qalora_q4_1
+                               ? BaseWeights::kOriginal
+                               : options.base_weights;
   const MergedWeights weights(source, mode);
   report.base_description = weights.description();
   report.merged_modules = count_adapters(weights);
@@ -215,19 +257,24 @@ ExportReport run_export(const ExportSource& source, const std::string& out,
       GgufExportOptions gguf;
       gguf.outtype = gguf_type;
       gguf.name = target.stem().string();
+      Q4_1MergeStats q4_1;
+      if (qalora_q4_1) {
+        gguf.choose = qalora_q4_1_choice(source, weights, &q4_1);
+      } else if (source.qalora_group_size > 0 && gguf_type != GgufOutType::kF32 &&
+                 gguf_type != GgufOutType::kF16) {
+        log::info("gguf ", options.gguf_type,
+                  " re-quantizes the merged weights; --gguf-type q4_1 holds a QA-LoRA merge "
+                  "exactly (the training codes, fp16 scale and offset per 32 values)");
+      }
       export_gguf(staged.path().string(), target.string(), gguf);
       report.details = describe_written_gguf(target.string());
+      if (qalora_q4_1) report.details = describe_q4_1(q4_1) + "\n  " + report.details;
       break;
     }
     case ExportFormat::kGptqInt4: {
       const GptqExportReport gptq =
           write_gptq_int4(weights, staged.path().string(), options.max_shard_bytes);
-      std::ostringstream details;
-      details << gptq.projections << " projections, " << gptq.groups
-              << " zero points; merged zeros rounded to integers: max |dz| "
-              << gptq.max_zero_rounding << ", mean " << gptq.mean_zero_rounding << ", "
-              << gptq.clamped_zeros << " clamped";
-      report.details = details.str();
+      report.details = gptq.summary();
       publish_dir(staged, target);
       break;
     }

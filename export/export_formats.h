@@ -7,7 +7,9 @@
 //   merged-fp16  the same in float16
 //   nf4          merged, then quantized to bitsandbytes NF4 (double quant, blocks of 64) with a
 //                quantization_config that transformers + bitsandbytes load
-//   gguf         merged, then GGUF v3 for llama.cpp: f16 | q8_0 | q4_0 | q4_k_m (a file)
+//   gguf         merged, then GGUF v3 for llama.cpp: f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k_m (a
+//   file);
+//                q4_1 of a QA-LoRA run holds its merge exactly (qalora_q4_1.h), other matrices F16
 //   gptq-int4    a QA-LoRA run as GPTQ INT4 (gptq_export.h)
 #pragma once
 
@@ -26,7 +28,7 @@ std::string export_format_name(ExportFormat format);
 struct ExportOptions {
   ExportFormat format = ExportFormat::kMergedBf16;
   BaseWeights base_weights = BaseWeights::kOriginal;
-  std::string gguf_type = "f16";  // f32 | f16 | q8_0 | q4_0 | q4_k_m
+  std::string gguf_type = "f16";  // f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k_m
   uint64_t max_shard_bytes = 5'000'000'000ULL;
   bool overwrite = false;
 };

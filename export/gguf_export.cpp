@@ -216,7 +216,16 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
                       .layer = layer_of(name),
                       .n_layers = config.num_hidden_layers,
                       .tied = config.tie_word_embeddings};
-    const GgmlType type = gguf_tensor_type(options.outtype, mix);
+    std::optional<GgufTensorChoice> choice;
+    if (options.choose) choice = options.choose(spec.name, spec.shape);
+    if (choice && choice->encoded) {
+      w.add_encoded_tensor(name, spec.shape, choice->type, [encode = choice->encoded, heads] {
+        at::Tensor bytes = encode();
+        return heads > 0 ? permute_qk_for_gguf(bytes, heads) : bytes;
+      });
+      continue;
+    }
+    const GgmlType type = choice ? choice->type : gguf_tensor_type(options.outtype, mix);
     w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads] {
       // Copied out of the mapping and its pages dropped, so resident memory stays near one tensor.
       at::Tensor t = heads > 0 ? permute_qk_for_gguf(reader.tensor(hf_name), heads)

@@ -9,9 +9,21 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace qtrain {
+
+// A tensor whose type the caller chooses rather than the file type's mix (gguf_mix.h).
+struct GgufTensorChoice {
+  GgmlType type = GgmlType::kF16;
+  // Empty: the checkpoint's values are encoded as `type`. Else it returns the tensor already
+  // encoded: uint8 [rows, row bytes of `type`], rows in the checkpoint's (HF) order; export_gguf
+  // applies the llama Q/K row permutation to the rows itself.
+  std::function<at::Tensor()> encoded;
+};
 
 struct GgufExportOptions {
   // Type of the 2-D weights (per tensor for the quantized mixes: models/gguf_mix.h); 1-D tensors
@@ -22,6 +34,10 @@ struct GgufExportOptions {
   // Write no tokenizer.* metadata (for checkpoints whose tokenizer qtrain cannot convert yet).
   // llama.cpp cannot run such a file without a vocabulary from elsewhere.
   bool skip_tokenizer = false;
+  // Per HF tensor (name, torch shape): a choice that replaces the mix's, or nullopt to keep it.
+  std::function<std::optional<GgufTensorChoice>(const std::string& hf_name,
+                                                const std::vector<int64_t>& shape)>
+      choose;
 };
 
 // Converts the HF checkpoint in `hf_dir` (config.json, safetensors, tokenizer.model or a byte-level

@@ -4,19 +4,58 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/text.h"
+#include "export/qalora_int4.h"
 #include "formats/gptq/gptq_layout.h"
 #include "formats/safetensors/safetensors.h"
 #include "models/model_files.h"
 #include "models/quantized_loader.h"
-#include "quant/int4_group.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <set>
 
 namespace qtrain {
+
+double GptqExportReport::rms_update() const {
+  return fit.groups > 0 ? std::sqrt(fit.sum_sq_update / fit.groups) : 0.0;
+}
+
+double GptqExportReport::rms_mean_error_fitted() const {
+  return fit.groups > 0 ? std::sqrt(fit.mean_sse_fitted / fit.groups) : 0.0;
+}
+
+double GptqExportReport::rms_mean_error_rounded() const {
+  return fit.groups > 0 ? std::sqrt(fit.mean_sse_rounded / fit.groups) : 0.0;
+}
+
+double GptqExportReport::rms_error_fitted() const {
+  return fit.weights > 0 ? std::sqrt(fit.sse_fitted / fit.weights) : 0.0;
+}
+
+double GptqExportReport::rms_error_rounded() const {
+  return fit.weights > 0 ? std::sqrt(fit.sse_rounded / fit.weights) : 0.0;
+}
+
+std::string GptqExportReport::summary() const {
+  char line[1024];
+  std::snprintf(
+      line, sizeof(line),
+      "%lld projections, %lld groups (%lld refit, %lld scales floored to 2^-14). The update "
+      "training learned moves group means by RMS %.3g; the export misses them by RMS %.3g, "
+      "its weights the trained model's by RMS %.3g (max %.3g). Rounding the zeros alone would "
+      "have missed the means by RMS %.3g (the weights by %.3g), dropped the update of %.1f%% of "
+      "the groups and clamped %lld zeros",
+      static_cast<long long>(projections), static_cast<long long>(fit.groups),
+      static_cast<long long>(fit.refit_groups), static_cast<long long>(fit.floored_scales),
+      rms_update(), rms_mean_error_fitted(), rms_error_fitted(), fit.max_error_fitted,
+      rms_mean_error_rounded(), rms_error_rounded(),
+      fit.groups > 0 ? 100.0 * fit.dropped_rounded / fit.groups : 0.0,
+      static_cast<long long>(fit.clamped_rounded));
+  return line;
+}
 
 GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string& dir,
                                  uint64_t max_shard_bytes) {
@@ -27,12 +66,7 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
                 "re-quantizing: export nf4 or gguf instead");
   }
   // Decoder projections: GPTQ quantizes all of them, so all must have been INT4 in training.
-  std::vector<std::string> projections;
-  for (const std::string& name : weights.names()) {
-    if (name.find(".layers.") == std::string::npos || !ends_with(name, "_proj.weight")) continue;
-    if (!is_quantized_projection(name, weights.shape(name), {"lm_head"})) continue;
-    projections.push_back(name);
-  }
+  const std::vector<std::string> projections = qalora_int4_projections(weights, {"lm_head"});
   for (const std::string& name : projections) {
     const auto& shape = weights.shape(name);
     if (shape[1] % g != 0 || shape[0] % 8 != 0) {
@@ -44,7 +78,6 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
   }
 
   GptqExportReport report;
-  double rounding_sum = 0;
   std::vector<StreamedTensor> specs;
   std::map<std::string, std::string> projection_of;  // output tensor -> projection weight
   std::set<std::string> quantized(projections.begin(), projections.end());
@@ -70,23 +103,14 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
   GptqProjection cached;
   auto pack = [&](const std::string& name) -> const GptqProjection& {
     if (name == cached_name) return cached;
-    // The codes, scales and zeros training used: GPTQ RTN over the original weight.
-    const Int4GroupTensor q = quantize_int4_group(weights.base_tensor(name), g);
-    at::Tensor zeros = q.zeros;  // float32 [out, groups]
-    if (weights.has_adapter(name)) {
-      // D / s with D = scaling * (B A) / g, as QaLoraLinear::merge shifts the zeros.
-      zeros = zeros - weights.adapter_product(name).div(static_cast<double>(g)).div(q.scales);
-    }
-    at::Tensor rounded = zeros.round();
-    const at::Tensor off = (zeros - rounded).abs();
-    report.max_zero_rounding = std::max(report.max_zero_rounding, off.max().item<double>());
-    rounding_sum += off.sum().item<double>();
-    report.clamped_zeros += ((rounded < 1) | (rounded > 16)).sum().item<int64_t>();
-    report.groups += zeros.numel();
+    const QaLoraInt4Weight w = qalora_int4_weight(weights, name);
+    const at::Tensor merged = w.merged();
+    const GptqFit rounded = gptq_round_zeros(w.base.unpacked_codes(), w.base.scales, w.base.zeros,
+                                             w.delta, &report.fit);
+    report.fit.sum_sq_update += w.delta.square().sum().item<double>();
+    const GptqFit fit = fit_gptq_groups(merged, w.merged_original(), g, rounded, &report.fit);
     ++report.projections;
-    rounded = rounded.clamp(1, 16);
-
-    cached = pack_gptq_projection(q.unpacked_codes(), rounded, q.scales, g);
+    cached = pack_gptq_projection(fit.codes, fit.zeros, fit.scales, g);
     cached_name = name;
     return cached;
   };
@@ -105,7 +129,6 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
         return p.g_idx;
       },
       shards);
-  report.mean_zero_rounding = report.groups > 0 ? rounding_sum / report.groups : 0.0;
 
   const nlohmann::json quantize_config = gptq_quantize_config(g);
   nlohmann::json config = weights.config_json();
@@ -115,9 +138,10 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
   write_file_atomically(dir + "/config.json", config.dump(2) + "\n");
   write_file_atomically(dir + "/quantize_config.json", quantize_config.dump(2) + "\n");
   copy_model_side_files(weights.model_dir(), dir);
-  if (report.clamped_zeros > 0) {
-    log::warn("gptq-int4: ", report.clamped_zeros,
-              " merged zero points fell outside 1..16 and were clamped");
+  if (report.fit.floored_scales > 0) {
+    log::warn("gptq-int4: ", report.fit.floored_scales,
+              " groups of near-zero weights needed a scale below fp16's smallest normal value; "
+              "their scales were raised to 2^-14");
   }
   return report;
 }

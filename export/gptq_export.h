@@ -4,13 +4,15 @@
 // g_idx int32 [in]; every other tensor in fp16; config.json with quantization_config
 // (quant_method gptq, bits 4, sym false, desc_act false) and quantize_config.json.
 //
-// The codes and scales are those the run trained on (GPTQ's RTN quantizer over the original
-// weights). The QA-LoRA merge moves each zero point to z' = z - D / s, a fraction in general;
-// the GPTQ layout holds integer zeros only, so z' is rounded to the nearest integer (and kept in
-// the 1..16 range v1 can store). That rounding is the one loss of this export: per weight at most
-// s / 2, constant over a group. GptqExportReport says how large it was.
+// The QA-LoRA merge (qalora_int4.h) needs a fractional zero point z - D/s that GPTQ's integer
+// zeros cannot hold; gptq_fit.h chooses per (row, group) the fp16 scale, integer zero and codes
+// that keep the group's mean (where the update lives) and otherwise stay closest to the exact
+// merged weights (never a scale below the smallest normal fp16). That choice is the one loss of
+// this export; GptqExportReport says how large it was, next to what rounding the zeros alone
+// would have lost.
 #pragma once
 
+#include "export/gptq_fit.h"
 #include "export/merged_weights.h"
 
 #include <cstdint>
@@ -20,10 +22,18 @@ namespace qtrain {
 
 struct GptqExportReport {
   int64_t projections = 0;
-  int64_t groups = 0;             // (group, output) zero points written
-  int64_t clamped_zeros = 0;      // zero points outside 1..16 before clamping
-  double max_zero_rounding = 0;   // max |z' - round(z')| (0 when no adapter moved the zeros)
-  double mean_zero_rounding = 0;  // mean |z' - round(z')|
+  GptqFitStats fit;  // groups, refit and floored groups, errors against the exact merge
+
+  // Root mean squares: of the update training learned (D, over groups); of the error of each
+  // group's mean against the trained model's (over groups) and of each weight (over weights), for
+  // the fit written and for rounding the zeros alone (not written).
+  double rms_update() const;
+  double rms_mean_error_fitted() const;
+  double rms_mean_error_rounded() const;
+  double rms_error_fitted() const;
+  double rms_error_rounded() const;
+  // One paragraph with these figures and the counts, for qexport's report.
+  std::string summary() const;
 };
 
 // `dir` must exist and be empty. Throws Error(kConfig) when the weights are not a QA-LoRA merge

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
                  "original: the base's own weights (default); trained: the base quantized and "
                  "dequantized as in training")
       ->capture_default_str();
-  app.add_option("--gguf-type", options.gguf_type, "f32 | f16 | q8_0 | q4_0 | q4_k_m")
+  app.add_option("--gguf-type", options.gguf_type, "f32 | f16 | q8_0 | q4_0 | q4_1 | q4_k_m")
       ->capture_default_str();
   app.add_option("--max-shard-size", shard_size, "largest safetensors shard, e.g. 5GB, 500MB")
       ->capture_default_str();

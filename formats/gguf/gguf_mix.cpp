@@ -20,6 +20,7 @@ const OutTypeInfo kOutTypes[] = {
     {GgufOutType::kF16, "F16", 1, GgmlType::kF16},
     {GgufOutType::kQ8_0, "Q8_0", 7, GgmlType::kQ8_0},
     {GgufOutType::kQ4_0, "Q4_0", 2, GgmlType::kQ4_0},
+    {GgufOutType::kQ4_1, "Q4_1", 3, GgmlType::kQ4_1},
     {GgufOutType::kQ4_K_M, "Q4_K_M", 15, GgmlType::kQ4_K},
 };
 

@@ -11,14 +11,14 @@
 
 namespace qtrain {
 
-enum class GgufOutType { kF32, kF16, kQ8_0, kQ4_0, kQ4_K_M };
+enum class GgufOutType { kF32, kF16, kQ8_0, kQ4_0, kQ4_1, kQ4_K_M };
 
-// "f32", "f16", "q8_0", "q4_0", "q4_k_m" (llama-quantize's spelling, any case) -> the type.
-// Throws Error(kConfig) naming the accepted values.
+// "f32", "f16", "q8_0", "q4_0", "q4_1", "q4_k_m" (llama-quantize's spelling, any case) -> the
+// type. Throws Error(kConfig) naming the accepted values.
 GgufOutType parse_gguf_outtype(const std::string& name);
-std::string gguf_outtype_name(GgufOutType type);  // "F32", "F16", "Q8_0", "Q4_0", "Q4_K_M"
+std::string gguf_outtype_name(GgufOutType type);  // "F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M"
 
-// general.file_type (llama_ftype): ALL_F32 0, MOSTLY_F16 1, Q8_0 7, Q4_0 2, Q4_K_M 15.
+// general.file_type (llama_ftype): ALL_F32 0, MOSTLY_F16 1, Q8_0 7, Q4_0 2, Q4_1 3, Q4_K_M 15.
 uint32_t gguf_file_type(GgufOutType type);
 
 // One tensor of the file, as the type choice sees it.
@@ -33,7 +33,7 @@ struct GgufMixTensor {
 
 // The type for `t` in a file of `outtype`:
 //   F32 / F16: every matrix in that type.
-//   Q8_0 / Q4_0 / Q4_K_M: the base type Q8_0 / Q4_0 / Q4_K, except
+//   Q8_0 / Q4_0 / Q4_1 / Q4_K_M: the base type Q8_0 / Q4_0 / Q4_1 / Q4_K, except
 //     output.weight (token_embd when tied): Q6_K unless the base is Q8_0; Q8_0 when ne0 is not a
 //       multiple of the base type's block;
 //     Q4_K_M: attn_v and ffn_down of layer i are Q6_K where use_more_bits(i, n):

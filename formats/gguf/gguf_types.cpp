@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "quant/ggml/q4_0.h"
+#include "quant/ggml/q4_1.h"
 #include "quant/ggml/q4_k.h"
 #include "quant/ggml/q6_k.h"
 #include "quant/ggml/q8_0.h"
@@ -20,7 +21,7 @@ const GgmlTypeTraits kTraits[] = {
     {GgmlType::kF32, "F32", 1, 4, false, true},
     {GgmlType::kF16, "F16", 1, 2, false, true},
     {GgmlType::kQ4_0, "Q4_0", 32, 18, true, true},
-    {GgmlType::kQ4_1, "Q4_1", 32, 20, true, false},
+    {GgmlType::kQ4_1, "Q4_1", 32, 20, true, true},
     {GgmlType::kQ5_0, "Q5_0", 32, 22, true, true},
     {GgmlType::kQ5_1, "Q5_1", 32, 24, true, false},
     {GgmlType::kQ8_0, "Q8_0", 32, 34, true, true},
@@ -53,6 +54,8 @@ RowQuantizer quantizer_of(GgmlType type) {
       return quantize_q8_0;
     case GgmlType::kQ4_0:
       return quantize_q4_0;
+    case GgmlType::kQ4_1:
+      return quantize_q4_1;
     case GgmlType::kQ5_0:
       return quantize_q5_0;
     case GgmlType::kQ4_K:

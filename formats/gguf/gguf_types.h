@@ -52,9 +52,9 @@ uint64_t ggml_nbytes(GgmlType type, const std::vector<int64_t>& ne);
 
 // Encodes `rows` [n, ne0] (any floating dtype, CPU) into n * ne0/block_elems blocks of `type`,
 // written to `out` (which must hold that many bytes). Values are converted to float32 first, then
-// to the type: F16 rounds to nearest even, like numpy's astype(float16); Q8_0, Q4_0, Q5_0, Q4_K
-// and Q6_K give the bytes of ggml-quants.c's quantize_row_*_ref. Throws Error(kUnsupported) for a
-// non-floating input or a type without an encoder.
+// to the type: F16 rounds to nearest even, like numpy's astype(float16); Q8_0, Q4_0, Q4_1, Q5_0,
+// Q4_K and Q6_K give the bytes of ggml-quants.c's quantize_row_*_ref. Throws Error(kUnsupported)
+// for a non-floating input or a type without an encoder.
 void ggml_encode_rows(GgmlType type, const at::Tensor& rows, uint8_t* out);
 
 }  // namespace qtrain

@@ -223,6 +223,12 @@ void GgufWriter::add_tensor(const std::string& name, const at::Tensor& tensor, G
   add_tensor(name, tensor.sizes().vec(), type, [tensor] { return tensor; });
 }
 
+void GgufWriter::add_encoded_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                    GgmlType type, GgufTensorProducer producer) {
+  add_tensor(name, shape, type, std::move(producer));
+  tensors_.back().encoded = true;
+}
+
 std::vector<uint64_t> GgufWriter::tensor_offsets() const {
   const uint64_t align = alignment();
   std::vector<uint64_t> offsets;
@@ -277,6 +283,20 @@ void GgufWriter::write(const std::string& path) {
     }
     at::Tensor tensor = entry.producer();
     entry.producer = nullptr;  // drop anything the producer holds once its tensor is out
+    if (entry.encoded) {
+      if (tensor.scalar_type() != at::kByte ||
+          static_cast<uint64_t>(tensor.numel()) != entry.nbytes) {
+        throw_error(ErrorKind::kShape,
+                    "encoded data has " + std::to_string(tensor.numel()) + " " +
+                        c10::toString(tensor.scalar_type()) + " values, " +
+                        std::to_string(entry.nbytes) + " bytes expected",
+                    where);
+      }
+      const at::Tensor bytes = tensor.to(at::kCPU).contiguous();
+      file.write(bytes.data_ptr<uint8_t>(), entry.nbytes);
+      write_zeros(file, pad_to(entry.nbytes, align) - entry.nbytes);
+      continue;
+    }
     if (tensor.sizes().vec() != entry.shape) {
       throw_error(ErrorKind::kShape,
                   "produced shape " + c10::str(tensor.sizes()) + " differs from the registered " +

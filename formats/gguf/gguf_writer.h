@@ -93,6 +93,12 @@ class GgufWriter {
                   GgufTensorProducer producer);
   // Convenience: a tensor already in memory (kept alive until write()).
   void add_tensor(const std::string& name, const at::Tensor& tensor, GgmlType type);
+  // A tensor whose bytes the caller encoded itself (blocks built from something other than float
+  // values, e.g. INT4 codes that must be kept as they are): `producer` returns uint8 holding
+  // exactly the type's bytes for `shape` (any shape; read in row-major order). Same checks as
+  // add_tensor; write() throws Error(kShape) when the byte count differs.
+  void add_encoded_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
+                          GgufTensorProducer producer);
 
   bool has_key(const std::string& key) const;
   size_t kv_count() const { return kvs_.size(); }
@@ -118,6 +124,7 @@ class GgufWriter {
     GgmlType type;
     uint64_t nbytes;
     GgufTensorProducer producer;
+    bool encoded = false;  // the producer returns the type's bytes, not values
   };
 
   void add_kv(const std::string& key, std::string bytes);

@@ -32,6 +32,13 @@ struct GptqProjection {
 GptqProjection pack_gptq_projection(const at::Tensor& codes, const at::Tensor& zeros,
                                     const at::Tensor& scales, int64_t group_size);
 
+// The inverse for readers: the four tensors -> float32 [out, in], w = scale * (code - zero) per
+// group in float32 (zero = stored nibble + 1, group = g_idx[i]), as GPTQ v1 readers dequantize.
+at::Tensor dequantize_gptq_projection(const GptqProjection& p);
+
+// Unpacks int32 [...] into 4-bit values [..., 8] (value j = bits 4j..4j+3).
+at::Tensor unpack_nibbles_int32(const at::Tensor& packed);
+
 // Packs 4-bit values (0..15) along the last dim of `nibbles` [..., 8] into int32 [...]: value j
 // goes to bits 4j..4j+3 (the int32 read as uint32 bits, as GPTQ readers do).
 at::Tensor pack_nibbles_int32(const at::Tensor& nibbles);

@@ -5,6 +5,7 @@
 #include "data/tiny_instruct.h"
 #include "export/export_formats.h"
 #include "formats/gguf/gguf_mix.h"
+#include "formats/gptq/gptq_layout.h"
 #include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/int4_linear_slot.h"
@@ -259,21 +260,17 @@ TEST_F(ExportCli, Nf4ExportLoadsInBitsandbytesLikeInQtrain) {
 
 TEST_F(ExportCli, GptqExportDequantizesToTheMergedInt4Model) {
   NEED_REFERENCES();
-  // The merged INT4 model as QA-LoRA defines it: s * (q - (z - D/s)) with the zeros rounded.
+  // The files as qtrain reads them back (the fit itself: test_qalora_int4_export.cpp).
   auto model = load_int4_causal_lm(model_dir_, {.dtype = at::kFloat, .group_size = 32});
   const auto adapters =
       attach_peft_adapter(*model, load_peft_adapter(dir_->file("run-qalora") + "/adapter"));
+  const CheckpointReader files = CheckpointReader::open_dir(dir_->file("gptq"));
   int64_t checked = 0;
   for (const auto& [module, slot] : adapters) {
-    auto qalora = std::dynamic_pointer_cast<QaLoraLinear>(slot);
-    ASSERT_TRUE(qalora) << module;
-    const auto base = std::dynamic_pointer_cast<Int4LinearSlot>(qalora->base());
-    const Int4GroupTensor& w = base->weight();
-    const at::Tensor zeros = (w.zeros - qalora->zero_shift()).round().clamp(1, 16);
-    const at::Tensor scales = w.scales.to(at::kHalf).to(at::kFloat);
-    const at::Tensor expected =
-        scales.repeat_interleave(32, 1) *
-        (w.unpacked_codes().to(at::kFloat) - zeros.repeat_interleave(32, 1));
+    ASSERT_TRUE(std::dynamic_pointer_cast<QaLoraLinear>(slot)) << module;
+    const at::Tensor expected = dequantize_gptq_projection(
+        {files.tensor(module + ".qweight"), files.tensor(module + ".qzeros"),
+         files.tensor(module + ".scales"), files.tensor(module + ".g_idx")});
     const at::Tensor got = refs.at("gptq_weight." + module);
     EXPECT_TRUE(at::equal(got, expected)) << module << " max diff " << max_diff(got, expected);
     ++checked;

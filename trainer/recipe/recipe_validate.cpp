@@ -265,9 +265,9 @@ const std::vector<std::string>& recipe_data_templates() {
 }
 
 const std::vector<std::string>& recipe_export_formats() {
-  static const Names kFormats = {"adapter",     "merged-bf16", "merged-fp16", "nf4",
-                                 "gguf",        "gguf:f16",    "gguf:q8_0",   "gguf:q4_0",
-                                 "gguf:q4_k_m", "gptq-int4"};
+  static const Names kFormats = {"adapter",   "merged-bf16", "merged-fp16", "nf4",
+                                 "gguf",      "gguf:f16",    "gguf:q8_0",   "gguf:q4_0",
+                                 "gguf:q4_1", "gguf:q4_k_m", "gptq-int4"};
   return kFormats;
 }
 
