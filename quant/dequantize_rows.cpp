@@ -76,7 +76,6 @@ at::Tensor dequantize_rows(const QuantizedTensor& w, int64_t row_begin, int64_t 
 at::Tensor dequantize_rows(const Int4GroupTensor& w, int64_t row_begin, int64_t row_end,
                            at::ScalarType out_dtype) {
   check_rows(w.shape, row_begin, row_end, "dequantize_rows");
-  if (row_begin == 0 && row_end == w.shape[0]) return w.dequantize(out_dtype);
   const int64_t rows = row_end - row_begin, groups = w.num_groups();
   Int4GroupTensor part = w;
   part.shape = {rows, w.shape[1]};

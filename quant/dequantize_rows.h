@@ -20,9 +20,10 @@ namespace qtrain {
 at::Tensor dequantize_rows(const QuantizedTensor& w, int64_t row_begin, int64_t row_end,
                            at::ScalarType out_dtype);
 
-// Group-wise INT4: groups never cross rows, so only rows [row_begin, row_end) are read. Computed
-// in float32 in place (6 bytes of temporaries per element at most, bf16 output included), then
-// cast, as Int4GroupTensor::dequantize does.
+// Group-wise INT4: groups never cross rows, so only rows [row_begin, row_end) are read. The
+// arithmetic of Int4GroupTensor::dequantize (float32, then one cast) done in place: at most 6
+// bytes per element live at once, the bf16 result included (dequantize holds 12), so the slots
+// use it for whole weights too.
 at::Tensor dequantize_rows(const Int4GroupTensor& w, int64_t row_begin, int64_t row_end,
                            at::ScalarType out_dtype);
 
