@@ -190,7 +190,12 @@ int main(int argc, char** argv) {
 
     std::vector<Row> rows;
     for (const std::string& p : precisions) {
-      qtrain::PrecisionModel m = qtrain::load_model_at_precision(dir, p, compute, device, group);
+      // A run's recipe says how its base was quantized (skip_modules: [] quantizes lm_head).
+      qtrain::PrecisionOptions built_as =
+          recipe ? qtrain::precision_options_of(recipe->quantization, p)
+                 : qtrain::PrecisionOptions{};
+      if (!recipe || (loaded && loaded->use_qalora)) built_as.int4_group_size = group;
+      qtrain::PrecisionModel m = qtrain::load_model_at_precision(dir, p, compute, device, built_as);
       if (loaded) qtrain::attach_peft_adapter(*m.model, *loaded);
       rows.push_back({p, m.weight_bytes,
                       recipe ? held_out_split(*m.model, *recipe, split)

@@ -70,6 +70,8 @@ struct Source {
   std::string precision = "bf16";
   int64_t int4_group = 32;
   std::string chat_template = "auto";
+  // A run's quantization section: how its base was quantized (skip_modules, blocksize, ...).
+  std::optional<qtrain::QuantizationSection> quantization;
 };
 
 const std::vector<std::string>& template_names() {
@@ -103,6 +105,7 @@ std::string open_run(const std::string& run, Source& source, std::string* adapte
   }
   source.precision = precision_of(recipe);
   source.int4_group = recipe.quantization.group_size;
+  source.quantization = recipe.quantization;
   source.chat_template = template_of(recipe);
   return recipe.model.path;
 }
@@ -272,9 +275,12 @@ int run(Options o) {
     show_ids("prompt ids", prompt.ids);
   }
 
-  auto model = qtrain::load_model_at_precision(source.model_dir, precision, compute, device,
-                                               source.int4_group)
-                   .model;
+  qtrain::PrecisionOptions built_as =
+      source.quantization ? qtrain::precision_options_of(*source.quantization, precision)
+                          : qtrain::PrecisionOptions{};
+  built_as.int4_group_size = source.int4_group;
+  auto model =
+      qtrain::load_model_at_precision(source.model_dir, precision, compute, device, built_as).model;
   if (source.adapter) qtrain::attach_peft_adapter(*model, *source.adapter);
   check_vocab(*tokenizer, *model, source.model_dir);
   o.generate.stop_ids = stop_ids(*model, *tokenizer, prompt.chat_template);

@@ -2,8 +2,8 @@
 // precision_options_of): a run trained through the real qtrain binary with a quantized lm_head
 // (quantization.skip_modules: []) is evaluated on its held-out split, as qeval --recipe does, with
 // the final held-out loss qtrain reported; the default options (lm_head dense) give another loss.
-// The options themselves: skip_modules always, blocksize / double_quant / group_size only for the
-// run's own type.
+// qeval --recipe on the run prints that same loss. The options themselves: skip_modules always,
+// blocksize / double_quant / group_size only for the run's own type.
 #include "data/tiny_instruct.h"
 #include "data/tokenizer.h"
 #include "models/int4_linear_slot.h"
@@ -167,6 +167,30 @@ TEST_P(PrecisionModelOfARun, AQuantizedHeadRunEvaluatesToItsFinalHeldOutLoss) {
   const double dense_loss = held_out_loss(recipe, run, precision, dense_head, &quantized_head);
   EXPECT_FALSE(quantized_head);
   EXPECT_GT(std::abs(dense_loss - reported[1]), 1e-4 * reported[1]);
+}
+
+TEST_P(PrecisionModelOfARun, QevalOfTheRunGivesItsFinalHeldOutLoss) {
+  const std::string run = dir_.file("run");
+  const std::string env = "QTRAIN_CACHE_DIR=" + cache_dir() + " ";
+  std::string out;
+  ASSERT_EQ(testing::run_command(env + testing::binary_dir() + "/tools/qtrain " +
+                                     dir_.file("recipe.yaml") + " output.dir=" + run,
+                                 &out),
+            0)
+      << out;
+  const std::vector<double> reported = eval_losses(run);
+  ASSERT_EQ(reported.size(), 2u);
+  const std::string json = dir_.file("qeval.json");
+  ASSERT_EQ(testing::run_command(env + testing::binary_dir() + "/tools/qeval --recipe " + run +
+                                     "/recipe.yaml --adapter " + run + "/adapter --precision " +
+                                     GetParam() + " --json " + json,
+                                 &out),
+            0)
+      << out;
+  std::ifstream in(json);
+  const auto rows = nlohmann::json::parse(in)["rows"];
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_NEAR(rows[0]["mean_loss"].get<double>(), reported[1], 1e-5 * reported[1]) << out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, PrecisionModelOfARun, ::testing::Values("nf4", "int4"),
