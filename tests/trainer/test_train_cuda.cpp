@@ -6,6 +6,7 @@
 #include "data/tiny_instruct.h"
 #include "models/synthetic_model.h"
 #include "models/tiny_model.h"
+#include "peft/peft_files.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -96,6 +98,84 @@ TEST(TrainCuda, AttentionUsesTheFusedSdpaKernels) {
   const double scale = causal_default.abs().max().item<double>();
   EXPECT_LT((causal_fused - causal_default).abs().max().item<double>(), 0.05 * scale);
   EXPECT_LT((packed_fused - packed_default).abs().max().item<double>(), 0.05 * scale);
+}
+
+}  // namespace
+}  // namespace qtrain
+
+namespace qtrain {
+namespace {
+
+double adapter_distance(const LoadedAdapter& a, const LoadedAdapter& b) {
+  double sum = 0;
+  for (const auto& [module, tensors] : a.tensors) {
+    for (const auto& [name, value] : tensors) {
+      const at::Tensor other = b.tensors.at(module).at(name);
+      sum += (value.to(at::kDouble) - other.to(at::kDouble)).pow(2).sum().item<double>();
+    }
+  }
+  return std::sqrt(sum);
+}
+
+// 20 CUDA steps from adapters whose B is not zero (so A's gradient is live from the first step)
+// land where 20 CPU steps land: their distance is a small part of how far training moved them. A
+// broken backward moves them elsewhere (ratio ~1 or more) and a no-op optimizer step leaves them
+// at the start (ratio exactly 1); bf16 rounding over 20 steps stays far below 0.25.
+TEST(TrainCuda, TwentyStepsLandWhereTheCpuLands) {
+  REQUIRE_CUDA();
+  testing::ScratchDir dir("qtrain-train-cuda-20");
+  write_tiny_instruct_dataset(dir.file("data.jsonl"), 96, 9);
+  const std::string common =
+      "QTRAIN_CACHE_DIR=" + testing::binary_dir() + "/test-cache " + testing::binary_dir() +
+      "/tools/qtrain " + testing::source_dir() +
+      "/recipes/tiny_qlora.yaml model.path=builtin:micro data.path=" + dir.file("data.jsonl") +
+      " data.packing=true adapter.dropout=0 training.warmup_steps=0 training.scheduler=constant"
+      " training.eval_every=0 output.tensorboard=false output.save_every=0";
+  std::string out;
+  // A start with non-zero B: two CPU steps from the zero-B initialisation.
+  ASSERT_EQ(
+      testing::run_command(
+          common + " model.device=cpu training.max_steps=2 output.dir=" + dir.file("start"), &out),
+      0)
+      << out;
+  const std::string from =
+      " training.max_steps=20 model.dtype=bfloat16 adapter.init_from=" + dir.file("start") +
+      "/adapter";
+  ASSERT_EQ(
+      testing::run_command(common + from + " model.device=cpu output.dir=" + dir.file("cpu"), &out),
+      0)
+      << out;
+  ASSERT_EQ(testing::run_command(
+                common + from + " model.device=cuda output.dir=" + dir.file("cuda"), &out),
+            0)
+      << out;
+  const LoadedAdapter start = load_peft_adapter(dir.file("start") + "/adapter");
+  const LoadedAdapter cpu = load_peft_adapter(dir.file("cpu") + "/adapter");
+  const LoadedAdapter cuda = load_peft_adapter(dir.file("cuda") + "/adapter");
+  const double moved = adapter_distance(cpu, start);
+  ASSERT_GT(moved, 0);
+  EXPECT_LT(adapter_distance(cuda, cpu) / moved, 0.25)
+      << "CUDA moved " << adapter_distance(cuda, start) << ", the CPU " << moved;
+}
+
+// training.deterministic: two CUDA runs of the same recipe give the same losses bit for bit.
+TEST(TrainCuda, DeterministicRunsRepeatExactly) {
+  REQUIRE_CUDA();
+  testing::ScratchDir dir("qtrain-train-cuda-det");
+  write_tiny_instruct_dataset(dir.file("data.jsonl"), 64, 4);
+  const std::string common =
+      "QTRAIN_CACHE_DIR=" + testing::binary_dir() + "/test-cache " + testing::binary_dir() +
+      "/tools/qtrain " + testing::source_dir() +
+      "/recipes/tiny_qlora.yaml model.path=builtin:micro data.path=" + dir.file("data.jsonl") +
+      " model.device=cuda model.dtype=bfloat16 data.packing=true training.max_steps=6"
+      " training.deterministic=true training.eval_every=0 output.tensorboard=false";
+  std::string out;
+  for (const char* run : {"a", "b"}) {
+    ASSERT_EQ(testing::run_command(common + " output.dir=" + dir.file(run), &out), 0) << out;
+  }
+  const auto a = losses(dir.file("a")), b = losses(dir.file("b"));
+  ASSERT_EQ(a.size(), 6u);
+  EXPECT_EQ(a, b);
 }
 
 }  // namespace
