@@ -22,9 +22,12 @@ struct EvalResult {
 // Data parallel: shard s of n evaluates batches s, s + n, ... of that sequence, so the ranks'
 // loss_sum and tokens add up to one process's. The loss runs lm_head over `loss_chunk_tokens`
 // loss tokens at a time (trainer/chunked_loss.h; 0: all at once; the recipe's
-// training.loss_chunk_tokens), so no batch's full-vocabulary logits exist.
+// training.loss_chunk_tokens), so no batch's full-vocabulary logits exist. With `lockstep`, every
+// shard runs as many forward passes (a shard short of one runs another's batch and discards it),
+// as the sharded base needs: its forward passes gather weights, collectives all ranks must join.
 EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64_t micro_batch_size,
                     int64_t max_seq_len, int64_t pad_id, int64_t max_batches, int64_t shard = 0,
-                    int64_t num_shards = 1, int64_t loss_chunk_tokens = 1024);
+                    int64_t num_shards = 1, int64_t loss_chunk_tokens = 1024,
+                    bool lockstep = false);
 
 }  // namespace qtrain

@@ -13,6 +13,7 @@
 #include "trainer/deterministic_kernels.h"
 #include "trainer/distributed/data_parallel.h"
 #include "trainer/distributed/grad_reducer.h"
+#include "trainer/distributed/sharded_base.h"
 #include "trainer/evaluate.h"
 #include "trainer/interrupt.h"
 #include "trainer/loss_scaler.h"
@@ -130,6 +131,7 @@ class TrainingRun {
   const Recipe& recipe_;
   TrainOptions options_;
   DataParallel dp_;
+  std::unique_ptr<ShardedBase> sharded_;  // distributed.strategy shard
   std::string run_dir_;
   TrainingModel m_;
   TrainingData data_;
@@ -154,7 +156,8 @@ void TrainingRun::setup() {
   if (t.deterministic) use_deterministic_kernels();
   Recipe this_rank = recipe_;
   this_rank.model.device = dp_.device_for_rank(recipe_.model.device);
-  m_ = build_training_model(this_rank);
+  m_ = build_training_model(
+      this_rank, [&](CausalLM& base) { sharded_ = shard_base_if_asked(recipe_, dp_, base); });
   scaler_ = LossScaler(m_.model->options().dtype() == at::kHalf);
   // Same adapter initialisation everywhere (rank 0's is broadcast anyway), different dropout.
   if (dp_.rank() > 0) at::manual_seed(mix_seed(t.seed, static_cast<uint64_t>(dp_.rank())));
@@ -302,7 +305,8 @@ void TrainingRun::run_eval(int64_t step) {
   if (data_.eval.empty()) return;
   EvalResult eval = evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size,
                              recipe_.data.max_seq_len, pad_id_, recipe_.training.eval_batches,
-                             dp_.rank(), dp_.world_size(), recipe_.training.loss_chunk_tokens);
+                             dp_.rank(), dp_.world_size(), recipe_.training.loss_chunk_tokens,
+                             /*lockstep=*/sharded_ != nullptr);
   if (dp_.active()) {
     std::vector<double> sums{eval.loss_sum, static_cast<double>(eval.tokens)};
     dp_.sum(sums);
@@ -541,17 +545,19 @@ void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
                     .seconds_per_step = seconds,
                     .memory_bytes = mem.current};
   std::fprintf(stderr, "%s\n", format_progress(report).c_str());
-  metrics_->append({{"step", done},
-                    {"loss", loss},
-                    {"lr", lr},
-                    {"grad_norm", values.grad_norm},
-                    {"tokens", batches.tokens},
-                    {"loss_tokens", batches.loss_tokens},
-                    {"tokens_per_second", tokens / seconds},
-                    {"step_seconds", seconds},
-                    {"memory_bytes", mem.current},
-                    {"peak_memory_bytes", mem.peak},
-                    {"offloaded_host_bytes", m_.model->offloaded_peak_bytes()}});
+  nlohmann::json row = {{"step", done},
+                        {"loss", loss},
+                        {"lr", lr},
+                        {"grad_norm", values.grad_norm},
+                        {"tokens", batches.tokens},
+                        {"loss_tokens", batches.loss_tokens},
+                        {"tokens_per_second", tokens / seconds},
+                        {"step_seconds", seconds},
+                        {"memory_bytes", mem.current},
+                        {"peak_memory_bytes", mem.peak},
+                        {"offloaded_host_bytes", m_.model->offloaded_peak_bytes()}};
+  if (sharded_) row.update(sharded_->step_metrics(*m_.model));
+  metrics_->append(row);
   if (tensorboard_) {
     tensorboard_->add_scalar("train/loss", loss, done);
     tensorboard_->add_scalar("train/lr", lr, done);
@@ -608,6 +614,7 @@ bool TrainingRun::run_step(int64_t step) {
   const double lr = lr_at(schedule_, step);
   optimizer_->set_lr(lr);
   const auto started = Clock::now();
+  if (sharded_) sharded_->begin_step();
   const StepBatches batches = next_step_batches();
   if (batches.loss_tokens == 0) {
     skip_all_masked_step(step, lr, batches);

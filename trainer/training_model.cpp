@@ -147,7 +147,8 @@ LoraConfig lora_config_of(const Recipe& recipe) {
   return config;
 }
 
-TrainingModel build_training_model(const Recipe& recipe) {
+TrainingModel build_training_model(const Recipe& recipe,
+                                   const std::function<void(CausalLM&)>& prepare_base) {
   TrainingModel out;
   out.device = resolve_device(recipe.model.device);
   out.dtype = resolve_dtype(recipe.model.dtype, "model.dtype");
@@ -155,6 +156,7 @@ TrainingModel build_training_model(const Recipe& recipe) {
   out.lora = lora_config_of(recipe);
   out.model = recipe.model.synthetic ? synthetic_base(recipe, out.device, out.dtype)
                                      : load_base(recipe, out.model_dir, out.device, out.dtype);
+  if (prepare_base) prepare_base(*out.model);
   if (recipe.model.embeddings_on_host) {
     if (out.device.is_cpu()) {
       log::info(

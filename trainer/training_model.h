@@ -9,6 +9,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,7 +37,9 @@ at::ScalarType resolve_dtype(const std::string& name, const std::string& field);
 LoraConfig lora_config_of(const Recipe& recipe);
 
 // Loads the base and attaches fresh adapters (seeded by training.seed), or the adapter of
-// adapter.init_from.
-TrainingModel build_training_model(const Recipe& recipe);
+// adapter.init_from. `prepare_base`, when given, runs on the loaded base before adapters wrap its
+// projections (the sharded base swaps them there).
+TrainingModel build_training_model(const Recipe& recipe,
+                                   const std::function<void(CausalLM&)>& prepare_base = {});
 
 }  // namespace qtrain

@@ -55,6 +55,8 @@ class DataParallel {
   // Starts gradient synchronisation for `params` (after they exist and before training).
   void attach(const std::vector<at::Tensor>& params, int64_t bucket_mb);
   GradReducer* reducer() { return reducer_.get(); }
+  // The collectives behind this rank (null for a single process).
+  ProcessGroup* process_group() { return group_.get(); }
 
   // Checkpoints: rank 0 receives every rank's generator states as "rank<N>/<device>" entries
   // (its own stay unprefixed); on resume each rank takes its own back.

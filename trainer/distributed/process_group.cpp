@@ -142,6 +142,16 @@ std::function<void()> ProcessGroup::all_reduce_sum_async(at::Tensor& tensor) {
   return [this, work] { guarded("all-reduce", [&] { work->wait(); }); };
 }
 
+std::function<void()> ProcessGroup::all_gather_async(at::Tensor& output, at::Tensor& input) {
+  c10::intrusive_ptr<c10d::Work> work;
+  guarded("all-gather", [&] {
+    work = enqueue(backend_, [&] {
+      return state_->backend->_allgather_base(output, input, c10d::AllgatherOptions{});
+    });
+  });
+  return [this, work] { guarded("all-gather", [&] { work->wait(); }); };
+}
+
 void ProcessGroup::all_reduce_max(at::Tensor& tensor) {
   guarded("all-reduce", [&] {
     std::vector<at::Tensor> tensors{tensor};

@@ -36,6 +36,9 @@ class ProcessGroup {
   // Starts the same; the returned function blocks until it is done (and throws its failure).
   std::function<void()> all_reduce_sum_async(at::Tensor& tensor);
   void all_reduce_max(at::Tensor& tensor);
+  // Every rank's `input` [n] concatenated in rank order into `output` [world_size * n] (same
+  // dtype, contiguous, on device()); the returned function blocks until it is done.
+  std::function<void()> all_gather_async(at::Tensor& output, at::Tensor& input);
   // Scalars (loss sums, token counts, flags) summed or maxed over ranks, as float64.
   void all_reduce_sum(std::vector<double>& values);
   double all_reduce_max(double value);

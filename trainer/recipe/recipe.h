@@ -134,6 +134,10 @@ struct DistributedSection {
   // it also bounds the rendezvous and waiting at a checkpoint barrier.
   int64_t timeout_s = 600;
   int64_t bucket_mb = 25;  // gradient all-reduce bucket size (float32 MiB)
+  // ddp: every rank holds the whole quantized base. shard: each rank keeps 1/N of every decoder
+  // layer's quantized bytes and all-gathers a projection's weight just before it is used.
+  std::string strategy = "ddp";
+  int64_t prefetch = 1;  // shard: gathers issued ahead of the one in use (0: none)
 };
 
 struct Recipe {

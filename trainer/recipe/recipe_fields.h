@@ -88,6 +88,8 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("backend", s.backend);
     visit("timeout_s", s.timeout_s);
     visit("bucket_mb", s.bucket_mb);
+    visit("strategy", s.strategy);
+    visit("prefetch", s.prefetch);
   }
 }
 

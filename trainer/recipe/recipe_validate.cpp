@@ -250,6 +250,8 @@ void check_distributed(const DistributedSection& dist, const ModelSection& m, co
     c.fail("distributed.backend", "nccl needs CUDA devices, but model.device is cpu; use gloo");
   c.at_least<int64_t>("distributed.timeout_s", dist.timeout_s, 1);
   c.at_least<int64_t>("distributed.bucket_mb", dist.bucket_mb, 1);
+  c.one_of("distributed.strategy", dist.strategy, {"ddp", "shard"});
+  c.at_least<int64_t>("distributed.prefetch", dist.prefetch, 0);
 }
 
 }  // namespace

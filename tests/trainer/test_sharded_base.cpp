@@ -1,0 +1,163 @@
+// The sharded quantized base slot (models/sharded_linear_slot.h) over a real two-rank Gloo group
+// (two threads of this process on loopback), against the unsharded QuantizedLinearSlot:
+//  - the flat layout round-trips every quantization kind bit for bit, and the shards concatenate
+//    to the flat buffer;
+//  - each rank keeps half the (padded) bytes; forward and input gradient equal the unsharded
+//    slot's exactly, whole or in row slices; one gather per pass, shard bytes received each;
+//  - the gather chain learns the forward order in the first pass; from the second on, a
+//    projection's forward starts the next one's gather, which that one then uses.
+#include "models/quantized_linear_slot.h"
+#include "models/sharded_linear_slot.h"
+#include "tests/support/test_support.h"
+#include "trainer/distributed/process_group.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <thread>
+#include <vector>
+
+namespace qtrain {
+namespace {
+
+// Values from a formula, not the global generator, which the two rank threads would race for.
+at::Tensor formula(std::vector<int64_t> shape, double phase) {
+  const int64_t n = c10::multiply_integers(shape);
+  return (at::arange(n, at::kFloat) * 0.731 + phase).sin().reshape(shape);
+}
+
+std::vector<QuantConfig> configs() {
+  return {{.type = QuantType::kNF4, .blocksize = 64, .double_quant = true},
+          {.type = QuantType::kFP4, .blocksize = 64, .double_quant = false},
+          {.type = QuantType::kInt8, .blocksize = 64, .double_quant = false}};
+}
+
+class ProcessGroupComm : public ShardComm {
+ public:
+  explicit ProcessGroupComm(ProcessGroup& group) : group_(group) {}
+  int rank() const override { return group_.rank(); }
+  int world_size() const override { return group_.world_size(); }
+  std::function<void()> all_gather(at::Tensor& output, at::Tensor& input) override {
+    return group_.all_gather_async(output, input);
+  }
+
+ private:
+  ProcessGroup& group_;
+};
+
+// Runs body(rank, comm) on two ranks (threads) of one Gloo group.
+void on_two_ranks(const std::function<void(int, std::shared_ptr<ShardComm>)>& body) {
+  const int port = testing::free_loopback_port();
+  auto rank_main = [&](int rank) {
+    LaunchEnv env;
+    env.rank = rank;
+    env.world_size = 2;
+    env.master_port = port;
+    auto group = ProcessGroup::connect(env, "gloo", std::chrono::seconds(30));
+    body(rank, std::make_shared<ProcessGroupComm>(*group));
+    group->barrier();
+  };
+  std::thread other(rank_main, 1);
+  rank_main(0);
+  other.join();
+}
+
+TEST(FlatQuantizedLayout, RoundTripsEveryKindAndItsShardsConcatenate) {
+  for (const QuantConfig& config : configs()) {
+    const QuantizedTensor w = quantize(formula({24, 96}, 0.3), config);
+    for (int world : {1, 2, 3, 8}) {
+      const FlatQuantizedLayout layout(w, world);
+      EXPECT_EQ(layout.padded_bytes() % world, 0);
+      EXPECT_GE(layout.used_bytes(), w.nbytes());
+      EXPECT_LT(layout.padded_bytes() - layout.used_bytes(), world + 16 * 6);
+      const at::Tensor flat = layout.flatten(w);
+      const QuantizedTensor back = layout.unflatten(flat);
+      EXPECT_TRUE(at::equal(back.dequantize(at::kFloat), w.dequantize(at::kFloat)))
+          << quant_type_name(config.type) << " world " << world;
+      EXPECT_EQ(back.nbytes(), w.nbytes());
+      std::vector<at::Tensor> shards;
+      for (int r = 0; r < world; ++r) {
+        shards.push_back(flat.narrow(0, r * layout.shard_bytes(), layout.shard_bytes()));
+      }
+      EXPECT_TRUE(at::equal(at::cat(shards), flat));
+    }
+  }
+}
+
+TEST(ShardedQuantizedSlot, EqualsTheUnshardedSlotOnTwoRanks) {
+  for (const QuantConfig& config : configs()) {
+    for (int64_t slice : {kFrozenSliceElements, int64_t{5 * 96}}) {
+      std::vector<std::string> failures(2);
+      on_two_ranks([&](int rank, std::shared_ptr<ShardComm> comm) {
+        QuantizedLinearSlot whole(quantize(formula({24, 96}, 0.3), config),
+                                  formula({24}, 1.1) * 0.1);
+        whole.set_max_slice_elements(slice);
+        auto traffic = std::make_shared<ShardTraffic>();
+        ShardedQuantizedSlot sharded(whole, comm, traffic);
+        sharded.set_max_slice_elements(slice);
+        std::string& fail = failures[rank];
+        const int64_t padded = sharded.layout().padded_bytes();
+        if (sharded.shard().numel() * 2 != padded) fail += "shard is not half; ";
+
+        const at::Tensor x0 = formula({3, 5, 96}, 0.7 + rank);
+        const at::Tensor xa = x0.clone().requires_grad_(true);
+        const at::Tensor xb = x0.clone().requires_grad_(true);
+        const at::Tensor g = formula({3, 5, 24}, 2.0);
+        const at::Tensor ya = whole.forward(xa), yb = sharded.forward(xb);
+        if (!at::equal(ya, yb)) fail += "forward differs; ";
+        if (traffic->gathers() != 1 || traffic->live_bytes() != 0) fail += "forward gather; ";
+        ya.backward(g);
+        yb.backward(g);
+        if (!at::equal(xa.grad(), xb.grad())) fail += "grad_x differs; ";
+        if (traffic->gathers() != 2) fail += "expected 2 gathers; ";
+        if (traffic->gathered_bytes() != 2 * sharded.layout().shard_bytes()) fail += "bytes; ";
+        if (traffic->live_bytes() != 0 || traffic->peak_live_bytes() != padded) fail += "live; ";
+        const QuantizedTensor back = sharded.gather_weight();
+        if (!at::equal(back.dequantize(at::kFloat), whole.weight().dequantize(at::kFloat))) {
+          fail += "gathered weight differs; ";
+        }
+      });
+      EXPECT_EQ(failures[0], "") << quant_type_name(config.type) << " slice " << slice;
+      EXPECT_EQ(failures[1], "") << quant_type_name(config.type) << " slice " << slice;
+    }
+  }
+}
+
+TEST(ShardedQuantizedSlot, TheChainLearnsTheOrderThenPrefetchesTheNextProjection) {
+  std::vector<std::string> failures(2);
+  on_two_ranks([&](int rank, std::shared_ptr<ShardComm> comm) {
+    const QuantConfig config{.type = QuantType::kNF4, .blocksize = 64, .double_quant = true};
+    QuantizedLinearSlot wa(quantize(formula({32, 64}, 0.1), config), at::Tensor());
+    QuantizedLinearSlot wb(quantize(formula({64, 32}, 0.2), config), at::Tensor());
+    auto traffic = std::make_shared<ShardTraffic>();
+    auto a = std::make_shared<ShardedQuantizedSlot>(wa, comm, traffic);
+    auto b = std::make_shared<ShardedQuantizedSlot>(wb, comm, traffic);
+    auto chain = std::make_shared<GatherChain>();
+    a->join_chain(chain, 1);
+    b->join_chain(chain, 1);
+    std::string& fail = failures[rank];
+    at::NoGradGuard no_grad;
+    const at::Tensor x = formula({4, 64}, 0.5 + rank);
+    const at::Tensor expected = wb.forward(wa.forward(x));
+    // First pass: the order is not known yet, nothing is prefetched.
+    if (!at::equal(b->forward(a->forward(x)), expected)) fail += "first pass differs; ";
+    if (traffic->gathers() != 2 || traffic->peak_live_bytes() != b->layout().padded_bytes()) {
+      fail += "first pass gathers; ";
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+      const at::Tensor h = a->forward(x);
+      // a's weight is freed; b's gather is in flight or done, waiting for b.
+      if (traffic->gathers() != 4 + 2 * pass) fail += "b was not prefetched; ";
+      if (traffic->live_bytes() != b->layout().padded_bytes()) fail += "live after a; ";
+      if (!at::equal(b->forward(h), expected)) fail += "output differs; ";
+      if (traffic->gathers() != 4 + 2 * pass) fail += "b gathered again; ";
+      if (traffic->live_bytes() != 0) fail += "live after b; ";
+    }
+  });
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
+}  // namespace
+}  // namespace qtrain
