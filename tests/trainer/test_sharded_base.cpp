@@ -5,11 +5,20 @@
 //  - each rank keeps half the (padded) bytes; forward and input gradient equal the unsharded
 //    slot's exactly, whole or in row slices; one gather per pass, shard bytes received each;
 //  - the gather chain learns the forward order in the first pass; from the second on, a
-//    projection's forward starts the next one's gather, which that one then uses.
+//    projection's forward starts the next one's gather, which that one then uses;
+//  - qmem's per-rank figures (trainer/shard_memory.h): the whole and shard bytes bound what real
+//    quantized weights and their layouts hold; the 70B FSDP recipe fits 24 GB at N = 4 and 40 GB
+//    at N = 2 per rank.
+#include "core/error.h"
+#include "models/hf_names.h"
 #include "models/quantized_linear_slot.h"
 #include "models/sharded_linear_slot.h"
 #include "tests/support/test_support.h"
 #include "trainer/distributed/process_group.h"
+#include "trainer/dry_run.h"
+#include "trainer/memory_plan.h"
+#include "trainer/recipe/recipe.h"
+#include "trainer/shard_memory.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -157,6 +166,62 @@ TEST(ShardedQuantizedSlot, TheChainLearnsTheOrderThenPrefetchesTheNextProjection
   });
   EXPECT_EQ(failures[0], "");
   EXPECT_EQ(failures[1], "");
+}
+
+TEST(ShardedBaseMemory, BoundsWhatRealWeightsAndLayoutsHold) {
+  ModelConfig config;
+  config.vocab_size = 384;
+  config.hidden_size = 64;
+  config.intermediate_size = 128;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.head_dim = 16;
+  Recipe recipe;
+  recipe.quantization.type = "nf4";
+  recipe.quantization.double_quant = true;
+  recipe.distributed.strategy = "shard";
+  const QuantConfig quant{.type = QuantType::kNF4, .blocksize = 64, .double_quant = true};
+  for (int64_t world : {2, 3, 8}) {
+    int64_t whole = 0, shard = 0, largest = 0;
+    for (const TensorSpec& spec : hf_tensor_specs(config)) {
+      if (spec.shape.size() != 2 || spec.name.rfind("model.layers.", 0) != 0) continue;
+      const QuantizedTensor w = quantize(formula(spec.shape, 0.4), quant);
+      const FlatQuantizedLayout layout(w, static_cast<int>(world));
+      whole += w.nbytes();
+      shard += layout.shard_bytes();
+      largest = std::max(largest, layout.padded_bytes());
+    }
+    MemoryEstimate estimate;
+    estimate.base_weights = 100000;
+    estimate.total = 500000;
+    const ShardedBaseMemory m = sharded_base_memory(recipe, config, estimate, world);
+    EXPECT_EQ(m.sharded_whole, whole);
+    EXPECT_GE(m.shard, shard) << world;
+    EXPECT_LE(m.shard, shard + 14 * 80 / world + 14) << world;
+    EXPECT_GE(m.gathered, 2 * largest - 2 * world);  // the two largest (prefetch 1)
+    EXPECT_EQ(m.base_per_rank, 100000 - whole + m.shard + m.gathered);
+    EXPECT_EQ(m.total_per_rank, 500000 - 100000 + m.base_per_rank);
+  }
+  recipe.quantization.type = "int4";
+  MemoryEstimate estimate;
+  EXPECT_THROW(sharded_base_memory(recipe, config, estimate, 2), Error);
+}
+
+TEST(ShardedBaseMemory, The70bFsdpRecipeFitsPerRank) {
+  const Recipe recipe =
+      load_recipe(testing::source_dir() + "/recipes/llama70b_qlora_fsdp.yaml", {});
+  ASSERT_EQ(recipe.distributed.strategy, "shard");
+  const MemoryPlan plan = plan_memory(recipe, std::nullopt);
+  const ModelConfig config = recipe_model_config(recipe);
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  for (const auto& [ranks, budget] : {std::pair{4, 24}, std::pair{2, 40}}) {
+    const ShardedBaseMemory m = sharded_base_memory(recipe, config, plan.estimate, ranks);
+    const int64_t needed = plan.needed - plan.estimate.total + m.total_per_rank;
+    EXPECT_LE(needed, budget * kGiB) << ranks << " ranks";
+    EXPECT_GT(plan.needed, budget * kGiB) << "the whole base alone would fit; the test says little";
+    EXPECT_LT(m.base_per_rank, m.base_whole / ranks + 3 * kGiB);
+  }
 }
 
 }  // namespace

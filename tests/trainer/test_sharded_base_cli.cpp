@@ -7,7 +7,8 @@
 //  - the bytes all-gathered per step equal whole bytes x (N-1)/N x 3 passes (forward,
 //    checkpoint recompute, backward) x micro-batches;
 //  - a sharded run stopped and resumed continues the uninterrupted run's losses exactly;
-//  - a killed peer makes the survivor exit with code 9.
+//  - a killed peer makes the survivor exit with code 9;
+//  - shard over a base with nothing quantized, or an unknown strategy, is a recipe error.
 #include "data/tiny_instruct.h"
 #include "peft/peft_files.h"
 #include "tests/support/test_support.h"
@@ -120,10 +121,10 @@ distributed:
 
   int run(const std::string& args, std::string* out = nullptr) {
     std::string captured;
-    const int code = testing::run_command("QTRAIN_CACHE_DIR=" + testing::binary_dir() +
-                                              "/test-cache " + qtrain_binary() + " " +
-                                              dir_.file("recipe.yaml") + " " + args,
-                                          &captured);
+    const int code =
+        testing::run_command("QTRAIN_CACHE_DIR=" + testing::binary_dir() + "/test-cache " +
+                                 qtrain_binary() + " " + dir_.file("recipe.yaml") + " " + args,
+                             &captured);
     if (out) *out = captured;
     return code;
   }
@@ -251,6 +252,19 @@ TEST_F(ShardedBaseCli, AKilledPeerMakesTheSurvivorExitWithCode9) {
   const std::string log = testing::read_file(dir_.file("rank0.log"));
   EXPECT_EQ(code, 9) << log;
   EXPECT_NE(log.find("a peer rank died"), std::string::npos) << log;
+}
+
+TEST_F(ShardedBaseCli, ShardNeedsAQuantizedBaseAndAKnownStrategy) {
+  std::string out;
+  EXPECT_EQ(run("output.dir=" + dir_.file("none") +
+                    " quantization.type=none quantization.double_quant=false "
+                    "distributed.strategy=shard --nproc 2",
+                &out),
+            3)
+      << out;
+  EXPECT_NE(out.find("this base has none; use distributed.strategy ddp"), std::string::npos) << out;
+  EXPECT_EQ(run("output.dir=" + dir_.file("bogus") + " distributed.strategy=fsdp", &out), 3) << out;
+  EXPECT_NE(out.find("expected one of: ddp, shard"), std::string::npos) << out;
 }
 
 }  // namespace
