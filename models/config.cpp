@@ -86,7 +86,49 @@ RopeScaling parse_rope_scaling(const json& block, const std::string& source,
   return scaling;
 }
 
+// An optional number whose explicit null means "off" and whose absence means `fallback`.
+std::optional<double> get_optional_number(const json& j, const char* key, const std::string& source,
+                                          std::optional<double> fallback) {
+  if (!j.contains(key)) return fallback;
+  if (j.at(key).is_null()) return std::nullopt;
+  return get_number(j, key, source, 0.0);
+}
+
+// Gemma 2's fields, with Gemma2Config's defaults where config.json leaves them out.
+void parse_gemma2_fields(const json& j, const std::string& source, ModelConfig& c) {
+  c.query_pre_attn_scalar = get_number(j, "query_pre_attn_scalar", source, 256.0);
+  c.attn_logit_softcapping = get_optional_number(j, "attn_logit_softcapping", source, 50.0);
+  c.final_logit_softcapping = get_optional_number(j, "final_logit_softcapping", source, 30.0);
+  if (!j.contains("sliding_window")) {
+    c.sliding_window = 4096;
+  } else if (!j.at("sliding_window").is_null()) {
+    c.sliding_window = get_int(j, "sliding_window", source);
+  }
+  if (present(j, "layer_types")) {
+    const json& types = j.at("layer_types");
+    if (!types.is_array()) config_error(source, "layer_types", "expected a list of strings");
+    for (const json& type : types) {
+      if (!type.is_string()) config_error(source, "layer_types", "expected a list of strings");
+      c.layer_types.push_back(type.get<std::string>());
+    }
+  } else {
+    // Gemma2Config: even layers (0, 2, ...) slide, odd layers attend to everything.
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      c.layer_types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");
+    }
+  }
+  if (get_bool(j, "use_bidirectional_attention", source, false)) {
+    throw_error(ErrorKind::kUnsupported, "bidirectional attention is not supported",
+                {.file = source, .field = "use_bidirectional_attention"});
+  }
+}
+
 }  // namespace
+
+double ModelConfig::attention_scale() const {
+  return 1.0 /
+         std::sqrt(query_pre_attn_scalar ? *query_pre_attn_scalar : static_cast<double>(head_dim));
+}
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   try {
@@ -102,12 +144,15 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
   ModelConfig c;
   if (!present(j, "model_type")) config_error(source, "model_type", "required string is missing");
   c.model_type = j.at("model_type").get<std::string>();
-  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2", "qwen3"};
+  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2",
+                                               "qwen3", "gemma2",  "phi3"};
   if (!kTypes.count(c.model_type)) {
     throw_error(ErrorKind::kUnsupported,
-                "model_type '" + c.model_type + "' is not supported (llama, mistral, qwen2, qwen3)",
+                "model_type '" + c.model_type +
+                    "' is not supported (llama, mistral, qwen2, qwen3, gemma2, phi3)",
                 {.file = source, .field = "model_type"});
   }
+  const bool is_gemma2 = c.model_type == "gemma2";
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
   c.intermediate_size = get_int(j, "intermediate_size", source);
@@ -116,13 +161,18 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
   c.num_key_value_heads = get_int(j, "num_key_value_heads", source, c.num_attention_heads);
   const bool is_qwen3 = c.model_type == "qwen3";
   if (c.num_attention_heads <= 0) config_error(source, "num_attention_heads", "must be positive");
-  c.head_dim =
-      get_int(j, "head_dim", source, is_qwen3 ? 128 : c.hidden_size / c.num_attention_heads);
+  // transformers' class defaults where config.json leaves a field out (Gemma2Config: 256).
+  const int64_t default_head_dim =
+      is_qwen3 ? 128 : (is_gemma2 ? 256 : c.hidden_size / c.num_attention_heads);
+  c.head_dim = get_int(j, "head_dim", source, default_head_dim);
   c.rms_norm_eps = get_number(j, "rms_norm_eps", source, 1e-6);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", source, 2048);
-  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, false);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, is_gemma2);
   c.attention_bias = get_bool(j, "attention_bias", source, false);
   c.mlp_bias = get_bool(j, "mlp_bias", source, false);
+  // Gemma2MLP and Phi-3's projections are built without biases whatever the config says.
+  if (is_gemma2 || c.model_type == "phi3") c.mlp_bias = false;
+  if (c.model_type == "phi3") c.attention_bias = false;
   c.qk_norm = is_qwen3;
 
   // transformers 5 nests rope settings in rope_parameters; 4.x uses rope_theta + rope_scaling.
@@ -141,13 +191,23 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
     throw_error(ErrorKind::kUnsupported, "partial rotary embeddings are not supported",
                 {.file = source, .field = "partial_rotary_factor"});
   }
-  if (present(j, "hidden_act") && j.at("hidden_act") != "silu") {
-    throw_error(ErrorKind::kUnsupported, "only hidden_act \"silu\" is supported",
-                {.file = source, .field = "hidden_act"});
+  // Gemma2 reads hidden_activation (its config.json carries hidden_act too, which it ignores).
+  const char* act_key =
+      is_gemma2 && present(j, "hidden_activation") ? "hidden_activation" : "hidden_act";
+  c.hidden_act = is_gemma2 ? "gelu_pytorch_tanh" : "silu";
+  if (present(j, act_key)) {
+    const json& act = j.at(act_key);
+    if (!act.is_string() || (act != "silu" && act != "gelu_pytorch_tanh")) {
+      throw_error(ErrorKind::kUnsupported,
+                  "activation " + act.dump() + " is not supported (silu, gelu_pytorch_tanh are)",
+                  {.file = source, .field = act_key});
+    }
+    c.hidden_act = act.get<std::string>();
   }
-  if (c.model_type == "mistral" && present(j, "sliding_window")) {
+  if ((c.model_type == "mistral" || c.model_type == "phi3") && present(j, "sliding_window")) {
     c.sliding_window = get_int(j, "sliding_window", source);
   }
+  if (is_gemma2) parse_gemma2_fields(j, source, c);
   if ((c.model_type == "qwen2" || is_qwen3) && get_bool(j, "use_sliding_window", source, false)) {
     throw_error(ErrorKind::kUnsupported, "Qwen sliding-window layers are not supported",
                 {.file = source, .field = "use_sliding_window"});
@@ -220,14 +280,38 @@ void ModelConfig::validate(const std::string& source) const {
   if (sliding_window && *sliding_window <= 0) {
     config_error(source, "sliding_window", "must be positive");
   }
+  if (!layer_types.empty()) {
+    if (static_cast<int64_t>(layer_types.size()) != num_hidden_layers) {
+      config_error(source, "layer_types",
+                   "has " + std::to_string(layer_types.size()) + " entries for " +
+                       std::to_string(num_hidden_layers) + " layers");
+    }
+    for (const std::string& type : layer_types) {
+      if (type != "sliding_attention" && type != "full_attention") {
+        throw_error(
+            ErrorKind::kUnsupported,
+            "layer type '" + type + "' is not supported (sliding_attention, full_attention are)",
+            {.file = source, .field = "layer_types"});
+      }
+    }
+  }
+  if (hidden_act != "silu" && hidden_act != "gelu_pytorch_tanh") {
+    throw_error(ErrorKind::kUnsupported, "activation '" + hidden_act + "' is not supported",
+                {.file = source, .field = "hidden_act"});
+  }
+  for (const auto& [value, field] :
+       {std::pair{query_pre_attn_scalar, "query_pre_attn_scalar"},
+        std::pair{attn_logit_softcapping, "attn_logit_softcapping"},
+        std::pair{final_logit_softcapping, "final_logit_softcapping"}}) {
+    if (value && !(*value > 0)) config_error(source, field, "must be positive");
+  }
 }
 
 json ModelConfig::to_json() const {
   static const std::map<std::string, std::string> kArchitecture = {
-      {"llama", "LlamaForCausalLM"},
-      {"mistral", "MistralForCausalLM"},
-      {"qwen2", "Qwen2ForCausalLM"},
-      {"qwen3", "Qwen3ForCausalLM"}};
+      {"llama", "LlamaForCausalLM"},   {"mistral", "MistralForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},   {"qwen3", "Qwen3ForCausalLM"},
+      {"gemma2", "Gemma2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
   json j;
   j["architectures"] = {kArchitecture.at(model_type)};
   j["model_type"] = model_type;
@@ -238,7 +322,8 @@ json ModelConfig::to_json() const {
   j["num_attention_heads"] = num_attention_heads;
   j["num_key_value_heads"] = num_key_value_heads;
   j["head_dim"] = head_dim;
-  j["hidden_act"] = "silu";
+  j["hidden_act"] = hidden_act;
+  if (gemma_style()) j["hidden_activation"] = hidden_act;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
   switch (rope_scaling.type) {
@@ -262,8 +347,25 @@ json ModelConfig::to_json() const {
   j["attention_bias"] = attention_bias;
   if (model_type == "llama") j["mlp_bias"] = mlp_bias;
   j["attention_dropout"] = 0.0;
-  if (model_type == "mistral") {
+  if (model_type == "mistral" || model_type == "phi3" || model_type == "gemma2") {
     j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
+  }
+  if (model_type == "gemma2") {
+    auto optional = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+    // Gemma2Config types this field int (strictly checked by transformers 5).
+    if (query_pre_attn_scalar && *query_pre_attn_scalar == std::floor(*query_pre_attn_scalar)) {
+      j["query_pre_attn_scalar"] = static_cast<int64_t>(*query_pre_attn_scalar);
+    } else {
+      j["query_pre_attn_scalar"] = optional(query_pre_attn_scalar);
+    }
+    j["attn_logit_softcapping"] = optional(attn_logit_softcapping);
+    j["final_logit_softcapping"] = optional(final_logit_softcapping);
+    // Always written: transformers' default (alternating) differs from an empty list's meaning.
+    std::vector<std::string> types;
+    for (int64_t i = 0; i < num_hidden_layers; ++i) {
+      types.push_back(layer_slides(i) ? "sliding_attention" : "full_attention");
+    }
+    j["layer_types"] = types;
   }
   if (model_type == "qwen2" || model_type == "qwen3") {
     j["use_sliding_window"] = false;
@@ -274,6 +376,13 @@ json ModelConfig::to_json() const {
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
   if (pad_token_id) j["pad_token_id"] = *pad_token_id;
+  if (model_type == "gemma2" || model_type == "phi3") {
+    // Their config classes default to ids of the real vocabularies (Phi-3: 32000), which a
+    // smaller vocabulary cannot hold: unset ids are written as null.
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+      if (!j.contains(key)) j[key] = nullptr;
+    }
+  }
   j["use_cache"] = true;
   return j;
 }

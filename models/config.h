@@ -1,5 +1,5 @@
 // ModelConfig: everything the decoder needs, read from a Hugging Face config.json for the
-// llama, mistral, qwen2 and qwen3 model types (reference/formats.md §5).
+// llama, mistral, qwen2, qwen3, gemma2 and phi3 model types (reference/formats.md §5).
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
@@ -23,7 +23,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type = "llama";  // llama | mistral | qwen2 | qwen3
+  std::string model_type = "llama";  // llama | mistral | qwen2 | qwen3 | gemma2 | phi3
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -40,6 +40,15 @@ struct ModelConfig {
   bool mlp_bias = false;
   bool qk_norm = false;                   // qwen3: RMSNorm over head_dim on q and k before RoPE
   std::optional<int64_t> sliding_window;  // attend only to the last `sliding_window` keys
+  // Per layer "sliding_attention" or "full_attention" (gemma2's alternation); empty: every layer
+  // uses sliding_window when it is set.
+  std::vector<std::string> layer_types;
+  std::string hidden_act = "silu";  // silu | gelu_pytorch_tanh (gemma2's GeGLU)
+  // gemma2: attention scale query_pre_attn_scalar^-0.5 instead of head_dim^-0.5.
+  std::optional<double> query_pre_attn_scalar;
+  // gemma2: scores (after scaling) and final logits become c * tanh(x / c).
+  std::optional<double> attn_logit_softcapping;
+  std::optional<double> final_logit_softcapping;
   std::string torch_dtype = "float32";
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
@@ -47,6 +56,17 @@ struct ModelConfig {
 
   bool has_qkv_bias() const { return attention_bias || model_type == "qwen2"; }
   bool has_o_bias() const { return attention_bias && model_type != "qwen2"; }
+  // gemma2: RMSNorm scales by (1 + w) in float32, embeddings are multiplied by sqrt(hidden), and
+  // every layer has four norms (input, post_attention, pre_feedforward, post_feedforward).
+  bool gemma_style() const { return model_type == "gemma2"; }
+  // phi3: one qkv_proj [(heads + 2 kv) * head_dim, hidden] and one gate_up_proj [2 I, hidden].
+  bool fused_projections() const { return model_type == "phi3"; }
+  // Whether decoder layer `layer` attends through the sliding window.
+  bool layer_slides(int64_t layer) const {
+    return sliding_window.has_value() &&
+           (layer_types.empty() || layer_types.at(layer) == "sliding_attention");
+  }
+  double attention_scale() const;
 
   // Throws Error(kConfig) naming the field for a missing/ill-typed/out-of-range value or an
   // unsupported model_type / rope type. `source` names the file in error messages.

@@ -1,6 +1,7 @@
 #include "models/llama.h"
 
 #include "core/error.h"
+#include "models/eager_attention.h"
 #include "models/layer_checkpoint.h"
 #include "models/varlen_attention.h"
 
@@ -42,15 +43,22 @@ void check_embedding_placement(const ModelConfig& config, EmbeddingPlacement pla
 }
 
 Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
-                     const std::string& prefix, const LinearFactory& make)
+                     const std::string& prefix, const LinearFactory& make, int64_t layer)
     : heads_(c.num_attention_heads),
       kv_heads_(c.num_key_value_heads),
       head_dim_(c.head_dim),
-      sliding_window_(c.sliding_window) {
+      sliding_window_(c.layer_slides(layer) ? c.sliding_window : std::nullopt),
+      scale_(c.attention_scale()),
+      softcap_(c.attn_logit_softcapping) {
   const int64_t hidden = c.hidden_size, q_out = heads_ * head_dim_, kv_out = kv_heads_ * head_dim_;
-  q_proj = register_module("q_proj", make(prefix + "q_proj", hidden, q_out, c.has_qkv_bias()));
-  k_proj = register_module("k_proj", make(prefix + "k_proj", hidden, kv_out, c.has_qkv_bias()));
-  v_proj = register_module("v_proj", make(prefix + "v_proj", hidden, kv_out, c.has_qkv_bias()));
+  if (c.fused_projections()) {
+    qkv_proj = register_module(
+        "qkv_proj", make(prefix + "qkv_proj", hidden, q_out + 2 * kv_out, c.has_qkv_bias()));
+  } else {
+    q_proj = register_module("q_proj", make(prefix + "q_proj", hidden, q_out, c.has_qkv_bias()));
+    k_proj = register_module("k_proj", make(prefix + "k_proj", hidden, kv_out, c.has_qkv_bias()));
+    v_proj = register_module("v_proj", make(prefix + "v_proj", hidden, kv_out, c.has_qkv_bias()));
+  }
   o_proj = register_module("o_proj", make(prefix + "o_proj", q_out, hidden, c.has_o_bias()));
   if (c.qk_norm) {
     q_norm =
@@ -60,13 +68,26 @@ Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
   }
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tensor& x) {
+  const int64_t batch = x.size(0), length = x.size(1);
+  // [B, T, n*hd] -> [B, T, n, hd]
+  if (qkv_proj) {
+    const int64_t q_out = heads_ * head_dim_, kv_out = kv_heads_ * head_dim_;
+    const at::Tensor qkv = qkv_proj->forward(x);  // [B, T, q_out + 2 kv_out]
+    return {qkv.narrow(-1, 0, q_out).reshape({batch, length, heads_, head_dim_}),
+            qkv.narrow(-1, q_out, kv_out).reshape({batch, length, kv_heads_, head_dim_}),
+            qkv.narrow(-1, q_out + kv_out, kv_out).reshape({batch, length, kv_heads_, head_dim_})};
+  }
+  return {q_proj->forward(x).view({batch, length, heads_, head_dim_}),
+          k_proj->forward(x).view({batch, length, kv_heads_, head_dim_}),
+          v_proj->forward(x).view({batch, length, kv_heads_, head_dim_})};
+}
+
 at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                               const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values) {
   const int64_t batch = x.size(0), length = x.size(1);
-  // [B, T, n*hd] -> [B, T, n, hd]; Qwen3 normalises each head before the transpose and RoPE.
-  at::Tensor q = q_proj->forward(x).view({batch, length, heads_, head_dim_});
-  at::Tensor k = k_proj->forward(x).view({batch, length, kv_heads_, head_dim_});
-  at::Tensor v = v_proj->forward(x).view({batch, length, kv_heads_, head_dim_});
+  auto [q, k, v] = project(x);
+  // Qwen3 normalises each head before the transpose and RoPE.
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);
@@ -89,11 +110,12 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
     *values = v;
   }
   const at::Tensor& mask = layout.mask;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  at::Tensor out = at::scaled_dot_product_attention(
-      q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
-      /*dropout_p=*/0.0, /*is_causal=*/!mask.defined() && length > 1, scale,
-      /*enable_gqa=*/heads_ != kv_heads_);
+  at::Tensor out =
+      softcap_ ? eager_attention(q, k, v, mask, scale_, softcap_)
+               : at::scaled_dot_product_attention(
+                     q, k, v, mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt,
+                     /*dropout_p=*/0.0, /*is_causal=*/!mask.defined() && length > 1, scale_,
+                     /*enable_gqa=*/heads_ != kv_heads_);
   out = out.transpose(1, 2).reshape({batch, length, heads_ * head_dim_});
   return o_proj->forward(out);
 }
@@ -107,37 +129,68 @@ at::Tensor Attention::packed_attention(const at::Tensor& q, const at::Tensor& k,
   at::Tensor flat_k =
       apply_rope(k, cos, sin, /*head_axis=*/2).reshape({tokens, kv_heads_, head_dim_});
   at::Tensor flat_v = v.reshape({tokens, kv_heads_, head_dim_});
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  at::Tensor out = varlen_attention(flat_q, flat_k, flat_v, packed, sliding_window_, scale);
+  at::Tensor out = softcap_
+                       ? eager_packed_attention(flat_q, flat_k, flat_v, packed, sliding_window_,
+                                                scale_, softcap_)
+                       : varlen_attention(flat_q, flat_k, flat_v, packed, sliding_window_, scale_);
   return out.reshape({batch, length, heads_ * head_dim_});
 }
 
-Mlp::Mlp(const ModelConfig& c, const std::string& prefix, const LinearFactory& make) {
+Mlp::Mlp(const ModelConfig& c, const std::string& prefix, const LinearFactory& make)
+    : intermediate_(c.intermediate_size), gelu_tanh_(c.hidden_act == "gelu_pytorch_tanh") {
   const int64_t hidden = c.hidden_size, inter = c.intermediate_size;
-  gate_proj = register_module("gate_proj", make(prefix + "gate_proj", hidden, inter, c.mlp_bias));
-  up_proj = register_module("up_proj", make(prefix + "up_proj", hidden, inter, c.mlp_bias));
+  if (c.fused_projections()) {
+    gate_up_proj = register_module("gate_up_proj",
+                                   make(prefix + "gate_up_proj", hidden, 2 * inter, c.mlp_bias));
+  } else {
+    gate_proj = register_module("gate_proj", make(prefix + "gate_proj", hidden, inter, c.mlp_bias));
+    up_proj = register_module("up_proj", make(prefix + "up_proj", hidden, inter, c.mlp_bias));
+  }
   down_proj = register_module("down_proj", make(prefix + "down_proj", inter, hidden, c.mlp_bias));
 }
 
 at::Tensor Mlp::forward(const at::Tensor& x) {
-  return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  at::Tensor gate, up;
+  if (gate_up_proj) {
+    const at::Tensor both = gate_up_proj->forward(x);  // [..., 2 I]: gate, then up
+    gate = both.narrow(-1, 0, intermediate_);
+    up = both.narrow(-1, intermediate_, intermediate_);
+  } else {
+    gate = gate_proj->forward(x);
+    up = up_proj->forward(x);
+  }
+  const at::Tensor activated = gelu_tanh_ ? at::gelu(gate, "tanh") : at::silu(gate);
+  return down_proj->forward(activated * up);
 }
 
 DecoderLayer::DecoderLayer(const ModelConfig& c, const at::TensorOptions& options,
-                           const std::string& prefix, const LinearFactory& make) {
-  self_attn = register_module("self_attn",
-                              std::make_shared<Attention>(c, options, prefix + "self_attn.", make));
+                           const std::string& prefix, const LinearFactory& make, int64_t layer) {
+  self_attn = register_module(
+      "self_attn", std::make_shared<Attention>(c, options, prefix + "self_attn.", make, layer));
   mlp = register_module("mlp", std::make_shared<Mlp>(c, prefix + "mlp.", make));
-  input_layernorm = register_module(
-      "input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
-  post_attention_layernorm =
-      register_module("post_attention_layernorm",
-                      std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  const bool gemma = c.gemma_style();
+  auto norm = [&](const char* name) {
+    return register_module(
+        name, std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options, gemma));
+  };
+  input_layernorm = norm("input_layernorm");
+  post_attention_layernorm = norm("post_attention_layernorm");
+  if (gemma) {
+    pre_feedforward_layernorm = norm("pre_feedforward_layernorm");
+    post_feedforward_layernorm = norm("post_feedforward_layernorm");
+  }
 }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                                  const AttentionLayout& layout, at::Tensor* keys,
                                  at::Tensor* values) {
+  if (pre_feedforward_layernorm) {  // gemma2's sandwich norms
+    const at::Tensor attention =
+        self_attn->forward(input_layernorm->forward(x), cos, sin, layout, keys, values);
+    const at::Tensor h = x + post_attention_layernorm->forward(attention);
+    return h +
+           post_feedforward_layernorm->forward(mlp->forward(pre_feedforward_layernorm->forward(h)));
+  }
   at::Tensor h =
       x + self_attn->forward(input_layernorm->forward(x), cos, sin, layout, keys, values);
   return h + mlp->forward(post_attention_layernorm->forward(h));
@@ -153,9 +206,10 @@ DecoderStack::DecoderStack(const ModelConfig& c, const at::TensorOptions& option
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
     layers.push_back(list->register_module(
-        std::to_string(i), std::make_shared<DecoderLayer>(c, options, prefix, make)));
+        std::to_string(i), std::make_shared<DecoderLayer>(c, options, prefix, make, i)));
   }
-  norm = register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  norm = register_module(
+      "norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options, c.gemma_style()));
 }
 
 CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
@@ -227,6 +281,11 @@ at::Tensor CausalLM::embed(const at::Tensor& ids, const c10::Device& device) con
 
 AttentionLayout CausalLM::attention_layout(const ForwardInputs& in, int64_t batch, int64_t length,
                                            int64_t past) const {
+  return attention_layout(in, batch, length, past, config_.sliding_window);
+}
+
+AttentionLayout CausalLM::attention_layout(const ForwardInputs& in, int64_t batch, int64_t length,
+                                           int64_t past, std::optional<int64_t> window) const {
   const auto device = this->device();
   AttentionLayout layout;
   if (in.cache != nullptr) {
@@ -259,8 +318,7 @@ AttentionLayout CausalLM::attention_layout(const ForwardInputs& in, int64_t batc
       return layout;
     }
   }
-  layout.mask =
-      build_attention_mask(batch, length, past, in.segment_ids, config_.sliding_window, device);
+  layout.mask = build_attention_mask(batch, length, past, in.segment_ids, window, device);
   return layout;
 }
 
@@ -290,7 +348,22 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
                 {.tensor = "segment_ids"});
   }
   const AttentionLayout layout = attention_layout(in, batch, length, past);
+  // gemma2: layers that do not slide need a mask without the window (packed layouts apply the
+  // window per layer inside the attention and are shared).
+  const bool per_layer_masks =
+      !config_.layer_types.empty() && config_.sliding_window && !layout.varlen();
+  AttentionLayout full_layout;
+  if (per_layer_masks) full_layout = attention_layout(in, batch, length, past, std::nullopt);
+  auto layout_of = [&](size_t layer) -> const AttentionLayout& {
+    return per_layer_masks && !config_.layer_slides(static_cast<int64_t>(layer)) ? full_layout
+                                                                                 : layout;
+  };
   at::Tensor x = embed(ids, device);
+  if (config_.gemma_style()) {
+    // transformers: embeddings * tensor(sqrt(hidden)) (float32) cast to the weights' dtype.
+    const float scale = static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
+    x = x * at::scalar_tensor(scale, at::kFloat).to(x.scalar_type()).to(x.device());
+  }
   auto [cos, sin] = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
   const bool checkpoint =
       gradient_checkpointing_ && is_training() && cache == nullptr && at::GradMode::is_enabled();
@@ -306,13 +379,13 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   for (size_t i = 0; i < layers; ++i) {
     if (checkpoint) {
       const bool offload = offloader && i > 0 && i + 1 < layers;
-      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout, offload ? offloader : nullptr,
-                             static_cast<int64_t>(i));
+      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout_of(i),
+                             offload ? offloader : nullptr, static_cast<int64_t>(i));
       continue;
     }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;
     at::Tensor* values = cache ? &cache->values[i] : nullptr;
-    x = model->layers[i]->forward(x, cos, sin, layout, keys, values);
+    x = model->layers[i]->forward(x, cos, sin, layout_of(i), keys, values);
   }
   return model->norm->forward(x);
 }
@@ -320,7 +393,9 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
 at::Tensor CausalLM::forward(const ForwardInputs& in) {
   at::Tensor h = hidden_states(in);
   if (in.last_token_only) h = h.narrow(1, h.size(1) - 1, 1);
-  return lm_head->forward(h);
+  at::Tensor logits = lm_head->forward(h);
+  if (const auto cap = config_.final_logit_softcapping) logits = at::tanh(logits / *cap) * *cap;
+  return logits;
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> CausalLM::named_linears() const {
@@ -328,13 +403,18 @@ std::vector<std::pair<std::string, std::shared_ptr<LinearSlot>>> CausalLM::named
   for (size_t i = 0; i < model->layers.size(); ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     const auto& layer = model->layers[i];
-    out.emplace_back(p + "self_attn.q_proj", layer->self_attn->q_proj);
-    out.emplace_back(p + "self_attn.k_proj", layer->self_attn->k_proj);
-    out.emplace_back(p + "self_attn.v_proj", layer->self_attn->v_proj);
-    out.emplace_back(p + "self_attn.o_proj", layer->self_attn->o_proj);
-    out.emplace_back(p + "mlp.gate_proj", layer->mlp->gate_proj);
-    out.emplace_back(p + "mlp.up_proj", layer->mlp->up_proj);
-    out.emplace_back(p + "mlp.down_proj", layer->mlp->down_proj);
+    const auto& attn = *layer->self_attn;
+    const auto& mlp = *layer->mlp;
+    // Phi-3's fused slots stand where the split ones would; a family holds one kind or the other.
+    const std::pair<const char*, std::shared_ptr<LinearSlot>> slots[] = {
+        {"self_attn.q_proj", attn.q_proj}, {"self_attn.k_proj", attn.k_proj},
+        {"self_attn.v_proj", attn.v_proj}, {"self_attn.qkv_proj", attn.qkv_proj},
+        {"self_attn.o_proj", attn.o_proj}, {"mlp.gate_proj", mlp.gate_proj},
+        {"mlp.up_proj", mlp.up_proj},      {"mlp.gate_up_proj", mlp.gate_up_proj},
+        {"mlp.down_proj", mlp.down_proj}};
+    for (const auto& [slot_name, slot] : slots) {
+      if (slot) out.emplace_back(p + slot_name, slot);
+    }
   }
   out.emplace_back("lm_head", lm_head);
   return out;
@@ -365,13 +445,15 @@ void CausalLM::replace_linear(const std::string& name, std::shared_ptr<LinearSlo
             {"self_attn.q_proj", {layer->self_attn.get(), &layer->self_attn->q_proj}},
             {"self_attn.k_proj", {layer->self_attn.get(), &layer->self_attn->k_proj}},
             {"self_attn.v_proj", {layer->self_attn.get(), &layer->self_attn->v_proj}},
+            {"self_attn.qkv_proj", {layer->self_attn.get(), &layer->self_attn->qkv_proj}},
             {"self_attn.o_proj", {layer->self_attn.get(), &layer->self_attn->o_proj}},
             {"mlp.gate_proj", {layer->mlp.get(), &layer->mlp->gate_proj}},
             {"mlp.up_proj", {layer->mlp.get(), &layer->mlp->up_proj}},
+            {"mlp.gate_up_proj", {layer->mlp.get(), &layer->mlp->gate_up_proj}},
             {"mlp.down_proj", {layer->mlp.get(), &layer->mlp->down_proj}},
         };
     for (const auto& [slot_name, where] : slots) {
-      if (rest == slot_name) {
+      if (rest == slot_name && *where.second) {
         parent = where.first;
         target = where.second;
         child = rest.substr(rest.find('.') + 1);

@@ -1,5 +1,6 @@
-// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) built from a ModelConfig, with
-// module names that equal transformers' state-dict names (model.layers.0.self_attn.q_proj ...).
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Gemma 2, Phi-3) built from a
+// ModelConfig, with module names that equal transformers' state-dict names
+// (model.layers.0.self_attn.q_proj ...; Phi-3's fused self_attn.qkv_proj and mlp.gate_up_proj).
 //
 // Every projection is a LinearSlot: dense here, quantized or adapter-wrapped by later layers
 // through replace_linear().
@@ -17,7 +18,9 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -57,18 +60,23 @@ using LinearFactory = std::function<std::shared_ptr<LinearSlot>(
 
 class Attention : public torch::nn::Module {
  public:
+  // `layer` picks the layer's attention kind (ModelConfig::layer_slides).
   Attention(const ModelConfig& config, const at::TensorOptions& options, const std::string& prefix,
-            const LinearFactory& make_linear);
+            const LinearFactory& make_linear, int64_t layer = 0);
   // x [B, T, H], cos/sin [B, T, head_dim] -> [B, T, H]. With past_keys/values defined
   // ([B, kv, P, hd]) they are prepended, and the concatenated keys/values are returned through
   // the out-parameters (mask layouts only).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values);
 
-  std::shared_ptr<LinearSlot> q_proj, k_proj, v_proj, o_proj;
+  // q/k/v_proj, or (phi3) qkv_proj alone, whose output rows are q, then k, then v.
+  std::shared_ptr<LinearSlot> q_proj, k_proj, v_proj, qkv_proj, o_proj;
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // qwen3 only
 
  private:
+  // x [B, T, H] -> q [B, T, heads, hd], k and v [B, T, kv, hd].
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x);
+
   // q [B, T, heads, hd], k/v [B, T, kv, hd] -> [B, T, heads * hd]
   at::Tensor packed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& cos, const at::Tensor& sin,
@@ -76,6 +84,8 @@ class Attention : public torch::nn::Module {
 
   int64_t heads_, kv_heads_, head_dim_;
   std::optional<int64_t> sliding_window_;
+  double scale_;
+  std::optional<double> softcap_;  // scores soft-capped: the eager path, never a fused kernel
 };
 
 class Mlp : public torch::nn::Module {
@@ -83,19 +93,26 @@ class Mlp : public torch::nn::Module {
   Mlp(const ModelConfig& config, const std::string& prefix, const LinearFactory& make_linear);
   at::Tensor forward(const at::Tensor& x);  // [..., H] -> [..., H]
 
-  std::shared_ptr<LinearSlot> gate_proj, up_proj, down_proj;
+  // gate_proj and up_proj, or (phi3) gate_up_proj alone: output rows [gate; up], [2 I, H].
+  std::shared_ptr<LinearSlot> gate_proj, up_proj, gate_up_proj, down_proj;
+
+ private:
+  int64_t intermediate_;
+  bool gelu_tanh_;  // gelu_pytorch_tanh instead of silu
 };
 
 class DecoderLayer : public torch::nn::Module {
  public:
   DecoderLayer(const ModelConfig& config, const at::TensorOptions& options,
-               const std::string& prefix, const LinearFactory& make_linear);
+               const std::string& prefix, const LinearFactory& make_linear, int64_t layer = 0);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values);
 
   std::shared_ptr<Attention> self_attn;
   std::shared_ptr<Mlp> mlp;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+  // gemma2: post_attention_layernorm normalises the attention output, and these two wrap the MLP.
+  std::shared_ptr<RMSNorm> pre_feedforward_layernorm, post_feedforward_layernorm;
 };
 
 // "model": embeddings, decoder layers and the final norm.
@@ -135,7 +152,8 @@ class CausalLM : public torch::nn::Module {
            const LinearFactory& make_linear = {},
            EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice);
 
-  // Returns logits [B, T, V] (or [B, 1, V] with last_token_only) in the model's dtype.
+  // Returns logits [B, T, V] (or [B, 1, V] with last_token_only) in the model's dtype, soft-capped
+  // when the config has final_logit_softcapping (lm_head alone does not apply it).
   at::Tensor forward(const ForwardInputs& inputs);
   // Hidden states after the final norm: [B, T, H].
   at::Tensor hidden_states(const ForwardInputs& inputs);
@@ -143,6 +161,9 @@ class CausalLM : public torch::nn::Module {
   // cached ones), its tensors on the model's device.
   AttentionLayout attention_layout(const ForwardInputs& inputs, int64_t batch, int64_t length,
                                    int64_t past) const;
+  // The same with an explicit window for the mask (layers that do not slide get std::nullopt).
+  AttentionLayout attention_layout(const ForwardInputs& inputs, int64_t batch, int64_t length,
+                                   int64_t past, std::optional<int64_t> window) const;
 
   // In training mode with grad enabled (and no KV cache), each decoder layer keeps only its input
   // and is recomputed in the backward pass (models/layer_checkpoint.h).

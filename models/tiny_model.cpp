@@ -83,7 +83,11 @@ at::Tensor init_tensor(at::CPUGeneratorImpl* gen, const TensorSpec& spec,
   if (spec.name == "model.embed_tokens.weight") {
     return bell_tensor(gen, spec.shape, 2.0 / std::sqrt(double(config.hidden_size)));
   }
-  if (ends_with(spec.name, "norm.weight")) return bell_tensor(gen, spec.shape, 0.1).add_(1.0);
+  if (ends_with(spec.name, "norm.weight")) {
+    // Gemma's norms scale by (1 + w): weights around 0 give the same scales as 1 + w elsewhere.
+    at::Tensor w = bell_tensor(gen, spec.shape, 0.1);
+    return config.gemma_style() ? w : w.add_(1.0);
+  }
   if (ends_with(spec.name, ".bias")) return bell_tensor(gen, spec.shape, 0.05);
   if (spec.shape.size() == 2) {
     return bell_tensor(gen, spec.shape, 1.0 / std::sqrt(double(spec.shape[1])));
@@ -171,7 +175,8 @@ void move_into_place(const fs::path& staging, const fs::path& target) {
 }  // namespace
 
 const std::vector<std::string>& tiny_model_archs() {
-  static const std::vector<std::string> kArchs = {"llama", "mistral", "qwen2", "qwen3"};
+  static const std::vector<std::string> kArchs = {"llama", "mistral", "qwen2",
+                                                  "qwen3", "gemma2",  "phi3"};
   return kArchs;
 }
 
@@ -202,6 +207,7 @@ ModelConfig tiny_model_config(const std::string& arch, const std::string& preset
         {.field = "preset"});
   }
   const bool qwen = arch == "qwen2" || arch == "qwen3";
+  const bool gemma = arch == "gemma2";
   ModelConfig c;
   c.model_type = arch;
   c.vocab_size = p->vocab_size;
@@ -213,12 +219,24 @@ ModelConfig tiny_model_config(const std::string& arch, const std::string& preset
   c.head_dim = p->hidden_size / p->num_attention_heads;
   // Qwen3 decouples head_dim from hidden/heads (Qwen3-0.6B: 1024 hidden, 16 heads of 128).
   if (arch == "qwen3") c.head_dim *= 2;
-  c.rms_norm_eps = qwen ? 1e-6 : 1e-5;
+  c.rms_norm_eps = qwen || gemma ? 1e-6 : 1e-5;
   c.rope_theta = qwen ? 1e6 : 1e4;
   c.max_position_embeddings = 2048;
-  c.tie_word_embeddings = qwen;
+  c.tie_word_embeddings = qwen || gemma;
   c.qk_norm = arch == "qwen3";
   if (arch == "mistral") c.sliding_window = 64;
+  if (gemma) {
+    // Gemma 2 2B's shape of features: GeGLU, both soft caps, a window on even layers. The
+    // attention scale is head_dim^-0.5 as in every Gemma 2 but 27B (and as llama.cpp computes it).
+    c.hidden_act = "gelu_pytorch_tanh";
+    c.query_pre_attn_scalar = static_cast<double>(c.head_dim);
+    c.attn_logit_softcapping = 50.0;
+    c.final_logit_softcapping = 30.0;
+    c.sliding_window = 16;
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      c.layer_types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");
+    }
+  }
   c.bos_token_id = 1;
   c.eos_token_ids = {2};
   return c;
@@ -235,7 +253,15 @@ ModelConfig tiny_model_config(const TinyModelOptions& o) {
   if (o.vocab_size) c.vocab_size = *o.vocab_size;
   if (o.hidden_size) c.hidden_size = *o.hidden_size;
   if (o.intermediate_size) c.intermediate_size = *o.intermediate_size;
-  if (o.num_hidden_layers) c.num_hidden_layers = *o.num_hidden_layers;
+  if (o.num_hidden_layers) {
+    c.num_hidden_layers = *o.num_hidden_layers;
+    if (!c.layer_types.empty()) {  // gemma2: the alternation continues over the new depth
+      c.layer_types.clear();
+      for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        c.layer_types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");
+      }
+    }
+  }
   if (o.num_attention_heads) c.num_attention_heads = *o.num_attention_heads;
   if (o.num_key_value_heads) c.num_key_value_heads = *o.num_key_value_heads;
   if (o.head_dim) {
@@ -243,8 +269,12 @@ ModelConfig tiny_model_config(const TinyModelOptions& o) {
   } else if (o.hidden_size || o.num_attention_heads) {
     c.head_dim = c.hidden_size / c.num_attention_heads * (o.arch == "qwen3" ? 2 : 1);
   }
+  if (c.query_pre_attn_scalar) c.query_pre_attn_scalar = static_cast<double>(c.head_dim);
   if (o.tie_word_embeddings) c.tie_word_embeddings = *o.tie_word_embeddings;
   if (o.attention_bias) c.attention_bias = *o.attention_bias;
+  if (c.attention_bias && c.fused_projections()) {
+    throw_error(ErrorKind::kConfig, "phi3 has no attention biases", {.field = "attention_bias"});
+  }
   c.validate("tiny model options");
   return c;
 }

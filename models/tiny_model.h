@@ -14,13 +14,15 @@
 namespace qtrain {
 
 // The architectures and presets tiny_model_config accepts.
-const std::vector<std::string>& tiny_model_archs();    // llama, mistral, qwen2, qwen3
+// llama, mistral, qwen2, qwen3, gemma2, phi3
+const std::vector<std::string>& tiny_model_archs();
 const std::vector<std::string>& tiny_model_presets();  // micro, tiny, small, 100m
 
 // The config of a preset: GQA everywhere; qwen3 with head_dim = 2 * hidden/heads; qwen2/qwen3 tie
 // their embeddings, llama/mistral do not; mistral has a 64-token sliding window so that longer
-// test sequences exercise it. vocab_size is the tokenizer's target size. Throws Error(kConfig)
-// naming the unknown arch or preset.
+// test sequences exercise it; gemma2 ties its embeddings, soft-caps attention (50) and logits (30)
+// and slides a 16-token window on even layers; phi3 fuses qkv and gate_up. vocab_size is the
+// tokenizer's target size. Throws Error(kConfig) naming the unknown arch or preset.
 ModelConfig tiny_model_config(const std::string& arch, const std::string& preset);
 
 struct TinyModelOptions {
