@@ -64,7 +64,7 @@ TEST(TinyModelConfig, PresetsAreValidGqaModels) {
       EXPECT_EQ(c.model_type, arch);
       EXPECT_LT(c.num_key_value_heads, c.num_attention_heads);
       const bool qwen = arch == "qwen2" || arch == "qwen3";
-      EXPECT_EQ(c.tie_word_embeddings, qwen);
+      EXPECT_EQ(c.tie_word_embeddings, qwen || arch == "gemma2");
       EXPECT_EQ(c.rope_theta, qwen ? 1e6 : 1e4);
       EXPECT_EQ(c.has_qkv_bias(), arch == "qwen2");
       EXPECT_EQ(c.qk_norm, arch == "qwen3");
@@ -377,7 +377,8 @@ TEST(TinyModelInterop, TransformersLoadsEveryArch) {
   const auto results = nlohmann::json::parse(output.substr(output.find("[{")));
   ASSERT_EQ(results.size(), dirs.size());
   const std::vector<std::string> classes = {"LlamaForCausalLM", "MistralForCausalLM",
-                                            "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
+                                            "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                            "Gemma2ForCausalLM", "Phi3ForCausalLM"};
   for (size_t i = 0; i < dirs.size(); ++i) {
     const auto& result = results[i];
     SCOPED_TRACE(dirs[i]);
