@@ -4,6 +4,8 @@
 //    to the flat buffer;
 //  - each rank keeps half the (padded) bytes; forward and input gradient equal the unsharded
 //    slot's exactly, whole or in row slices; one gather per pass, shard bytes received each;
+//  - measured by the CPU allocator: a rank holds its shard and nothing more once the whole weight
+//    is dropped;
 //  - the gather chain learns the forward order in the first pass; from the second on, a
 //    projection's forward starts the next one's gather, which that one then uses;
 //  - qmem's per-rank figures (trainer/shard_memory.h): the whole and shard bytes bound what real
@@ -14,6 +16,7 @@
 #include "models/quantized_linear_slot.h"
 #include "models/sharded_linear_slot.h"
 #include "tests/support/test_support.h"
+#include "trainer/cpu_allocation_counter.h"
 #include "trainer/distributed/process_group.h"
 #include "trainer/dry_run.h"
 #include "trainer/memory_plan.h"
@@ -130,6 +133,38 @@ TEST(ShardedQuantizedSlot, EqualsTheUnshardedSlotOnTwoRanks) {
       EXPECT_EQ(failures[0], "") << quant_type_name(config.type) << " slice " << slice;
       EXPECT_EQ(failures[1], "") << quant_type_name(config.type) << " slice " << slice;
     }
+  }
+}
+
+// Rank `rank` of `world` that never communicates (construction alone needs no collective).
+class SilentComm : public ShardComm {
+ public:
+  SilentComm(int rank, int world) : rank_(rank), world_(world) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  std::function<void()> all_gather(at::Tensor&, at::Tensor&) override {
+    throw std::logic_error("no collective expected");
+  }
+
+ private:
+  int rank_, world_;
+};
+
+TEST(ShardedQuantizedSlot, TheAllocatorSeesOnlyTheShardOnceTheWholeIsDropped) {
+  const at::Tensor dense = formula({256, 128}, 0.9);
+  const QuantConfig config{.type = QuantType::kNF4, .blocksize = 64, .double_quant = true};
+  for (int world : {2, 4}) {
+    CpuAllocationCounter counter;
+    auto whole = std::make_unique<QuantizedLinearSlot>(quantize(dense, config), at::Tensor());
+    const int64_t whole_bytes = counter.current();
+    EXPECT_GE(whole_bytes, whole->weight().nbytes() - 4);  // nbytes() counts the float offset
+    auto sharded = std::make_unique<ShardedQuantizedSlot>(
+        *whole, std::make_shared<SilentComm>(world - 1, world), std::make_shared<ShardTraffic>());
+    whole.reset();
+    EXPECT_EQ(counter.current(), sharded->layout().shard_bytes()) << world;
+    EXPECT_LE(counter.current() * world, whole_bytes + 16 * 6 + world) << world;
+    sharded.reset();
+    EXPECT_EQ(counter.current(), 0);
   }
 }
 
