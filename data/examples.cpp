@@ -118,7 +118,9 @@ Example tokenize_turns(const std::vector<PromptParts>& turns, const Tokenizer& t
   auto text = [&](const std::string& value, bool loss) {
     if (!value.empty()) pieces.push_back({value, -1, loss});
   };
-  if (options.add_bos) special(tokenizer.bos_id(), false);
+  // A template that renders the BOS itself (data.template auto) places it; never twice.
+  const bool template_opens_with_bos = !turns.empty() && turns.front().bos_before_prompt;
+  if (options.add_bos && !template_opens_with_bos) special(tokenizer.bos_id(), false);
   for (const auto& turn : turns) {
     if (turn.bos_before_prompt) special(tokenizer.bos_id(), options.train_on_inputs);
     text(turn.prompt, options.train_on_inputs);

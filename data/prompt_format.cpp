@@ -1,8 +1,10 @@
 #include "data/prompt_format.h"
 
 #include "core/error.h"
+#include "data/chat_template_jinja.h"
 
 #include <algorithm>
+#include <mutex>
 
 namespace qtrain {
 
@@ -235,11 +237,46 @@ std::vector<PromptParts> format_inst_chat(const FieldReader& reader,
   return turns;
 }
 
+const char* const kJinjaPrefix = "jinja:";
+
+// Templates compiled once per tokenizer_config.json, shared by every record (and thread).
+std::shared_ptr<const JinjaChatTemplate> jinja_template(const std::string& name) {
+  static std::mutex mutex;
+  static std::map<std::string, std::shared_ptr<const JinjaChatTemplate>> cache;
+  const std::string path = name.substr(std::string(kJinjaPrefix).size());
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto& entry = cache[path];
+  if (!entry) entry = JinjaChatTemplate::from_tokenizer_config(path);
+  return entry;
+}
+
+std::vector<PromptParts> format_jinja_chat(const FieldReader& reader,
+                                           const std::vector<Message>& messages,
+                                           const std::string& name) {
+  const auto chat = jinja_template(name);
+  std::vector<ChatMessage> plain;
+  for (const Message& message : messages) plain.push_back({message.role, message.content});
+  try {
+    return chat_turns_of(chat->render_for_training(plain), chat->special_token("bos_token"),
+                         chat->special_token("eos_token"));
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kFormat) throw;
+    reader.fail(e.message(), reader.name(reader.find("messages") || !reader.find("conversations")
+                                             ? "messages"
+                                             : "conversations"));
+  }
+}
+
 std::vector<PromptParts> format_chat(const FieldReader& reader, const std::string& name) {
   const std::vector<Message> messages = read_messages(reader);
-  const ChatTemplate* chat = find_chat_template(name);
-  std::vector<PromptParts> turns =
-      chat ? format_header_chat(reader, messages, *chat) : format_inst_chat(reader, messages, name);
+  std::vector<PromptParts> turns;
+  if (is_jinja_chat_template(name)) {
+    turns = format_jinja_chat(reader, messages, name);
+  } else if (const ChatTemplate* chat = find_chat_template(name)) {
+    turns = format_header_chat(reader, messages, *chat);
+  } else {
+    turns = format_inst_chat(reader, messages, name);
+  }
   if (turns.empty()) {
     reader.fail(
         "conversation has no assistant message",
@@ -291,7 +328,28 @@ void check_prompt_format(const std::string& format, const FieldMap& fields,
                                           "' to rename; its fields: " + join(canonical));
     }
   }
-  if (format == "chat") find_chat_template(chat_template);
+  if (format == "chat" && is_jinja_chat_template(chat_template)) {
+    jinja_template(chat_template);  // parse errors now, not at the first record
+  } else if (format == "chat") {
+    find_chat_template(chat_template);
+  }
+}
+
+bool is_jinja_chat_template(const std::string& name) {
+  return name.rfind(kJinjaPrefix, 0) == 0;
+}
+
+std::string model_chat_template_name(const std::string& jinja, const std::string& source) {
+  if (jinja_engine_available()) return kJinjaPrefix + source;
+  try {
+    return recognize_chat_template(jinja, source);
+  } catch (const Error& e) {
+    throw Error(e.kind(),
+                e.message() +
+                    " (this qtrain was built without the Jinja engine that renders any "
+                    "template: scripts/fetch_jinja.sh, then reconfigure)",
+                e.context());
+  }
 }
 
 std::string recognize_chat_template(const std::string& jinja, const std::string& source) {

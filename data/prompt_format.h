@@ -17,6 +17,9 @@
 //               its content and footer. Roles: system, user, assistant (ShareGPT's human / gpt
 //               mean user / assistant); llama2 and mistral need user and assistant to alternate.
 //               Messages after the last assistant message are dropped (nothing to learn).
+//               A template name "jinja:<tokenizer_config.json path>" renders that model's own
+//               Jinja chat_template instead (data/chat_template_jinja.h): the turns are its
+//               assistant spans, and the roles go to the template as they are canonicalised.
 #pragma once
 
 #include "data/records.h"
@@ -46,6 +49,10 @@ const std::vector<std::string>& chat_templates();  // chatml, llama3, llama2, mi
 // markers only that template uses; Error(kUnsupported) naming `source` when it is none of them
 // (qtrain never renders a template it cannot reproduce exactly).
 std::string recognize_chat_template(const std::string& jinja, const std::string& source);
+// data.template auto: "jinja:" + `source` (the model's own template, rendered) when qtrain has the
+// Jinja engine, else recognize_chat_template(jinja, source).
+std::string model_chat_template_name(const std::string& jinja, const std::string& source);
+bool is_jinja_chat_template(const std::string& name);  // starts with "jinja:"
 // The canonical field names of a format (what FieldMap keys may be).
 const std::vector<std::string>& prompt_format_fields(const std::string& format);
 

@@ -7,6 +7,8 @@
 #     sanitizer and libFuzzer runtimes (the instrumented test build; llvm for llvm-symbolizer).
 #   - A virtual environment (outside the source tree) with PyPI's torch 2.11.0 wheel, whose
 #     LibTorch qtrain links, plus the pinned reference packages the interop tests compare with.
+#   - llama.cpp's Jinja engine and its real chat templates (scripts/fetch_jinja.sh, cached under
+#     ~/.cache/qtrain; not committed): data.template auto renders a model's own chat_template.
 # QTRAIN_VENV overrides the venv location (default ~/.cache/qtrain/venv).
 set -euo pipefail
 
@@ -41,4 +43,5 @@ if ! cmp -s "$here/requirements-test.txt" "$stamp"; then
   "$venv/bin/python3" -m pip install -q --no-cache-dir --disable-pip-version-check -r "$here/requirements-test.txt"
   cp "$here/requirements-test.txt" "$stamp"
 fi
-echo "setup: ok (venv $venv)"
+jinja_dir="$(QTRAIN_VENV="$venv" bash "$here/fetch_jinja.sh")"
+echo "setup: ok (venv $venv, Jinja engine $jinja_dir)"
