@@ -108,7 +108,14 @@ GptqExportReport write_gptq_int4(const MergedWeights& weights, const std::string
     const GptqFit rounded = gptq_round_zeros(w.base.unpacked_codes(), w.base.scales, w.base.zeros,
                                              w.delta, &report.fit);
     report.fit.sum_sq_update += w.delta.square().sum().item<double>();
-    const GptqFit fit = fit_gptq_groups(merged, w.merged_original(), g, rounded, &report.fit);
+    // The search holds 17 candidates per group: on a GPU when there is one.
+    const c10::Device device =
+        at::hasCUDA() && at::getNumGPUs() > 0 ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+    const GptqFit on_device = {rounded.codes.to(device), rounded.zeros.to(device),
+                               rounded.scales.to(device)};
+    const GptqFit fitted = fit_gptq_groups(merged.to(device), w.merged_original().to(device), g,
+                                           on_device, &report.fit);
+    const GptqFit fit = {fitted.codes.cpu(), fitted.zeros.cpu(), fitted.scales.cpu()};
     ++report.projections;
     cached = pack_gptq_projection(fit.codes, fit.zeros, fit.scales, g);
     cached_name = name;

@@ -23,24 +23,24 @@ at::Tensor candidate_scales(const at::Tensor& t, const at::Tensor& s) {
   const at::Tensor above = std::get<0>(t.max(-1)).clamp_min(0.0);  // [N]
   const at::Tensor below = std::get<0>(t.min(-1)).neg().clamp_min(0.0);
   // With integer zero z' the 16 codes cover [-z' s', (15 - z') s']: the least s' for each z'.
-  const at::Tensor z = at::arange(1, 16, at::kFloat);  // [15]
+  const at::Tensor z = at::arange(1, 16, t.options());  // [15]
   const at::Tensor needed =
-      at::maximum(above.unsqueeze(-1) / (kMaxCode - z), below.unsqueeze(-1) / z);  // [N, 15]
-  const at::Tensor tight = std::get<0>(needed.min(-1));                            // [N]
-  const at::Tensor around_tight = 1.0 + at::arange(-2, 13, at::kFloat) / 24.0;     // 15
-  const at::Tensor around_trained = 1.0 + at::arange(-8, 9, at::kFloat) / 128.0;   // 17
+      at::maximum(above.unsqueeze(-1) / (kMaxCode - z), below.unsqueeze(-1) / z);     // [N, 15]
+  const at::Tensor tight = std::get<0>(needed.min(-1));                               // [N]
+  const at::Tensor around_tight = 1.0 + at::arange(-2, 13, 2, t.options()) / 24.0;    // 8
+  const at::Tensor around_trained = 1.0 + at::arange(-8, 9, 2, t.options()) / 128.0;  // 9
   return fp16_scale(at::cat({s.unsqueeze(-1) * around_trained, tight.unsqueeze(-1) * around_tight},
                             /*dim=*/-1));
 }
 
-// The ranking key of moving each code one step up (or down: `sign` -1): the squared error the
-// move adds, in 1/16 of a step, then how far the value lies below (above) the tie-break target;
-// +inf where the code cannot move. e, e2, q [..., g]; s [..., 1].
+// The order in which codes move one step in direction `dir` (+1 up, -1 down; [..., 1]): by the
+// squared error the move adds, in 1/16 of a step, then by how far the value lies below (above)
+// the tie-break target; codes that cannot move last. e, e2, q [..., g]; s [..., 1].
 at::Tensor move_key(const at::Tensor& e, const at::Tensor& e2, const at::Tensor& q,
-                    const at::Tensor& s, double sign) {
-  const at::Tensor added = (e * sign / s * 16).floor();
-  const at::Tensor toward = (e2 * sign / s).clamp(-1, 1);
-  const at::Tensor blocked = sign > 0 ? q >= kMaxCode : q <= 0;
+                    const at::Tensor& s, const at::Tensor& dir) {
+  const at::Tensor added = (e * dir / s * 16).floor();
+  const at::Tensor toward = (e2 * dir / s).clamp(-1, 1);
+  const at::Tensor blocked = at::where(dir > 0, q >= kMaxCode, q <= 0);
   return at::where(blocked, std::numeric_limits<float>::infinity(), added * 4 + toward);
 }
 
@@ -80,7 +80,7 @@ GptqFit fit_gptq_groups(const at::Tensor& merged, const at::Tensor& tie_break, i
   at::Tensor codes = q0.clone();
   at::Tensor zeros = z0.clone();
   at::Tensor scales = s0.clone();
-  at::Tensor chose_fit = at::zeros({n}, at::kBool);
+  at::Tensor chose_fit = at::zeros({n}, t.options().dtype(at::kBool));
   const int64_t chunk = std::max<int64_t>(1, kSearchValues / (c * group_size));
   for (int64_t begin = 0; begin < n; begin += chunk) {
     const int64_t len = std::min(chunk, n - begin);
@@ -101,12 +101,11 @@ GptqFit fit_gptq_groups(const at::Tensor& merged, const at::Tensor& tie_break, i
     const at::Tensor e = sc * (q - z) - tc;
     const at::Tensor e2 = sc * (q - z) - t2c;
     const at::Tensor k = (e.sum(-1, /*keepdim=*/true).neg() / sc).round();  // [len, C, 1]
-    const at::Tensor up_rank =
-        move_key(e, e2, q, sc, 1.0).argsort(/*stable=*/true, -1).argsort(/*stable=*/true, -1);
-    const at::Tensor down_rank =
-        move_key(e, e2, q, sc, -1.0).argsort(/*stable=*/true, -1).argsort(/*stable=*/true, -1);
-    q = q + (up_rank < k).logical_and(q < kMaxCode).to(at::kFloat) -
-        (down_rank < k.neg()).logical_and(q > 0).to(at::kFloat);
+    const at::Tensor dir = at::where(k < 0, -1.0f, 1.0f);
+    const at::Tensor order = move_key(e, e2, q, sc, dir).argsort(/*stable=*/true, -1);
+    const at::Tensor moved = at::zeros_like(q).scatter_(
+        -1, order, (at::arange(group_size, q.options()) < k.abs()).to(q.scalar_type()));
+    q = (q + dir * moved).clamp(0, kMaxCode);
     const at::Tensor cost = fit_cost(sc * (q - z) - tc);  // [len, C]
     const auto [best_cost, best] = cost.min(-1);          // [len]
     const at::Tensor rounded_cost =
