@@ -22,34 +22,6 @@ namespace qtrain {
 
 namespace {
 
-// What a {% generation %} / {% endgeneration %} tag renders as once rewritten (see
-// mark_generation_tags); conversations that contain these texts are refused.
-const char* const kGenerationBegin = "<|qtrain:generation|>";
-const char* const kGenerationEnd = "<|qtrain:endgeneration|>";
-
-const std::regex& generation_tag() {
-  static const std::regex tag(R"(\{%([-+]?)\s*(end)?generation\s*([-+]?)%\})");
-  return tag;
-}
-
-// transformers renders {% generation %} tags as nothing and records where their text went;
-// llama.cpp's engine drops them. An if-block that prints a marker keeps the tag's whitespace
-// control: "{%- generation %}" still trims before it, trim_blocks still eats the newline after it.
-std::string mark_generation_tags(const std::string& source) {
-  std::string out;
-  auto last = source.cbegin();
-  for (std::sregex_iterator it(source.begin(), source.end(), generation_tag()), end; it != end;
-       ++it) {
-    const std::smatch& m = *it;
-    out.append(last, m[0].first);
-    const std::string marker = m[2].matched ? kGenerationEnd : kGenerationBegin;
-    out += "{%" + m[1].str() + " if true %}{{ '" + marker + "' }}{% endif " + m[3].str() + "%}";
-    last = m[0].second;
-  }
-  out.append(last, source.cend());
-  return out;
-}
-
 std::string token_text(const nlohmann::json& value) {
   if (value.is_string()) return value.get<std::string>();
   if (value.is_object() && value.contains("content") && value["content"].is_string()) {
@@ -79,6 +51,34 @@ bool jinja_engine_available() {
 }
 
 namespace {
+
+// What a {% generation %} / {% endgeneration %} tag renders as once rewritten (see
+// mark_generation_tags); conversations that contain these texts are refused.
+const char* const kGenerationBegin = "<|qtrain:generation|>";
+const char* const kGenerationEnd = "<|qtrain:endgeneration|>";
+
+const std::regex& generation_tag() {
+  static const std::regex tag(R"(\{%([-+]?)\s*(end)?generation\s*([-+]?)%\})");
+  return tag;
+}
+
+// transformers renders {% generation %} tags as nothing and records where their text went;
+// llama.cpp's engine drops them. An if-block that prints a marker keeps the tag's whitespace
+// control: "{%- generation %}" still trims before it, trim_blocks still eats the newline after it.
+std::string mark_generation_tags(const std::string& source) {
+  std::string out;
+  auto last = source.cbegin();
+  for (std::sregex_iterator it(source.begin(), source.end(), generation_tag()), end; it != end;
+       ++it) {
+    const std::smatch& m = *it;
+    out.append(last, m[0].first);
+    const std::string marker = m[2].matched ? kGenerationEnd : kGenerationBegin;
+    out += "{%" + m[1].str() + " if true %}{{ '" + marker + "' }}{% endif " + m[3].str() + "%}";
+    last = m[0].second;
+  }
+  out.append(last, source.cend());
+  return out;
+}
 
 struct CompiledTemplate {
   std::string source;

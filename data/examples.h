@@ -3,6 +3,7 @@
 // The rendered text is tokenized as a whole between the special ids a template places (BOS,
 // llama2's per-exchange <s> and </s>), as a served model sees it; each token takes the loss flag
 // of the prompt or response it starts in: [BOS] prompt1 response1 prompt2 response2 ... [EOS].
+// A template that renders the BOS itself (the first turn's bos_before_prompt) places the only one.
 // labels[i] = ids[i] where the loss applies (responses, EOS; prompts too with train_on_inputs),
 // -100 elsewhere (BOS, prompts). The first token never carries loss: nothing in the sample
 // predicts it, and in a packed row the previous sample must not. The causal shift (logits at i
