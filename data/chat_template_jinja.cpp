@@ -217,7 +217,13 @@ RenderedChat JinjaChatTemplate::render_for_training(
                       "{% generation %} tags, or a named data.template, avoids this",
                   {.file = impl_->origin, .field = "chat_template"});
     }
-    if (turn.size() > prompt.size()) out.assistant_spans.emplace_back(prompt.size(), turn.size());
+    if (turn.size() == prompt.size()) {
+      throw_error(ErrorKind::kUnsupported,
+                  "the chat_template renders assistant message " + std::to_string(i) +
+                      " as nothing, so there is no turn to learn",
+                  {.file = impl_->origin, .field = "chat_template"});
+    }
+    out.assistant_spans.emplace_back(prompt.size(), turn.size());
   }
   return out;
 }

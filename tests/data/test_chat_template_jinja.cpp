@@ -339,6 +339,15 @@ TEST(JinjaChatTemplate, ConstructsTheEngineCannotRunAreRefusedByName) {
   };
   EXPECT_NE(error_of("{% include 'header.jinja' %}").find("include"), std::string::npos);
   EXPECT_NE(error_of("{{ messages | frobnicate }}").find("frobnicate"), std::string::npos);
+  // Jinja2 prints a list as its Python repr; this engine prints nothing, so no turn is found.
+  try {
+    const JinjaChatTemplate chat("{{ messages }}", {}, "m");
+    chat.render_for_training({{"user", "hi"}, {"assistant", "yo"}});
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("as nothing"), std::string::npos) << e.what();
+  }
 }
 
 TEST(JinjaChatTemplate, GenerationTagsKeepTheirWhitespaceControl) {
