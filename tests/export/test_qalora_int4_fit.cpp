@@ -10,6 +10,7 @@
 #include "quant/int4_group.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -152,6 +153,31 @@ TEST(GptqFit, PackedFilesDequantizeToTheFitBitForBit) {
   const GptqFit fit = fit_gptq_groups(w.merged(), w.merged_original(), g, rounded);
   const GptqProjection p = pack_gptq_projection(fit.codes, fit.zeros, fit.scales, g);
   EXPECT_TRUE(at::equal(dequantize_gptq_projection(p), gptq_fit_dequantize(fit, g)));
+}
+
+// The export runs the search on a GPU when there is one: the same choices up to the order of
+// float32 sums (a near tie may go the other way), so the same cost per group to 1e-5.
+TEST(GptqFit, CudaSearchCostsWhatTheCpuSearchCosts) {
+  if (!at::hasCUDA() || at::getNumGPUs() == 0) GTEST_SKIP() << "no CUDA GPU";
+  const int64_t g = 32;
+  const QaLoraInt4Weight w = synthetic(64, 512, g, 1.0, 21);
+  const at::Tensor merged = w.merged();
+  const GptqFit rounded =
+      gptq_round_zeros(w.base.unpacked_codes(), w.base.scales, w.base.zeros, w.delta);
+  const GptqFit cpu = fit_gptq_groups(merged, w.merged_original(), g, rounded);
+  const c10::Device cuda(c10::kCUDA);
+  const GptqFit on_gpu =
+      fit_gptq_groups(merged.to(cuda), w.merged_original().to(cuda), g,
+                      {rounded.codes.to(cuda), rounded.zeros.to(cuda), rounded.scales.to(cuda)});
+  const GptqFit gpu = {on_gpu.codes.cpu(), on_gpu.zeros.cpu(), on_gpu.scales.cpu()};
+  expect_valid(gpu);
+  const at::Tensor c_cpu = cost(cpu, merged, g), c_gpu = cost(gpu, merged, g);
+  EXPECT_TRUE((c_gpu <= c_cpu * (1 + 1e-5) + 1e-12).all().item<bool>());
+  EXPECT_TRUE((c_cpu <= c_gpu * (1 + 1e-5) + 1e-12).all().item<bool>());
+  std::printf("CUDA fit: %lld of %lld groups chose the same codes as the CPU fit\n",
+              static_cast<long long>(
+                  at::eq(gpu.codes, cpu.codes).view({-1, g}).all(-1).sum().item<int64_t>()),
+              static_cast<long long>(64 * 512 / g));
 }
 
 TEST(QaLoraQ4_1, HoldsTheMergeToFp16RoundingForGroupsOf32To128) {
