@@ -18,20 +18,35 @@
 namespace qtrain {
 namespace {
 
-// HF tensor name -> GGUF name (formats.md §7.3); "" for a name with no GGUF counterpart.
-std::string gguf_tensor_name(const std::string& hf) {
+// HF tensor name -> GGUF name (formats.md §7.3, gguf-py's tensor_mapping for gemma2 and phi3);
+// "" for a name with no GGUF counterpart.
+std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config) {
   static const std::map<std::string, std::string> kTop = {
       {"model.embed_tokens.weight", "token_embd.weight"},
       {"model.norm.weight", "output_norm.weight"},
       {"lm_head.weight", "output.weight"},
   };
   static const std::map<std::string, std::string> kLayer = {
-      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
-      {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"input_layernorm", "attn_norm"},
+      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},
+      {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},
+      {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
+      // phi3: llama.cpp splits the fused projections itself (attn_qkv; ffn_up holds [gate; up]).
+      {"self_attn.qkv_proj", "attn_qkv"},
+      {"mlp.gate_up_proj", "ffn_up"},
+  };
+  // gemma2: post_attention_layernorm follows the attention; the MLP has its own pre/post norms.
+  static const std::map<std::string, std::string> kGemmaNorms = {
+      {"post_attention_layernorm", "post_attention_norm"},
+      {"pre_feedforward_layernorm", "ffn_norm"},
+      {"post_feedforward_layernorm", "post_ffw_norm"},
   };
   if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
   const std::string prefix = "model.layers.";
@@ -42,6 +57,11 @@ std::string gguf_tensor_name(const std::string& hf) {
   const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
   const std::string module = hf.substr(dot + 1, last - dot - 1);
   const std::string suffix = hf.substr(last);  // ".weight" / ".bias"
+  if (config.gemma_style()) {
+    if (auto norm = kGemmaNorms.find(module); norm != kGemmaNorms.end()) {
+      return "blk." + layer + "." + norm->second + suffix;
+    }
+  }
   auto it = kLayer.find(module);
   if (it == kLayer.end()) return "";
   return "blk." + layer + "." + it->second + suffix;
@@ -114,6 +134,37 @@ void add_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& 
   w.add_u32("general.file_type", file_type);
   w.add_u32(arch + ".vocab_size", to_u32(c.vocab_size, "vocab_size"));
   w.add_u32(arch + ".rope.dimension_count", to_u32(c.head_dim, "head_dim"));
+  if (c.gemma_style()) {
+    w.add_f32(arch + ".attn_logit_softcapping", static_cast<float>(*c.attn_logit_softcapping));
+    w.add_f32(arch + ".final_logit_softcapping", static_cast<float>(*c.final_logit_softcapping));
+  }
+  if (c.sliding_window && arch != "llama") {
+    w.add_u32(arch + ".attention.sliding_window", to_u32(*c.sliding_window, "sliding_window"));
+  }
+}
+
+// What llama.cpp's gemma2 graph cannot express: it always soft-caps, slides the window on even
+// layers, and scales attention by head_dim^-0.5 (hidden/heads for the 27B shape).
+void check_gemma2_exportable(const ModelConfig& c, const std::string& config_path) {
+  auto refuse = [&](const char* field, const std::string& why) {
+    throw_error(ErrorKind::kUnsupported, "GGUF export of gemma2: " + why,
+                {.file = config_path, .field = field});
+  };
+  if (!c.attn_logit_softcapping) refuse("attn_logit_softcapping", "llama.cpp always applies it");
+  if (!c.final_logit_softcapping) {
+    refuse("final_logit_softcapping", "llama.cpp always applies it");
+  }
+  if (!c.sliding_window) refuse("sliding_window", "llama.cpp needs the window");
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (c.layer_slides(i) != (i % 2 == 0)) {
+      refuse("layer_types", "llama.cpp slides the window on even layers only");
+    }
+  }
+  const double scalar = c.query_pre_attn_scalar.value_or(static_cast<double>(c.head_dim));
+  if (scalar != static_cast<double>(c.head_dim) &&
+      scalar != static_cast<double>(c.hidden_size / c.num_attention_heads)) {
+    refuse("query_pre_attn_scalar", "llama.cpp scales by head_dim or hidden_size / heads");
+  }
 }
 
 std::string directory_name(std::string dir) {
@@ -126,7 +177,10 @@ std::string directory_name(std::string dir) {
 
 std::string gguf_architecture(const std::string& model_type) {
   if (model_type == "llama" || model_type == "mistral") return "llama";
-  if (model_type == "qwen2" || model_type == "qwen3") return model_type;
+  if (model_type == "qwen2" || model_type == "qwen3" || model_type == "gemma2" ||
+      model_type == "phi3") {
+    return model_type;
+  }
   throw_error(ErrorKind::kUnsupported, "no GGUF architecture for model_type '" + model_type + "'",
               {.field = "model_type"});
 }
@@ -167,7 +221,8 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
     throw_error(ErrorKind::kUnsupported, "llama3 rope scaling is only exported for llama models",
                 {.file = config_path, .field = "rope_scaling"});
   }
-  if (config.sliding_window) {
+  if (config.gemma_style()) check_gemma2_exportable(config, config_path);
+  if (config.sliding_window && arch == "llama") {
     log::warn("GGUF export: llama.cpp's llama architecture ignores sliding_window (",
               *config.sliding_window, "); it attends to the whole context");
   }
@@ -200,7 +255,7 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
                       c10::str(at::IntArrayRef(spec.shape)),
                   {.file = reader.file_of(spec.name), .tensor = spec.name});
     }
-    const std::string name = gguf_tensor_name(spec.name);
+    const std::string name = gguf_tensor_name(spec.name, config);
     if (name.empty()) {
       throw_error(ErrorKind::kInternal, "no GGUF name", {.tensor = spec.name});
     }
@@ -226,10 +281,14 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
       continue;
     }
     const GgmlType type = choice ? choice->type : gguf_tensor_type(options.outtype, mix);
-    w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads] {
+    // Gemma's norms scale by (1 + w); llama.cpp multiplies by the stored weight, so the converter
+    // stores 1 + w (in float32: a bfloat16 1 + w would round w away).
+    const bool unit_offset = config.gemma_style() && ends_with(spec.name, "norm.weight");
+    w.add_tensor(name, spec.shape, type, [&reader, hf_name = spec.name, heads, unit_offset] {
       // Copied out of the mapping and its pages dropped, so resident memory stays near one tensor.
       at::Tensor t = heads > 0 ? permute_qk_for_gguf(reader.tensor(hf_name), heads)
                                : reader.tensor(hf_name).clone();
+      if (unit_offset) t = t.to(at::kFloat) + 1.0;
       reader.evict(hf_name);
       return t;
     });
