@@ -11,7 +11,7 @@
 
 namespace qtrain {
 
-std::string model_chat_template(const std::string& model_dir) {
+std::string model_chat_template(const std::string& model_dir, bool render_jinja) {
   const std::string path = model_dir + "/tokenizer_config.json";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -25,6 +25,13 @@ std::string model_chat_template(const std::string& model_dir) {
                 "no chat_template string (data.template auto needs one; name the template "
                 "instead)",
                 {.file = path, .field = "chat_template"});
+  }
+  if (render_jinja) {
+    const std::string name = model_chat_template_name(it->get<std::string>(), path);
+    if (is_jinja_chat_template(name)) {
+      log::info("data.template auto: rendering the model's own chat_template from ", path);
+      return name;
+    }
   }
   const std::string name = recognize_chat_template(it->get<std::string>(), path);
   log::info("data.template auto: the model's chat template is ", name);
@@ -41,8 +48,9 @@ ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokeniz
   options.add_bos = tokenizer.add_bos_default();
   options.add_eos = d.add_eos;
   if (d.format == "chat") {
-    options.chat_template =
-        d.template_name == "auto" ? model_chat_template(model_dir) : d.template_name;
+    options.chat_template = d.template_name == "auto"
+                                ? model_chat_template(model_dir, /*render_jinja=*/true)
+                                : d.template_name;
   }
   options.skip_bad_lines = d.skip_bad_lines;
   options.max_record_bytes = d.max_record_bytes;

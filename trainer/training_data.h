@@ -24,10 +24,13 @@ struct TrainingData {
 ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokenizer,
                                   const std::string& model_dir);
 
-// The known chat template (data/prompt_format.h) the model's own chat_template is. Error(kIo) or
-// Error(kFormat) naming tokenizer_config.json when it is missing, malformed or has no template;
-// Error(kUnsupported) for a template qtrain cannot reproduce.
-std::string model_chat_template(const std::string& model_dir);
+// The chat template data.template auto means for `model_dir`: with `render_jinja` and the Jinja
+// engine built in (data/chat_template_jinja.h), "jinja:<tokenizer_config.json>", the model's own
+// template rendered as transformers renders it; otherwise the known template (data/
+// prompt_format.h) it is. Error(kIo) or Error(kFormat) naming tokenizer_config.json when it is
+// missing, malformed or has no template; Error(kUnsupported) for a template qtrain cannot
+// reproduce. qgen builds prompts from the known shapes and passes render_jinja = false.
+std::string model_chat_template(const std::string& model_dir, bool render_jinja = false);
 
 // Tokenizes data.path (and data.eval_path, or holds out data.eval_fraction of data.path, by
 // training.seed), with the tokenizer of `model_dir`. Errors name the data file and line.
