@@ -102,10 +102,51 @@ at::Tensor cross_entropy_of_logits(at::Tensor out, const at::Tensor& targets, bo
   return total;
 }
 
+// As cross_entropy_of_logits, of the soft-capped logits z = cap * tanh(out / cap) (cap > 0),
+// computed in float32 kFloatBlockRows rows at a time. With `gradient`, out is overwritten with
+// d loss / d out = (softmax(z) - onehot) * (1 - tanh(out / cap)^2): tanh's derivative needs the
+// block's tanh kept beside its softmax, one float32 [min(C, 128), V] block more than the uncapped
+// path (two blocks when out is not float32: the working copy and the tanh).
+at::Tensor capped_cross_entropy_of_logits(at::Tensor out, const at::Tensor& targets, bool gradient,
+                                          double cap) {
+  const bool in_place = out.scalar_type() == at::kFloat;
+  if (!gradient && in_place) {
+    out.div_(cap).tanh_().mul_(cap);
+    return cross_entropy_in_place(out, targets, /*gradient=*/false).sum();
+  }
+  at::Tensor total = at::zeros({}, out.options().dtype(at::kFloat));
+  const int64_t rows = out.size(0);
+  for (int64_t start = 0; start < rows; start += kFloatBlockRows) {
+    const int64_t r = std::min(kFloatBlockRows, rows - start);
+    at::Tensor block = out.narrow(0, start, r);
+    const at::Tensor block_targets = targets.narrow(0, start, r);
+    if (!gradient) {
+      at::Tensor work = block.to(at::kFloat);
+      work.div_(cap).tanh_().mul_(cap);
+      total.add_(cross_entropy_in_place(work, block_targets, /*gradient=*/false).sum());
+      continue;
+    }
+    at::Tensor squashed = at::div(block.to(at::kFloat), cap).tanh_();  // [r, V] tanh(out / cap)
+    at::Tensor work = in_place ? block.copy_(squashed).mul_(cap) : squashed * cap;  // z [r, V]
+    total.add_(cross_entropy_in_place(work, block_targets, /*gradient=*/true).sum());
+    work.mul_(squashed.square_().neg_().add_(1.0));
+    if (!in_place) block.copy_(work);
+  }
+  return total;
+}
+
+// The uncapped or soft-capped (cap > 0) cross-entropy of lm_head's output.
+at::Tensor head_output_cross_entropy(at::Tensor out, const at::Tensor& targets, bool gradient,
+                                     double cap) {
+  return cap > 0 ? capped_cross_entropy_of_logits(std::move(out), targets, gradient, cap)
+                 : cross_entropy_of_logits(std::move(out), targets, gradient);
+}
+
 // h [C, H], targets [C] -> scalar float32: the summed cross-entropy of lm_head(h), forward only.
 // Only this chunk's logits exist, in the model's dtype (and one float32 block of them).
-at::Tensor chunk_loss(LinearSlot& lm_head, const at::Tensor& h, const at::Tensor& targets) {
-  return cross_entropy_of_logits(lm_head.forward(h).detach(), targets, /*gradient=*/false);
+at::Tensor chunk_loss(LinearSlot& lm_head, const at::Tensor& h, const at::Tensor& targets,
+                      double cap) {
+  return head_output_cross_entropy(lm_head.forward(h).detach(), targets, /*gradient=*/false, cap);
 }
 
 int64_t chunk_size(int64_t chunk_tokens, int64_t n) {
@@ -114,13 +155,13 @@ int64_t chunk_size(int64_t chunk_tokens, int64_t n) {
 
 // rows [N, H], targets [N] -> scalar float32 on rows' device, chunk by chunk, forward only.
 at::Tensor forward_chunks(LinearSlot& lm_head, const at::Tensor& rows, const at::Tensor& targets,
-                          int64_t chunk_tokens) {
+                          int64_t chunk_tokens, double cap) {
   at::Tensor total = at::zeros({}, rows.options().dtype(at::kFloat));
   const int64_t n = rows.size(0);
   const int64_t chunk = chunk_size(chunk_tokens, n);
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t c = std::min(chunk, n - start);
-    total.add_(chunk_loss(lm_head, rows.narrow(0, start, c), targets.narrow(0, start, c)));
+    total.add_(chunk_loss(lm_head, rows.narrow(0, start, c), targets.narrow(0, start, c), cap));
   }
   return total;
 }
@@ -128,6 +169,7 @@ at::Tensor forward_chunks(LinearSlot& lm_head, const at::Tensor& rows, const at:
 struct LossCall : torch::CustomClassHolder {
   LinearSlot* lm_head = nullptr;
   int64_t chunk_tokens = 0;
+  double softcap = 0;  // final logit soft cap; 0: none
   bool rows_need_grad = false;
   std::vector<at::Tensor> params;  // lm_head's parameters that require grad
 };
@@ -147,7 +189,8 @@ struct ChunkResult {
 // [C, V] memory: the output, plus one float32 block when it is not float32, plus whatever
 // lm_head's own backward allocates (a LoRA's scaled copy of the gradient).
 ChunkResult chunk_loss_and_grads(LinearSlot& lm_head, const at::Tensor& h,
-                                 const at::Tensor& targets, const std::vector<at::Tensor>& params) {
+                                 const at::Tensor& targets, const std::vector<at::Tensor>& params,
+                                 double cap) {
   ChunkResult result;
   at::Tensor out;
   {
@@ -155,7 +198,7 @@ ChunkResult chunk_loss_and_grads(LinearSlot& lm_head, const at::Tensor& h,
     out = lm_head.forward(h);  // [C, V]
   }
   at::Tensor grad_out = out.detach();
-  result.loss = cross_entropy_of_logits(grad_out, targets, /*gradient=*/true);
+  result.loss = head_output_cross_entropy(grad_out, targets, /*gradient=*/true, cap);
   torch::autograd::variable_list inputs;
   if (h.requires_grad()) inputs.push_back(h);
   inputs.insert(inputs.end(), params.begin(), params.end());
@@ -187,8 +230,8 @@ class ChunkedLinearCrossEntropy : public torch::autograd::Function<ChunkedLinear
     for (int64_t start = 0; start < n; start += chunk) {
       const int64_t c = std::min(chunk, n - start);
       const at::Tensor h = rows.narrow(0, start, c).detach().requires_grad_(call->rows_need_grad);
-      ChunkResult r =
-          chunk_loss_and_grads(*call->lm_head, h, targets.narrow(0, start, c), call->params);
+      ChunkResult r = chunk_loss_and_grads(*call->lm_head, h, targets.narrow(0, start, c),
+                                           call->params, call->softcap);
       total.add_(r.loss);
       if (call->rows_need_grad) grad_rows.narrow(0, start, c).copy_(r.grad_h);
       for (size_t p = 0; p < num_params; ++p) {
@@ -255,7 +298,8 @@ void check_inputs(const at::Tensor& hidden, const LinearSlot& lm_head, const at:
 }  // namespace
 
 at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_head,
-                                      const at::Tensor& labels, int64_t chunk_tokens) {
+                                      const at::Tensor& labels, int64_t chunk_tokens,
+                                      double final_logit_softcap) {
   check_inputs(hidden, lm_head, labels);
   const LossPositions where = loss_positions(labels, lm_head.out_features(), hidden.device());
   // index_select is an autograd op: the gathered rows' gradient scatters back into hidden.
@@ -268,11 +312,12 @@ at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_h
     }
   }
   if (!at::GradMode::is_enabled() || (!rows.requires_grad() && params.empty())) {
-    return forward_chunks(lm_head, rows, where.targets, chunk_tokens);
+    return forward_chunks(lm_head, rows, where.targets, chunk_tokens, final_logit_softcap);
   }
   auto call = c10::make_intrusive<LossCall>();
   call->lm_head = &lm_head;
   call->chunk_tokens = chunk_tokens;
+  call->softcap = final_logit_softcap;
   call->rows_need_grad = rows.requires_grad();
   call->params = params;
   return ChunkedLinearCrossEntropy::apply(rows, where.targets, call, at::TensorList(params));

@@ -21,6 +21,11 @@
 // 2 bytes plus the block), in training and evaluation alike. lm_head's own temporaries come on
 // top: none for a dense or quantized head; a LoRA on lm_head holds up to three [C, V] tensors of
 // its forward at once and one more in backward (its scaled copy of the gradient).
+// Soft-capped logits (Gemma 2's final_logit_softcapping c > 0: z = c * tanh(logits / c), the
+// cross-entropy taken of z, the gradient (softmax(z) - onehot) * (1 - tanh(logits / c)^2)) add one
+// float32 block in training: min(C, 128) * V * 4 bytes more (float32 logits then need
+// C * V * 4 + min(C, 128) * V * 4, other dtypes C * V * s + 2 * min(C, 128) * V * 4); forward
+// only (evaluation) adds nothing. Without a cap the arithmetic is unchanged, bit for bit.
 // The float32 arithmetic is the full path's formula, rounded differently (exp(x - max) / sum
 // rather than exp of the log-probabilities): float32 agrees to float32 rounding, not bit for bit.
 //
@@ -41,9 +46,12 @@ class LinearSlot;
 // the model's output projection (any LinearSlot: dense, tied, quantized, adapter-wrapped),
 // labels [B, T] int64 on the HOST with kIgnoreLabel (data/examples.h) where no loss applies.
 // chunk_tokens: loss tokens per chunk, 0 = one chunk of all of them.
+// final_logit_softcap: the model config's final_logit_softcapping (CausalLM::forward applies it
+// after lm_head), 0 (or below) = none; with c > 0 each logit l becomes c * tanh(l / c) in float32.
 // -> scalar float32 on hidden's device: the sum over b, t < T-1 with labels[b, t+1] !=
-// kIgnoreLabel of cross_entropy(lm_head(hidden[b, t]), labels[b, t+1]), each chunk's logits in
-// float32 (causal_lm_loss_sum(lm_head(hidden), labels) without its [B, T, V] tensors).
+// kIgnoreLabel of cross_entropy(softcap(lm_head(hidden[b, t])), labels[b, t+1]), each chunk's
+// logits in float32 (causal_lm_loss_sum(CausalLM::forward logits, labels) without its [B, T, V]
+// tensors).
 // Reads the labels on the host: no device synchronisation (index and target copies go through
 // pinned memory on CUDA). With no loss token it returns a zero that still back-propagates (zero
 // gradients reach hidden and lm_head, as with the full path). Under NoGradGuard, or when neither
@@ -51,6 +59,7 @@ class LinearSlot;
 // Throws Error(kInternal) for mismatched shapes, device labels or a label outside [0, V): caller
 // bugs (labels come from the tokenizer, which TRN-04 keeps within the vocabulary).
 at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_head,
-                                      const at::Tensor& labels, int64_t chunk_tokens);
+                                      const at::Tensor& labels, int64_t chunk_tokens,
+                                      double final_logit_softcap = 0);
 
 }  // namespace qtrain

@@ -40,7 +40,8 @@ EvalResult evaluate(CausalLM& model, const std::vector<Example>& examples, int64
     ++mine;
     const at::Tensor hidden = model.hidden_states(
         {.input_ids = batch.input_ids.to(device), .position_ids = batch.position_ids.to(device)});
-    loss_sum += chunked_causal_lm_loss_sum(hidden, *model.lm_head, batch.labels, loss_chunk_tokens)
+    loss_sum += chunked_causal_lm_loss_sum(hidden, *model.lm_head, batch.labels, loss_chunk_tokens,
+                                           model.config().final_logit_softcapping.value_or(0.0))
                     .item<double>();
     result.tokens += count_loss_tokens(batch.labels);
   }

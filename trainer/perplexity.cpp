@@ -45,7 +45,8 @@ PerplexityResult sliding_window_perplexity(CausalLM& model, const std::vector<in
     at::Tensor labels = window.clone();
     labels.slice(1, 0, first - begin).fill_(kIgnoreLabel);
     const at::Tensor hidden = model.hidden_states({.input_ids = window.to(device)});
-    nll += chunked_causal_lm_loss_sum(hidden, *model.lm_head, labels, options.loss_chunk_tokens)
+    nll += chunked_causal_lm_loss_sum(hidden, *model.lm_head, labels, options.loss_chunk_tokens,
+                                      model.config().final_logit_softcapping.value_or(0.0))
                .item<double>();
     result.scored_tokens += end - first;
     scored_until = end;

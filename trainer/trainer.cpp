@@ -421,7 +421,8 @@ at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
   }
   const at::Tensor hidden = m_.model->hidden_states(inputs);
   return chunked_causal_lm_loss_sum(hidden, *m_.model->lm_head, batch.labels,
-                                    recipe_.training.loss_chunk_tokens);
+                                    recipe_.training.loss_chunk_tokens,
+                                    m_.model->config().final_logit_softcapping.value_or(0.0));
 }
 
 void TrainingRun::warn_all_masked_micro_batch(int64_t step, size_t k, const StepBatches& batches) {

@@ -2,18 +2,21 @@
 // the same loss and the same gradients for hidden and for a LoRA on lm_head, whatever the chunk
 // size; float64 against a float64 cross-entropy; all-masked labels; bfloat16; an NF4 head; a head
 // whose backward reads its output; eval without grad; dropout drawn once; a second backward and
-// create_graph; evaluate() on a model.
+// create_graph; evaluate() on a model; Gemma 2's final logit soft cap (loss, gradients, evaluate()
+// and sliding_window_perplexity() against CausalLM::forward's capped logits).
 #include "trainer/chunked_loss.h"
 
 #include "core/error.h"
 #include "data/examples.h"
 #include "models/llama.h"
 #include "models/quantized_linear_slot.h"
+#include "models/tiny_model.h"
 #include "peft/lora_linear.h"
 #include "quant/quantized_tensor.h"
 #include "tests/models/random_model.h"
 #include "trainer/causal_lm_loss.h"
 #include "trainer/evaluate.h"
+#include "trainer/perplexity.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -67,12 +70,18 @@ struct LossAndGrads {
   at::Tensor loss, hidden, lora_A, lora_B;  // float64 copies
 };
 
+// The full path's logits, soft-capped as CausalLM::forward does when cap > 0.
+at::Tensor capped(const at::Tensor& logits, double cap) {
+  return cap > 0 ? at::tanh(logits / cap) * cap : logits;
+}
+
+// cap: the final logit soft cap, 0 = none.
 LossAndGrads run(const at::Tensor& hidden, LoraLinear& head, const at::Tensor& labels,
-                 int64_t chunk_tokens, bool chunked) {
+                 int64_t chunk_tokens, bool chunked, double cap = 0) {
   if (hidden.grad().defined()) hidden.mutable_grad().zero_();
   head.zero_grad();
-  at::Tensor loss = chunked ? chunked_causal_lm_loss_sum(hidden, head, labels, chunk_tokens)
-                            : causal_lm_loss_sum(head.forward(hidden), labels);
+  at::Tensor loss = chunked ? chunked_causal_lm_loss_sum(hidden, head, labels, chunk_tokens, cap)
+                            : causal_lm_loss_sum(capped(head.forward(hidden), cap), labels);
   EXPECT_EQ(loss.scalar_type(), at::kFloat);
   EXPECT_EQ(loss.dim(), 0);
   loss.backward();
@@ -379,6 +388,110 @@ TEST(ChunkedLoss, EvaluateEqualsTheFullPathLoss) {
   EXPECT_EQ(got.tokens, want_tokens);
   EXPECT_NEAR(got.loss_sum, want_sum, 1e-5 * want_sum);
   EXPECT_TRUE(model->is_training());
+}
+
+// Soft-capped logits (cap 1.5, well inside the logits' range, so tanh's derivative matters):
+// float32 within 1e-6 of cross_entropy(c * tanh(lm_head(hidden) / c)) for every chunk size, one
+// token per chunk held to 1e-5 as in the uncapped test; 2 x 100 positions put more than one
+// 128-row block of the capped gradient in a chunk. The cap changes the loss by far more.
+TEST(ChunkedLoss, SoftCappedEqualsTheCappedFullPathForEveryChunkSize) {
+  constexpr double kCap = 1.5;
+  auto head = lora_head(at::kFloat);
+  for (int64_t length : {kLength, int64_t{101}}) {
+    SCOPED_TRACE("length " + std::to_string(length));
+    const at::Tensor labels = random_labels(40, length);
+    const at::Tensor hidden = random_hidden(at::kFloat, 41, length);
+    const int64_t n = count_loss_tokens(labels);
+    const LossAndGrads full = run(hidden, *head, labels, 0, false, kCap);
+    const LossAndGrads uncapped = run(hidden, *head, labels, 0, false);
+    EXPECT_GT(relative(uncapped.loss, full.loss), 1e-2);
+    EXPECT_GT(relative(uncapped.hidden, full.hidden), 1e-2);
+    for (int64_t chunk : {int64_t{7}, n, int64_t{0}, 10 * n}) {
+      SCOPED_TRACE("chunk_tokens " + std::to_string(chunk));
+      expect_close(run(hidden, *head, labels, chunk, true, kCap), full, 1e-6, 1e-6);
+    }
+    if (length == kLength) {
+      SCOPED_TRACE("chunk_tokens 1");
+      expect_close(run(hidden, *head, labels, 1, true, kCap), full, 1e-6, 1e-5);
+    }
+  }
+}
+
+// bfloat16 logits take the capped path through a float32 working copy: the same bf16 precision as
+// the uncapped bfloat16 test. Eval without grad (forward only) agrees to float32 rounding.
+TEST(ChunkedLoss, SoftCappedBFloat16AndEval) {
+  constexpr double kCap = 1.5;
+  {
+    auto head = lora_head(at::kBFloat16);
+    const at::Tensor labels = random_labels(42);
+    const at::Tensor hidden = random_hidden(at::kBFloat16, 43);
+    const LossAndGrads full = run(hidden, *head, labels, 0, false, kCap);
+    expect_close(run(hidden, *head, labels, 7, true, kCap), full, 1e-3, 2e-2);
+  }
+  auto head = lora_head(at::kFloat);
+  head->eval();
+  const at::Tensor labels = random_labels(44);
+  const at::Tensor hidden = at::randn({kBatch, kLength, kHidden}, seeded(45));
+  torch::NoGradGuard no_grad;
+  const at::Tensor full = causal_lm_loss_sum(capped(head->forward(hidden), kCap), labels);
+  for (int64_t chunk : {int64_t{16}, int64_t{0}}) {
+    const at::Tensor chunked = chunked_causal_lm_loss_sum(hidden, *head, labels, chunk, kCap);
+    EXPECT_LE(relative(chunked.to(at::kDouble), full.to(at::kDouble)), 1e-6);
+  }
+}
+
+// A Gemma 2 model (final_logit_softcapping 3, tied embeddings): evaluate() and
+// sliding_window_perplexity() (chunked, soft cap from the config) equal the loss of
+// CausalLM::forward's own soft-capped logits; the cap matters for this model.
+TEST(ChunkedLoss, Gemma2EvaluateAndPerplexityEqualForwardLogits) {
+  ModelConfig config = tiny_model_config("gemma2", "micro");
+  config.vocab_size = 97;
+  config.final_logit_softcapping = 3.0;
+  auto model = testing::random_model(config, 6, at::kFloat);
+  std::vector<Example> examples;
+  for (int64_t i = 0; i < 3; ++i) {
+    Example e;
+    for (int64_t k = 0; k < 9 + 3 * i; ++k) e.ids.push_back(3 + (k * 7 + i) % 90);
+    e.labels = e.ids;
+    e.labels[0] = e.labels[1] = kIgnoreLabel;
+    examples.push_back(e);
+  }
+  double want_sum = 0, uncapped_sum = 0;
+  int64_t want_tokens = 0;
+  {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    for (const Example& e : examples) {
+      const ForwardInputs inputs{.input_ids = at::tensor(e.ids, at::kLong).unsqueeze(0)};
+      const at::Tensor labels = at::tensor(e.labels, at::kLong).unsqueeze(0);
+      want_sum += causal_lm_loss_sum(model->forward(inputs), labels).item<double>();
+      uncapped_sum +=
+          causal_lm_loss_sum(model->lm_head->forward(model->hidden_states(inputs)), labels)
+              .item<double>();
+      want_tokens += count_loss_tokens(labels);
+    }
+  }
+  EXPECT_GT(std::abs(uncapped_sum - want_sum), 1e-2 * want_sum);
+  const EvalResult got = evaluate(*model, examples, 1, 32, 0, 0, 0, 1, /*loss_chunk_tokens=*/4);
+  EXPECT_EQ(got.tokens, want_tokens);
+  EXPECT_NEAR(got.loss_sum, want_sum, 1e-5 * want_sum);
+
+  // One window over the whole stream: every token after the first scored once.
+  const std::vector<int64_t>& stream = examples[2].ids;
+  const at::Tensor ids = at::tensor(stream, at::kLong).unsqueeze(0);
+  at::Tensor labels = ids.clone();
+  labels.select(1, 0).fill_(kIgnoreLabel);
+  double want_nll = 0;
+  {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    want_nll = causal_lm_loss_sum(model->forward({.input_ids = ids}), labels).item<double>();
+  }
+  const int64_t n = static_cast<int64_t>(stream.size());
+  const PerplexityResult ppl = sliding_window_perplexity(
+      *model, stream, {.max_len = n, .stride = n, .loss_chunk_tokens = 4}, at::kCPU);
+  EXPECT_EQ(ppl.scored_tokens, n - 1);
+  EXPECT_NEAR(ppl.mean_loss, want_nll / static_cast<double>(n - 1), 1e-5 * want_nll / (n - 1));
 }
 
 TEST(ChunkedLoss, CudaEqualsTheFullPath) {

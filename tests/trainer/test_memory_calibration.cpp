@@ -125,11 +125,13 @@ MemoryEstimate measure(const Recipe& recipe, int64_t steps) {
   const int64_t batch = recipe.training.micro_batch_size;
   const int64_t seq_len = recipe.data.max_seq_len;
   const int64_t chunk = recipe.training.loss_chunk_tokens;
+  const double softcap = model.model->config().final_logit_softcapping.value_or(0.0);
   const double loss_tokens = 2.0 * batch * (seq_len - 1);  // of a step: two micro-batches
   auto micro_batch = [&] {
     const PackedBatch b = packed_batch(batch, seq_len, vocab);
     const at::Tensor hidden = model.model->hidden_states(forward_inputs(b));
-    (chunked_causal_lm_loss_sum(hidden, *model.model->lm_head, b.labels, chunk) / loss_tokens)
+    (chunked_causal_lm_loss_sum(hidden, *model.model->lm_head, b.labels, chunk, softcap) /
+     loss_tokens)
         .backward();
     phase_peak();
   };
@@ -153,7 +155,7 @@ MemoryEstimate measure(const Recipe& recipe, int64_t steps) {
       const int64_t kept = counter.current() - before;
       counter.reset_peak();
       const at::Tensor sum =
-          chunked_causal_lm_loss_sum(hidden, *model.model->lm_head, b.labels, chunk);
+          chunked_causal_lm_loss_sum(hidden, *model.model->lm_head, b.labels, chunk, softcap);
       m.logits = phase_peak() - before - kept;
       counter.reset_peak();
       (sum / loss_tokens).backward();
