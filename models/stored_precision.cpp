@@ -5,9 +5,16 @@
 #include "formats/bnb/bnb_checkpoint.h"
 #include "quant/quantized_tensor.h"
 
+#include <filesystem>
+
 namespace qtrain {
 
 std::optional<std::string> stored_precision(const std::string& dir) {
+  // No readable config.json: not a 4-bit directory; the model loader reports what is wrong.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(std::filesystem::path(dir) / "config.json", ec)) {
+    return std::nullopt;
+  }
   const auto config = read_bnb_quantization_config(dir);
   if (!config) return std::nullopt;
   return quant_type_name(config->type);
