@@ -35,7 +35,7 @@ TEST(TrainNoSync, TheCounterSeesAnItemInsideTheScope) {
   (void)at::ones({}).item<float>();
   EXPECT_EQ(reads_in_scope, before);
   {
-    NoSyncScope scope(c10::Device(c10::kCPU));
+    NoSyncScope scope{c10::Device(c10::kCPU)};
     EXPECT_TRUE(NoSyncScope::active());
     (void)at::ones({2}).sum().item<float>();
   }
