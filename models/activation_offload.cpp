@@ -16,11 +16,13 @@
 namespace qtrain {
 namespace {
 
-int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
+int64_t bytes_of(const at::Tensor& t) {
+  return t.numel() * static_cast<int64_t>(t.element_size());
+}
 
 [[noreturn]] void fetch_twice(int64_t index) {
-  throw_error(ErrorKind::kInternal,
-              "layer " + std::to_string(index) + "'s offloaded input fetched twice or never stored");
+  throw_error(ErrorKind::kInternal, "layer " + std::to_string(index) +
+                                        "'s offloaded input fetched twice or never stored");
 }
 
 // The CPU stand-in: x is copied into memory of its own and the original dropped, as the CUDA
@@ -51,8 +53,8 @@ class HostCopyOffloader final : public ActivationOffloader {
 class CudaOffloader final : public ActivationOffloader {
  public:
   explicit CudaOffloader(const c10::Device& device)
-      : device_(device), side_(at::cuda::getStreamFromPool(/*isHighPriority=*/false,
-                                                           device.index())) {}
+      : device_(device),
+        side_(at::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index())) {}
 
   void offload(int64_t index, const at::Tensor& x) override {
     c10::cuda::CUDAGuard guard(device_);

@@ -69,8 +69,8 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
-    const at::Tensor x = call->offloader ? call->offloader->fetch(call->index)
-                                         : ctx->get_saved_variables()[0];
+    const at::Tensor x =
+        call->offloader ? call->offloader->fetch(call->index) : ctx->get_saved_variables()[0];
     // Replay the first pass's random numbers, then put the generators back where the rest of
     // the backward pass expects them.
     const RngSnapshot now = RngSnapshot::capture(x.device());

@@ -376,8 +376,8 @@ TEST(TinyModelInterop, TransformersLoadsEveryArch) {
   ASSERT_EQ(testing::run_reference_script("check_tiny_model_load.py", dirs, &output), 0) << output;
   const auto results = nlohmann::json::parse(output.substr(output.find("[{")));
   ASSERT_EQ(results.size(), dirs.size());
-  const std::vector<std::string> classes = {"LlamaForCausalLM", "MistralForCausalLM",
-                                            "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+  const std::vector<std::string> classes = {"LlamaForCausalLM",  "MistralForCausalLM",
+                                            "Qwen2ForCausalLM",  "Qwen3ForCausalLM",
                                             "Gemma2ForCausalLM", "Phi3ForCausalLM"};
   for (size_t i = 0; i < dirs.size(); ++i) {
     const auto& result = results[i];
