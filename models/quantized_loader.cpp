@@ -8,6 +8,7 @@
 #include "formats/safetensors/safetensors.h"
 #include "models/hf_loader.h"
 #include "models/quantized_linear_slot.h"
+#include "models/sharded_load.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -138,8 +139,8 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
   auto load_bias = [&](const std::string& name) {
     return read_projection_bias(checkpoint, dir, name, dense_options, consumed);
   };
-  auto prequantized_slot = [&](const std::string& name, int64_t in, int64_t out,
-                               bool bias) -> std::shared_ptr<LinearSlot> {
+  // A 4-bit weight as the file stores it.
+  auto read_prequantized = [&](const std::string& name, int64_t in, int64_t out) {
     QuantizedTensor weight = read_bnb_4bit_weight(checkpoint, name, options.device);
     if (weight.shape != std::vector<int64_t>{out, in}) {
       throw_error(ErrorKind::kShape,
@@ -150,34 +151,44 @@ std::shared_ptr<CausalLM> load_quantized_causal_lm(const std::string& dir,
     // Its block scales: a NaN or Inf there spreads over the whole block.
     require_finite_weight(weight.block_absmax(), checkpoint.file_of(name + ".weight"),
                           name + ".weight");
+    return weight;
+  };
+  // Reads (and quantizes) the weight of projection `name`, releasing the source pages.
+  auto produce = [&](const std::string& name, int64_t in, int64_t out) {
+    QuantizedTensor weight =
+        prequantized
+            ? read_prequantized(name, in, out)
+            : quantize(read_projection_weight(checkpoint, dir, name, in, out).to(options.device),
+                       options.quant);
+    if (!prequantized) checkpoint.evict(name + ".weight");
+    quantized_bytes += weight.nbytes();
+    return weight;
+  };
+  auto mark_consumed = [&](const std::string& name) {
     const std::string prefix = name + ".weight";
+    if (!prequantized) {
+      consumed.insert(prefix);
+      return;
+    }
     for (const auto& entry : checkpoint.names()) {
       if (entry.compare(0, prefix.size(), prefix) == 0) consumed.insert(entry);
     }
-    quantized_bytes += weight.nbytes();
-    return std::make_shared<QuantizedLinearSlot>(std::move(weight),
-                                                 bias ? load_bias(name) : at::Tensor());
   };
   LinearFactory make = [&](const std::string& name, int64_t in, int64_t out,
                            bool bias) -> std::shared_ptr<LinearSlot> {
-    if (prequantized) {
-      if (!bnb_modules.count(name))
-        return std::make_shared<DenseLinear>(in, out, bias, dense_options);
-      return prequantized_slot(name, in, out, bias);
+    const bool dense =
+        prequantized ? bnb_modules.count(name) == 0 : is_skipped_module(name, options.skip_modules);
+    if (dense) return std::make_shared<DenseLinear>(in, out, bias, dense_options);
+    mark_consumed(name);
+    at::Tensor b = bias ? load_bias(name) : at::Tensor();
+    if (options.sharded != nullptr && ShardedLoad::shards(name)) {
+      return options.sharded->defer(name, in, out, std::move(b),
+                                    [&produce, name, in, out] { return produce(name, in, out); });
     }
-    if (is_skipped_module(name, options.skip_modules)) {
-      return std::make_shared<DenseLinear>(in, out, bias, dense_options);
-    }
-    const std::string weight_name = name + ".weight";
-    QuantizedTensor weight = quantize(
-        read_projection_weight(checkpoint, dir, name, in, out).to(options.device), options.quant);
-    checkpoint.evict(weight_name);
-    consumed.insert(weight_name);
-    quantized_bytes += weight.nbytes();
-    return std::make_shared<QuantizedLinearSlot>(std::move(weight),
-                                                 bias ? load_bias(name) : at::Tensor());
+    return std::make_shared<QuantizedLinearSlot>(produce(name, in, out), std::move(b));
   };
   auto model = std::make_shared<CausalLM>(config, dense_options, make, options.embeddings);
+  if (options.sharded != nullptr) options.sharded->finish();
   load_hf_weights(*model, checkpoint, dir, consumed);
   log::info("loaded ", config.model_type, " from ", dir, ": ", consumed.size(), " tensors ",
             prequantized ? "pre-quantized (bitsandbytes layout)" : "quantized", " to ",

@@ -16,6 +16,8 @@
 
 namespace qtrain {
 
+class ShardedLoad;
+
 struct QuantizedLoadOptions {
   at::ScalarType dtype = at::kBFloat16;  // compute dtype: activations, embeddings, norms, biases
   c10::Device device = c10::kCPU;
@@ -26,6 +28,9 @@ struct QuantizedLoadOptions {
   std::vector<std::string> skip_modules = {"lm_head"};
   // kHost: the embedding table is read straight into host memory (model.embeddings_on_host).
   EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice;
+  // distributed.strategy shard: the decoder projections are read and quantized by their owning
+  // rank and arrive here as shards (models/sharded_load.h); null: every projection, whole.
+  ShardedLoad* sharded = nullptr;
 };
 
 // True when `module` (an HF module name) is named by `skip_modules`.

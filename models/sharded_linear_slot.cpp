@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 namespace qtrain {
@@ -167,18 +168,114 @@ QuantizedTensor FlatQuantizedLayout::unflatten(const at::Tensor& flat) const {
   return out;
 }
 
+namespace {
+constexpr int64_t kLayoutMagic = 0x71464c31;  // "qFL1"
+}  // namespace
+
+std::vector<int64_t> FlatQuantizedLayout::encode() const {
+  std::vector<int64_t> out = {kLayoutMagic,
+                              world_size_,
+                              used_,
+                              padded_,
+                              static_cast<int64_t>(meta_.type),
+                              static_cast<int64_t>(meta_.dtype),
+                              meta_.blocksize,
+                              static_cast<int64_t>(meta_.shape.size())};
+  out.insert(out.end(), meta_.shape.begin(), meta_.shape.end());
+  out.push_back(meta_.nested ? 1 : 0);
+  if (meta_.nested) {
+    uint32_t bits = 0;
+    std::memcpy(&bits, &meta_.nested->offset, sizeof bits);
+    out.push_back(meta_.nested->blocksize);
+    out.push_back(bits);
+  }
+  out.push_back(static_cast<int64_t>(pieces_.size()));
+  for (const Piece& piece : pieces_) {
+    out.push_back(piece.offset);
+    out.push_back(static_cast<int64_t>(piece.dtype));
+    out.push_back(static_cast<int64_t>(piece.sizes.size()));
+    out.insert(out.end(), piece.sizes.begin(), piece.sizes.end());
+  }
+  return out;
+}
+
+FlatQuantizedLayout FlatQuantizedLayout::decode(const std::vector<int64_t>& encoded) {
+  size_t at = 0;
+  auto next = [&](int64_t low, int64_t high) {
+    if (at >= encoded.size() || encoded[at] < low || encoded[at] > high) {
+      throw_error(ErrorKind::kInternal,
+                  "a shard layout received from another rank is malformed at integer " +
+                      std::to_string(at));
+    }
+    return encoded[at++];
+  };
+  constexpr int64_t kMax = int64_t{1} << 48;
+  auto dims = [&](std::vector<int64_t>& sizes) {
+    const int64_t n = next(0, 8);
+    for (int64_t i = 0; i < n; ++i) sizes.push_back(next(0, kMax));
+  };
+  FlatQuantizedLayout out;
+  next(kLayoutMagic, kLayoutMagic);
+  out.world_size_ = static_cast<int>(next(1, 1 << 20));
+  out.used_ = next(0, kMax);
+  out.padded_ = next(out.used_, kMax);
+  out.meta_.type = static_cast<QuantType>(next(0, 255));
+  out.meta_.dtype =
+      static_cast<at::ScalarType>(next(0, static_cast<int64_t>(at::ScalarType::NumOptions) - 1));
+  out.meta_.blocksize = next(1, kMax);
+  dims(out.meta_.shape);
+  if (next(0, 1) == 1) {
+    NestedAbsmax nested;
+    nested.blocksize = next(1, kMax);
+    const auto bits = static_cast<uint32_t>(next(0, UINT32_MAX));
+    std::memcpy(&nested.offset, &bits, sizeof bits);
+    out.meta_.nested = nested;
+  }
+  const int64_t pieces = next(0, 16);
+  for (int64_t i = 0; i < pieces; ++i) {
+    Piece piece;
+    piece.offset = next(-1, out.used_);
+    piece.dtype =
+        static_cast<at::ScalarType>(next(0, static_cast<int64_t>(at::ScalarType::NumOptions) - 1));
+    dims(piece.sizes);
+    out.pieces_.push_back(std::move(piece));
+  }
+  if (at != encoded.size() || out.pieces_.size() != storage_tensors(out.meta_).size()) {
+    throw_error(ErrorKind::kInternal, "a shard layout received from another rank is malformed");
+  }
+  return out;
+}
+
+ShardedQuantizedSlot::ShardedQuantizedSlot(int64_t in, int64_t out, at::Tensor bias,
+                                           std::shared_ptr<ShardComm> comm,
+                                           std::shared_ptr<ShardTraffic> traffic)
+    : comm_(std::move(comm)), traffic_(std::move(traffic)), in_(in), out_(out) {
+  if (!comm_ || !traffic_)
+    throw_error(ErrorKind::kInternal, "a sharded slot needs comm and traffic");
+  if (bias.defined()) bias_ = register_buffer("bias", bias);
+}
+
+void ShardedQuantizedSlot::adopt_shard(FlatQuantizedLayout layout, at::Tensor shard) {
+  if (state_) throw_error(ErrorKind::kInternal, "a sharded slot adopted a second shard");
+  if (layout.shape() != std::vector<int64_t>{out_, in_} || shard.numel() != layout.shard_bytes() ||
+      shard.scalar_type() != at::kByte) {
+    throw_error(ErrorKind::kInternal, "a shard does not fit its [" + std::to_string(out_) + ", " +
+                                          std::to_string(in_) + "] slot");
+  }
+  register_buffer("shard", shard);
+  state_ = std::make_shared<State>(std::move(layout), std::move(shard), comm_, traffic_);
+}
+
 ShardedQuantizedSlot::ShardedQuantizedSlot(const QuantizedLinearSlot& base,
                                            std::shared_ptr<ShardComm> comm,
                                            std::shared_ptr<ShardTraffic> traffic)
-    : in_(base.in_features()), out_(base.out_features()) {
-  if (!comm || !traffic) throw_error(ErrorKind::kInternal, "a sharded slot needs comm and traffic");
-  FlatQuantizedLayout layout(base.weight(), comm->world_size());
+    : ShardedQuantizedSlot(base.in_features(), base.out_features(), base.bias(), std::move(comm),
+                           std::move(traffic)) {
+  FlatQuantizedLayout layout(base.weight(), comm_->world_size());
   const int64_t bytes = layout.shard_bytes();
-  const at::Tensor shard =
-      layout.flatten(base.weight()).narrow(0, comm->rank() * bytes, bytes).clone();
-  state_ = std::make_shared<State>(std::move(layout), shard, std::move(comm), std::move(traffic));
-  register_buffer("shard", shard);  // where the weight lives, for whoever asks (adapters)
-  if (base.bias().defined()) bias_ = register_buffer("bias", base.bias());
+  at::Tensor shard = layout.flatten(base.weight()).narrow(0, comm_->rank() * bytes, bytes).clone();
+  // Where the weight lives, for whoever asks (adapters), is the "shard" buffer.
+  adopt_shard(std::move(layout), std::move(shard));
 }
 
 const at::Tensor& ShardedQuantizedSlot::shard() const {
@@ -228,6 +325,7 @@ QuantizedTensor ShardedQuantizedSlot::gather_weight() {
 
 at::Tensor ShardedQuantizedSlot::forward(const at::Tensor& x) {
   std::shared_ptr<State> state = state_;
+  if (!state) throw_error(ErrorKind::kInternal, "a sharded slot ran before its shard arrived");
   // The pass's gathered weight, held across the row slices of one pass and dropped after the
   // last; the backward pass finds it empty and gathers again.
   auto held = std::make_shared<std::shared_ptr<const GatheredWeight>>(state->acquire());

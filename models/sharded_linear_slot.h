@@ -37,6 +37,11 @@ class ShardComm {
   // collective; the returned function blocks until it is done. Every rank must start the same
   // gathers in the same order.
   virtual std::function<void()> all_gather(at::Tensor& output, at::Tensor& input) = 0;
+  // Rank `root`'s `tensor` into every rank's (same shape and dtype). Blocking.
+  virtual void broadcast(at::Tensor& tensor, int root) = 0;
+  // Rank `root`'s `input` [world_size * n], split in rank order, into each rank's `output` [n];
+  // `input` is read on the root only. Blocking.
+  virtual void scatter(at::Tensor& output, const at::Tensor& input, int root) = 0;
 };
 
 // What the sharded slots of one model moved and hold, shared by all of them (thread-safe).
@@ -66,12 +71,20 @@ class FlatQuantizedLayout {
   int64_t used_bytes() const { return used_; }      // before padding
   int64_t padded_bytes() const { return padded_; }  // a multiple of world_size
   int64_t shard_bytes() const { return padded_ / world_size_; }
+  const std::vector<int64_t>& shape() const { return meta_.shape; }  // the weight's
   // uint8 [padded_bytes] on the weight's device.
   at::Tensor flatten(const QuantizedTensor& weight) const;
   // `flat` uint8 [padded_bytes] -> the weight, its tensors views into `flat`.
   QuantizedTensor unflatten(const at::Tensor& flat) const;
 
+  // The layout as integers (no tensor data), for a rank that never saw the weight: decode(encode())
+  // is this layout. Error(kInternal) for integers that are no layout.
+  std::vector<int64_t> encode() const;
+  static FlatQuantizedLayout decode(const std::vector<int64_t>& encoded);
+
  private:
+  FlatQuantizedLayout() = default;
+
   struct Piece {
     int64_t offset = 0;
     std::vector<int64_t> sizes;
@@ -91,6 +104,14 @@ class ShardedQuantizedSlot : public LinearSlot {
   // its bias whole. Every rank must construct it from the same weight.
   ShardedQuantizedSlot(const QuantizedLinearSlot& base, std::shared_ptr<ShardComm> comm,
                        std::shared_ptr<ShardTraffic> traffic);
+  // A slot whose shard arrives later through adopt_shard() (a streamed load: the weight is
+  // quantized on one rank and scattered); `bias` [out] or undefined.
+  ShardedQuantizedSlot(int64_t in, int64_t out, at::Tensor bias, std::shared_ptr<ShardComm> comm,
+                       std::shared_ptr<ShardTraffic> traffic);
+  // `shard` uint8 [layout.shard_bytes()]: this rank's part of a weight laid out as `layout`,
+  // whose shape must be [out, in].
+  void adopt_shard(FlatQuantizedLayout layout, at::Tensor shard);
+  bool has_shard() const { return state_ != nullptr; }
 
   at::Tensor forward(const at::Tensor& x) override;  // [..., in] -> [..., out]
   int64_t in_features() const override { return in_; }
@@ -111,7 +132,9 @@ class ShardedQuantizedSlot : public LinearSlot {
   struct State;
 
  private:
-  std::shared_ptr<State> state_;
+  std::shared_ptr<State> state_;  // null until the shard is adopted
+  std::shared_ptr<ShardComm> comm_;
+  std::shared_ptr<ShardTraffic> traffic_;
   std::shared_ptr<GatherChain> chain_;
   int64_t prefetch_depth_ = 0;
   at::Tensor bias_;

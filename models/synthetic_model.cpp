@@ -9,6 +9,7 @@
 #include "models/quantized_linear_slot.h"
 #include "models/quantized_loader.h"
 #include "models/quantized_memory.h"
+#include "models/sharded_load.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -31,8 +32,11 @@ at::Tensor draw(const std::string& name, at::IntArrayRef shape, const at::Tensor
 
 int64_t synthetic_model_bytes(const ModelConfig& config, const SyntheticModelOptions& options) {
   if (options.quant) {
-    return quantized_model_bytes(config, *options.quant, options.skip_modules, options.dtype)
-        .total();
+    const ModelBytes bytes =
+        quantized_model_bytes(config, *options.quant, options.skip_modules, options.dtype);
+    // A sharded load keeps 1/N of the decoder projections (nearly all the quantized bytes).
+    const int64_t ranks = options.sharded != nullptr ? options.sharded->world_size() : 1;
+    return bytes.quantized / ranks + bytes.unquantized;
   }
   int64_t elements = 0;
   for (const TensorSpec& spec : hf_tensor_specs(config)) {
@@ -82,14 +86,21 @@ std::shared_ptr<CausalLM> make_synthetic_causal_lm(const ModelConfig& config,
     if (!options.quant || is_skipped_module(name, options.skip_modules)) {
       return std::make_shared<DenseLinear>(in, out, bias, dense);
     }
-    QuantizedTensor weight = quantize(
-        draw(name + ".weight", {out, in}, dense, options.seed, options.init_std), *options.quant);
-    quantized_bytes += weight.nbytes();
+    auto produce = [&, name, in, out] {
+      QuantizedTensor weight = quantize(
+          draw(name + ".weight", {out, in}, dense, options.seed, options.init_std), *options.quant);
+      quantized_bytes += weight.nbytes();
+      return weight;
+    };
     at::Tensor b =
         bias ? draw(name + ".bias", {out}, dense, options.seed, options.init_std) : at::Tensor();
-    return std::make_shared<QuantizedLinearSlot>(std::move(weight), b);
+    if (options.sharded != nullptr && ShardedLoad::shards(name)) {
+      return options.sharded->defer(name, in, out, std::move(b), produce);
+    }
+    return std::make_shared<QuantizedLinearSlot>(produce(), std::move(b));
   };
   auto model = std::make_shared<CausalLM>(config, dense, make, options.embeddings);
+  if (options.sharded != nullptr) options.sharded->finish();
   // What the factory left dense (embeddings, norms, skipped projections) is uninitialised.
   for (auto& item : model->named_parameters()) {
     const std::string& name = item.key();

@@ -18,6 +18,8 @@
 
 namespace qtrain {
 
+class ShardedLoad;
+
 struct SyntheticModelOptions {
   at::ScalarType dtype = at::kBFloat16;  // compute dtype: embeddings, norms, dense projections
   c10::Device device = c10::kCPU;
@@ -28,6 +30,9 @@ struct SyntheticModelOptions {
   // kHost: the embedding table is drawn in host memory (model.embeddings_on_host); its values then
   // come from the CPU generator, not the device's.
   EmbeddingPlacement embeddings = EmbeddingPlacement::kDevice;
+  // distributed.strategy shard: each decoder projection is drawn and quantized by its owning
+  // rank only and arrives as a shard (models/sharded_load.h).
+  ShardedLoad* sharded = nullptr;
 };
 
 // Error(kConfig) before anything is allocated when the model needs more than the device's total

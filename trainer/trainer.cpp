@@ -156,8 +156,10 @@ void TrainingRun::setup() {
   if (t.deterministic) use_deterministic_kernels();
   Recipe this_rank = recipe_;
   this_rank.model.device = dp_.device_for_rank(recipe_.model.device);
-  m_ = build_training_model(
-      this_rank, [&](CausalLM& base) { sharded_ = shard_base_if_asked(recipe_, dp_, base); });
+  sharded_ = sharded_base_if_asked(recipe_, dp_, resolve_device(this_rank.model.device));
+  m_ = build_training_model(this_rank, sharded_ ? &sharded_->load() : nullptr, [&](CausalLM& base) {
+    if (sharded_) sharded_->adopt(base, dp_);
+  });
   scaler_ = LossScaler(m_.model->options().dtype() == at::kHalf);
   // Same adapter initialisation everywhere (rank 0's is broadcast anyway), different dropout.
   if (dp_.rank() > 0) at::manual_seed(mix_seed(t.seed, static_cast<uint64_t>(dp_.rank())));

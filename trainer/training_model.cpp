@@ -33,7 +33,8 @@ EmbeddingPlacement embedding_placement(const Recipe& recipe) {
 }
 
 std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir,
-                                    const c10::Device& device, at::ScalarType dtype) {
+                                    const c10::Device& device, at::ScalarType dtype,
+                                    ShardedLoad* sharded) {
   const auto& q = recipe.quantization;
   const EmbeddingPlacement embeddings = embedding_placement(recipe);
   if (q.type == "none") {
@@ -54,11 +55,12 @@ std::shared_ptr<CausalLM> load_base(const Recipe& recipe, const std::string& dir
   options.quant.blocksize = q.blocksize;
   options.quant.double_quant = q.double_quant;
   options.skip_modules = q.skip_modules;
+  options.sharded = sharded;
   return load_quantized_causal_lm(dir, options);
 }
 
 std::shared_ptr<CausalLM> synthetic_base(const Recipe& recipe, const c10::Device& device,
-                                         at::ScalarType dtype) {
+                                         at::ScalarType dtype, ShardedLoad* sharded) {
   const auto& q = recipe.quantization;
   SyntheticModelOptions options;
   options.dtype = dtype;
@@ -66,6 +68,7 @@ std::shared_ptr<CausalLM> synthetic_base(const Recipe& recipe, const c10::Device
   options.seed = recipe.training.seed;
   options.skip_modules = q.skip_modules;
   options.embeddings = embedding_placement(recipe);
+  options.sharded = sharded;
   if (q.type != "none") {
     options.quant = QuantConfig{.type = quant_type_from_name(q.type),
                                 .blocksize = q.blocksize,
@@ -147,15 +150,16 @@ LoraConfig lora_config_of(const Recipe& recipe) {
   return config;
 }
 
-TrainingModel build_training_model(const Recipe& recipe,
+TrainingModel build_training_model(const Recipe& recipe, ShardedLoad* sharded,
                                    const std::function<void(CausalLM&)>& prepare_base) {
   TrainingModel out;
   out.device = resolve_device(recipe.model.device);
   out.dtype = resolve_dtype(recipe.model.dtype, "model.dtype");
   out.model_dir = resolve_model_dir(recipe.model.path);
   out.lora = lora_config_of(recipe);
-  out.model = recipe.model.synthetic ? synthetic_base(recipe, out.device, out.dtype)
-                                     : load_base(recipe, out.model_dir, out.device, out.dtype);
+  out.model = recipe.model.synthetic
+                  ? synthetic_base(recipe, out.device, out.dtype, sharded)
+                  : load_base(recipe, out.model_dir, out.device, out.dtype, sharded);
   if (prepare_base) prepare_base(*out.model);
   if (recipe.model.embeddings_on_host) {
     if (out.device.is_cpu()) {

@@ -16,6 +16,7 @@
 namespace qtrain {
 
 class CausalLM;
+class ShardedLoad;
 struct Recipe;
 
 struct TrainingModel {
@@ -37,9 +38,10 @@ at::ScalarType resolve_dtype(const std::string& name, const std::string& field);
 LoraConfig lora_config_of(const Recipe& recipe);
 
 // Loads the base and attaches fresh adapters (seeded by training.seed), or the adapter of
-// adapter.init_from. `prepare_base`, when given, runs on the loaded base before adapters wrap its
-// projections (the sharded base swaps them there).
-TrainingModel build_training_model(const Recipe& recipe,
+// adapter.init_from. With `sharded`, the decoder projections load through it (each rank reads and
+// quantizes its share; models/sharded_load.h). `prepare_base`, when given, runs on the loaded
+// base before adapters wrap its projections.
+TrainingModel build_training_model(const Recipe& recipe, ShardedLoad* sharded = nullptr,
                                    const std::function<void(CausalLM&)>& prepare_base = {});
 
 }  // namespace qtrain

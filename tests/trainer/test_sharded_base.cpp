@@ -16,8 +16,8 @@
 #include "models/quantized_linear_slot.h"
 #include "models/sharded_linear_slot.h"
 #include "tests/support/test_support.h"
+#include "tests/trainer/two_rank_gloo.h"
 #include "trainer/cpu_allocation_counter.h"
-#include "trainer/distributed/process_group.h"
 #include "trainer/dry_run.h"
 #include "trainer/memory_plan.h"
 #include "trainer/recipe/recipe.h"
@@ -45,35 +45,7 @@ std::vector<QuantConfig> configs() {
           {.type = QuantType::kInt8, .blocksize = 64, .double_quant = false}};
 }
 
-class ProcessGroupComm : public ShardComm {
- public:
-  explicit ProcessGroupComm(ProcessGroup& group) : group_(group) {}
-  int rank() const override { return group_.rank(); }
-  int world_size() const override { return group_.world_size(); }
-  std::function<void()> all_gather(at::Tensor& output, at::Tensor& input) override {
-    return group_.all_gather_async(output, input);
-  }
-
- private:
-  ProcessGroup& group_;
-};
-
-// Runs body(rank, comm) on two ranks (threads) of one Gloo group.
-void on_two_ranks(const std::function<void(int, std::shared_ptr<ShardComm>)>& body) {
-  const int port = testing::free_loopback_port();
-  auto rank_main = [&](int rank) {
-    LaunchEnv env;
-    env.rank = rank;
-    env.world_size = 2;
-    env.master_port = port;
-    auto group = ProcessGroup::connect(env, "gloo", std::chrono::seconds(30));
-    body(rank, std::make_shared<ProcessGroupComm>(*group));
-    group->barrier();
-  };
-  std::thread other(rank_main, 1);
-  rank_main(0);
-  other.join();
-}
+using testing::on_two_ranks;
 
 TEST(FlatQuantizedLayout, RoundTripsEveryKindAndItsShardsConcatenate) {
   for (const QuantConfig& config : configs()) {
@@ -143,6 +115,10 @@ class SilentComm : public ShardComm {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   std::function<void()> all_gather(at::Tensor&, at::Tensor&) override {
+    throw std::logic_error("no collective expected");
+  }
+  void broadcast(at::Tensor&, int) override { throw std::logic_error("no collective expected"); }
+  void scatter(at::Tensor&, const at::Tensor&, int) override {
     throw std::logic_error("no collective expected");
   }
 

@@ -64,24 +64,33 @@ double max_adapter_diff(const std::string& a_dir, const std::string& b_dir) {
   return diff;
 }
 
-// The numbers of "<N> decoder projections split over 2 ranks (<W> quantized bytes whole, <S> on
-// each rank; ...) ... resident here: <before> -> <after> bytes".
+// Rank 0's "<N> decoder projections split over 2 ranks (<W> quantized bytes whole, <S> on each
+// rank; ...); per rank: read and quantized [<K0>,<K1>] of <N> ([<P0>,<P1>] bytes of <U>), held at
+// most [<H0>,<H1>] quantized bytes while loading, resident now [<R0>,<R1>] bytes".
 struct ShardLog {
-  int64_t projections = 0, whole = 0, shard = 0, before = 0, after = 0;
+  int64_t projections = 0, whole = 0, shard = 0, used = 0;
+  std::vector<int64_t> produced, produced_bytes, peak_held, resident;
 };
 
 ShardLog parse_shard_log(const std::string& out) {
+  const std::string pair = R"(\[(\d+),(\d+)\])";
   const std::regex re(
       R"((\d+) decoder projections split over 2 ranks \((\d+) quantized bytes whole, (\d+) on )"
-      R"(each rank; prefetch \d+\); quantized base resident here: (\d+) -> (\d+) bytes)");
+      R"(each rank; prefetch \d+\); per rank: read and quantized )" +
+      pair + R"( of \d+ \()" + pair + R"( bytes of (\d+)\), held at most )" + pair +
+      R"( quantized bytes while loading, resident now )" + pair + " bytes");
   std::smatch m;
   ShardLog log;
   if (!std::regex_search(out, m, re)) return log;
-  log.projections = std::stoll(m[1]);
-  log.whole = std::stoll(m[2]);
-  log.shard = std::stoll(m[3]);
-  log.before = std::stoll(m[4]);
-  log.after = std::stoll(m[5]);
+  auto at = [&](int i) { return static_cast<int64_t>(std::stoll(m[i])); };
+  log.projections = at(1);
+  log.whole = at(2);
+  log.shard = at(3);
+  log.produced = {at(4), at(5)};
+  log.produced_bytes = {at(6), at(7)};
+  log.used = at(8);
+  log.peak_held = {at(9), at(10)};
+  log.resident = {at(11), at(12)};
   return log;
 }
 
@@ -154,19 +163,31 @@ TEST_F(ShardedBaseCli, ShardTrainsLikeOneProcessAndLikeDdpAndHoldsHalfTheBase) {
   EXPECT_GT(max_adapter_diff(shard + "/checkpoints/step-00000003", shard + "/adapter"), 1e-3)
       << "the adapters barely trained; the comparison says little";
 
-  // Residency, measured on each rank's live tensors.
+  // Loading: each rank read and quantized half the projections and never held the whole base.
   const ShardLog log = parse_shard_log(out_shard);
   ASSERT_EQ(log.projections, 14) << out_shard;  // 2 layers x 7 projections
   EXPECT_EQ(log.whole, 2 * log.shard);
-  EXPECT_GE(log.whole, log.before);  // padding and alignment only
-  EXPECT_LT(log.whole - log.before, log.projections * (2 + 16 * 6));
+  EXPECT_GE(log.whole, log.used);  // padding only
+  EXPECT_LT(log.whole - log.used, log.projections * 2);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(log.produced[r], 7) << out_shard;
+    EXPECT_EQ(log.resident[r], log.shard);
+    EXPECT_GE(log.peak_held[r], log.shard);
+    EXPECT_LT(log.peak_held[r], log.used * 3 / 4) << "rank " << r << " held the whole base";
+  }
+  // Every projection's quantized bytes were made exactly once, by one of the ranks (nbytes()
+  // also counts the nested offset float; the layout, 16-byte alignment).
+  const int64_t made = log.produced_bytes[0] + log.produced_bytes[1];
+  EXPECT_LE(made, log.used + 4 * log.projections);
+  EXPECT_GE(made, log.used - 15 * 6 * log.projections);
+
+  // Residency, measured on each rank's live tensors.
   const auto rows = metric_rows(shard, "resident_base_bytes_per_rank");
   ASSERT_EQ(rows.size(), 6u);
   const std::vector<int64_t> per_rank = rows[0]["resident_base_bytes_per_rank"];
   ASSERT_EQ(per_rank.size(), 2u);
   for (int64_t bytes : per_rank) {
     EXPECT_EQ(bytes, log.shard) << "the whole weights were not freed, or shards are shared";
-    EXPECT_LE(2 * bytes - log.before, log.projections * (2 + 16 * 6));
   }
   EXPECT_EQ(rows[5]["resident_base_bytes"].get<int64_t>(), log.shard);
 
@@ -262,7 +283,9 @@ TEST_F(ShardedBaseCli, ShardNeedsAQuantizedBaseAndAKnownStrategy) {
                 &out),
             3)
       << out;
-  EXPECT_NE(out.find("this base has none; use distributed.strategy ddp"), std::string::npos) << out;
+  EXPECT_NE(out.find("which quantization.type none does not make; use distributed.strategy ddp"),
+            std::string::npos)
+      << out;
   EXPECT_EQ(run("output.dir=" + dir_.file("bogus") + " distributed.strategy=fsdp", &out), 3) << out;
   EXPECT_NE(out.find("expected one of: ddp, shard"), std::string::npos) << out;
 }

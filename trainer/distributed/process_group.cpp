@@ -188,6 +188,17 @@ void ProcessGroup::broadcast(at::Tensor& tensor, int root) {
   });
 }
 
+void ProcessGroup::scatter(at::Tensor& output, const at::Tensor& input, int root) {
+  guarded("scatter", [&] {
+    std::vector<at::Tensor> outputs{output};
+    std::vector<std::vector<at::Tensor>> inputs;
+    if (rank() == root) inputs.push_back(input.chunk(world_size()));
+    c10d::ScatterOptions options;
+    options.rootRank = root;
+    enqueue(backend_, [&] { return state_->backend->scatter(outputs, inputs, options); })->wait();
+  });
+}
+
 void ProcessGroup::barrier() {
   // A one-element all-reduce on the backend's own device type, so NCCL needs no barrier device.
   at::Tensor token = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(device()));

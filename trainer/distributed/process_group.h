@@ -46,6 +46,9 @@ class ProcessGroup {
   at::Device device() const;
   // Rank `root`'s values into every rank's `tensor` (same shape and dtype everywhere).
   void broadcast(at::Tensor& tensor, int root);
+  // Rank `root`'s `input` [world_size * n] split in rank order: part r lands in rank r's `output`
+  // [n] (contiguous, on device()). `input` is read on the root only.
+  void scatter(at::Tensor& output, const at::Tensor& input, int root);
   void barrier();
 
   // Every rank passes its own `value` of the same `what` (a recipe hash, a world size); throws

@@ -25,16 +25,27 @@ class ProcessGroupShardComm : public ShardComm {
   int rank() const override { return group_.rank(); }
   int world_size() const override { return group_.world_size(); }
   std::function<void()> all_gather(at::Tensor& output, at::Tensor& input) override {
-    if (input.device().type() != group_.device().type()) {
-      throw_error(ErrorKind::kConfig,
-                  "the " + group_.backend() + " process group cannot gather weights that live on " +
-                      input.device().str() + "; use distributed.backend auto",
-                  {.field = "distributed.backend"});
-    }
+    check_device(input);
     return group_.all_gather_async(output, input);
+  }
+  void broadcast(at::Tensor& tensor, int root) override {
+    check_device(tensor);
+    group_.broadcast(tensor, root);
+  }
+  void scatter(at::Tensor& output, const at::Tensor& input, int root) override {
+    check_device(output);
+    group_.scatter(output, input, root);
   }
 
  private:
+  void check_device(const at::Tensor& t) const {
+    if (t.device().type() == group_.device().type()) return;
+    throw_error(ErrorKind::kConfig,
+                "the " + group_.backend() + " process group cannot move weights that live on " +
+                    t.device().str() + "; use distributed.backend auto",
+                {.field = "distributed.backend"});
+  }
+
   ProcessGroup& group_;
 };
 
@@ -46,36 +57,55 @@ std::shared_ptr<LinearSlot> base_of(std::shared_ptr<LinearSlot> slot) {
 
 }  // namespace
 
-std::unique_ptr<ShardedBase> ShardedBase::shard(CausalLM& model, ProcessGroup& group,
-                                                int64_t prefetch) {
-  auto out = std::unique_ptr<ShardedBase>(new ShardedBase());
-  auto comm = std::make_shared<ProcessGroupShardComm>(group);
+ShardedBase::ShardedBase(ProcessGroup& group, int64_t prefetch, c10::Device device)
+    : load_(std::make_unique<ShardedLoad>(std::make_shared<ProcessGroupShardComm>(group), traffic_,
+                                          device)),
+      prefetch_(prefetch) {}
+
+void ShardedBase::adopt(CausalLM& model, DataParallel& dp) {
   const auto& layers = model.model->layers;
-  std::vector<std::vector<std::shared_ptr<ShardedQuantizedSlot>>> per_layer(layers.size());
+  std::vector<std::shared_ptr<GatherChain>> chains;
+  for (size_t i = 0; i < layers.size(); ++i) chains.push_back(std::make_shared<GatherChain>());
   for (const auto& [name, slot] : model.named_linears()) {
     const std::string prefix = "model.layers.";
-    if (name.rfind(prefix, 0) != 0) continue;  // lm_head stays replicated
-    const auto quantized = std::dynamic_pointer_cast<QuantizedLinearSlot>(slot);
-    if (!quantized) continue;
-    const size_t layer = std::stoul(name.substr(prefix.size()));
-    auto sharded = std::make_shared<ShardedQuantizedSlot>(*quantized, comm, out->traffic_);
-    out->whole_bytes_ += sharded->layout().padded_bytes();
-    out->shard_bytes_ += sharded->layout().shard_bytes();
-    ++out->projections_;
-    per_layer.at(layer).push_back(sharded);
-    model.replace_linear(name, sharded);
+    if (name.rfind(prefix, 0) != 0) continue;
+    const auto sharded = std::dynamic_pointer_cast<ShardedQuantizedSlot>(base_of(slot));
+    if (!sharded) continue;
+    whole_bytes_ += sharded->layout().padded_bytes();
+    shard_bytes_ += sharded->layout().shard_bytes();
+    used_bytes_ += sharded->layout().used_bytes();
+    ++projections_;
+    sharded->join_chain(chains.at(std::stoul(name.substr(prefix.size()))), prefetch_);
   }
-  if (out->projections_ == 0) {
+  if (projections_ == 0) {
     throw_error(ErrorKind::kConfig,
                 "shard splits the decoder layers' quantized projections (quantization.type nf4, "
                 "fp4 or int8), and this base has none; use distributed.strategy ddp",
                 {.field = "distributed.strategy"});
   }
-  for (const auto& slots : per_layer) {
-    auto chain = std::make_shared<GatherChain>();
-    for (const auto& slot : slots) slot->join_chain(chain, prefetch);
-  }
-  return out;
+  // Every rank's figures, for rank 0's log: resident, read and quantized, held while loading.
+  const size_t world = static_cast<size_t>(dp.world_size()), me = static_cast<size_t>(dp.rank());
+  const ShardedLoad::Stats& loaded = load_->stats();
+  std::vector<double> figures(4 * world, 0.0);
+  figures[me] = static_cast<double>(resident_quantized_bytes(model));
+  figures[world + me] = static_cast<double>(loaded.produced);
+  figures[2 * world + me] = static_cast<double>(loaded.produced_bytes);
+  figures[3 * world + me] = static_cast<double>(loaded.peak_held_bytes);
+  dp.sum(figures);
+  auto row = [&](size_t which) {
+    std::vector<int64_t> out;
+    for (size_t r = 0; r < world; ++r)
+      out.push_back(static_cast<int64_t>(figures[which * world + r]));
+    return out;
+  };
+  resident_per_rank_ = row(0);
+  auto list = [](const std::vector<int64_t>& values) { return nlohmann::json(values).dump(); };
+  log::info("distributed.strategy shard: ", projections_, " decoder projections split over ",
+            dp.world_size(), " ranks (", whole_bytes_, " quantized bytes whole, ", shard_bytes_,
+            " on each rank; prefetch ", prefetch_, "); per rank: read and quantized ", list(row(1)),
+            " of ", loaded.projections, " (", list(row(2)), " bytes of ", used_bytes_,
+            "), held at most ", list(row(3)), " quantized bytes while loading, resident now ",
+            list(resident_per_rank_), " bytes");
 }
 
 void ShardedBase::begin_step() {
@@ -116,26 +146,23 @@ int64_t resident_quantized_bytes(const CausalLM& model) {
   return bytes;
 }
 
-std::unique_ptr<ShardedBase> shard_base_if_asked(const Recipe& recipe, DataParallel& dp,
-                                                 CausalLM& model) {
+std::unique_ptr<ShardedBase> sharded_base_if_asked(const Recipe& recipe, DataParallel& dp,
+                                                   c10::Device device) {
   const auto& d = recipe.distributed;
   if (d.strategy != "shard") return nullptr;
+  const std::string& type = recipe.quantization.type;
+  if (type == "none" || type == "int4") {
+    throw_error(ErrorKind::kConfig,
+                "shard splits the decoder layers' quantized projections (quantization.type nf4, "
+                "fp4 or int8), which quantization.type " +
+                    type + " does not make; use distributed.strategy ddp",
+                {.field = "distributed.strategy"});
+  }
   if (!dp.active() || dp.process_group() == nullptr) {
     log::info("distributed.strategy shard: a single process keeps the whole base");
     return nullptr;
   }
-  const int64_t before = resident_quantized_bytes(model);
-  std::unique_ptr<ShardedBase> sharded = ShardedBase::shard(model, *dp.process_group(), d.prefetch);
-  std::vector<double> per_rank(static_cast<size_t>(dp.world_size()), 0.0);
-  per_rank[static_cast<size_t>(dp.rank())] = static_cast<double>(resident_quantized_bytes(model));
-  dp.sum(per_rank);
-  for (double bytes : per_rank) sharded->resident_per_rank_.push_back(static_cast<int64_t>(bytes));
-  log::info("distributed.strategy shard: ", sharded->sharded_projections(),
-            " decoder projections split over ", dp.world_size(), " ranks (", sharded->whole_bytes(),
-            " quantized bytes whole, ", sharded->shard_bytes(), " on each rank; prefetch ",
-            d.prefetch, "); quantized base resident here: ", before, " -> ",
-            resident_quantized_bytes(model), " bytes");
-  return sharded;
+  return std::make_unique<ShardedBase>(*dp.process_group(), d.prefetch, device);
 }
 
 }  // namespace qtrain
