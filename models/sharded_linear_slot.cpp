@@ -5,6 +5,7 @@
 #include "quant/dequantize_rows.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cstring>
@@ -287,24 +288,25 @@ const FlatQuantizedLayout& ShardedQuantizedSlot::layout() const {
 
 std::vector<GatherChain::Slot> GatherChain::on_forward(const Slot& slot, int64_t depth) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (first_ == nullptr) first_ = slot.get();
-  if (slot.get() == first_) {
-    last_.reset();  // a new pass
-  } else if (last_ && !ambiguous_.count(last_.get())) {
-    auto known = next_.find(last_.get());
-    if (known == next_.end()) {
-      next_.emplace(last_.get(), slot);
+  Order& order = orders_[at::GradMode::is_enabled() ? 1 : 0];
+  if (order.first == nullptr) order.first = slot.get();
+  if (slot.get() == order.first) {
+    order.last.reset();  // a new pass
+  } else if (order.last && !order.ambiguous.count(order.last.get())) {
+    auto known = order.next.find(order.last.get());
+    if (known == order.next.end()) {
+      order.next.emplace(order.last.get(), slot);
     } else if (known->second.lock() != slot) {
-      next_.erase(known);
-      ambiguous_.insert(last_.get());
+      order.next.erase(known);
+      order.ambiguous.insert(order.last.get());
     }
   }
-  last_ = slot;
+  order.last = slot;
   std::vector<Slot> ahead;
   const void* at = slot.get();
   for (int64_t i = 0; i < depth; ++i) {
-    auto known = next_.find(at);
-    if (known == next_.end()) break;
+    auto known = order.next.find(at);
+    if (known == order.next.end()) break;
     Slot next = known->second.lock();
     if (!next || next == slot) break;
     ahead.push_back(next);

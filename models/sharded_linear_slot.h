@@ -122,10 +122,10 @@ class ShardedQuantizedSlot : public LinearSlot {
   const at::Tensor& bias() const { return bias_; }
   // The whole weight, gathered from every rank (a collective: every rank calls it).
   QuantizedTensor gather_weight();
-  // Joins the slots of one decoder layer (sharing `chain`): from their forward passes the chain
-  // learns which runs after which (C++ leaves the order of `silu(gate(x)) * up(x)` to the
-  // compiler), and from then on each forward pass starts the gathers of the next `depth` slots
-  // right after its own (prefetch; 0: none).
+  // Joins the slots of a model (sharing `chain`): from their forward passes the chain learns
+  // which runs after which (C++ leaves the order of `silu(gate(x)) * up(x)` to the compiler), and
+  // from then on each forward pass starts the gathers of the next `depth` slots right after its
+  // own (prefetch; 0: none), across layer boundaries.
   void join_chain(std::shared_ptr<GatherChain> chain, int64_t depth);
   void set_max_slice_elements(int64_t elements) { max_slice_elements_ = elements; }
 
@@ -142,21 +142,29 @@ class ShardedQuantizedSlot : public LinearSlot {
   int64_t max_slice_elements_ = kFrozenSliceElements;
 };
 
-// The forward order of one decoder layer's sharded slots, learned as they run: the first slot
-// ever to run starts each pass; every other slot is linked as the successor of the one that ran
-// just before it in the same pass. A slot whose successor changes between passes gets none.
+// The order in which a model's sharded slots run their forward passes, learned as they run, in
+// two separate orders: passes without gradient mode (evaluation, and the first pass of
+// checkpointed layers: layer 0 to N-1) and passes with it (training without checkpointing, layer 0
+// to N-1; or the recomputation of checkpointed layers during the backward pass, layer N-1 down to
+// 0). In each order, the first slot ever to run starts each pass; every other slot is linked as
+// the successor of the one that ran just before it in the same pass. A slot whose successor
+// changes between passes gets none.
 class GatherChain {
  public:
   using Slot = std::shared_ptr<ShardedQuantizedSlot::State>;
-  // `slot` runs its forward pass now; returns up to `depth` slots expected to run next.
+  // `slot` runs its forward pass now (in the current gradient mode); returns up to `depth` slots
+  // expected to run next.
   std::vector<Slot> on_forward(const Slot& slot, int64_t depth);
 
  private:
+  struct Order {
+    const void* first = nullptr;
+    Slot last;
+    std::map<const void*, std::weak_ptr<ShardedQuantizedSlot::State>> next;
+    std::set<const void*> ambiguous;
+  };
   std::mutex mutex_;
-  const void* first_ = nullptr;
-  Slot last_;
-  std::map<const void*, std::weak_ptr<ShardedQuantizedSlot::State>> next_;
-  std::set<const void*> ambiguous_;
+  Order orders_[2];  // [grad mode off, on]
 };
 
 }  // namespace qtrain

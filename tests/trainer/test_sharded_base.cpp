@@ -179,6 +179,49 @@ TEST(ShardedQuantizedSlot, TheChainLearnsTheOrderThenPrefetchesTheNextProjection
   EXPECT_EQ(failures[1], "");
 }
 
+TEST(ShardedQuantizedSlot, TheChainCrossesLayersAndLearnsTheRecomputeOrderApart) {
+  // Two "layers" of two projections. Without gradient mode they run a1 b1 a2 b2 (the forward
+  // pass of checkpointed layers); with it a2 b2 a1 b1 (their recomputation, last layer first).
+  std::vector<std::string> failures(2);
+  on_two_ranks([&](int rank, std::shared_ptr<ShardComm> comm) {
+    const QuantConfig config{.type = QuantType::kNF4, .blocksize = 64, .double_quant = true};
+    auto traffic = std::make_shared<ShardTraffic>();
+    auto chain = std::make_shared<GatherChain>();
+    std::vector<std::shared_ptr<ShardedQuantizedSlot>> slots;
+    for (int i = 0; i < 4; ++i) {
+      QuantizedLinearSlot whole(quantize(formula({32, 32}, 0.1 * i), config), at::Tensor());
+      slots.push_back(std::make_shared<ShardedQuantizedSlot>(whole, comm, traffic));
+      slots.back()->join_chain(chain, 1);
+    }
+    std::string& fail = failures[rank];
+    const at::Tensor x = formula({2, 32}, 0.5 + rank);
+    auto run = [&](const std::vector<int>& order, int pass) {
+      for (size_t k = 0; k < order.size(); ++k) {
+        const int64_t before = traffic->gathers();
+        slots[order[k]]->forward(x);
+        // Once learned, a slot's own gather was started by its predecessor; the last one's
+        // successor, when there is one, is in flight now.
+        const int64_t expected = pass == 0 ? 1 : (k == 0 ? 2 : (k + 1 < order.size() ? 1 : 0));
+        if (traffic->gathers() - before != expected) {
+          fail += "pass " + std::to_string(pass) + " slot " + std::to_string(order[k]) + ": " +
+                  std::to_string(traffic->gathers() - before) + " gathers; ";
+        }
+      }
+      if (traffic->live_bytes() != 0) fail += "a prefetch was left unused; ";
+    };
+    for (int pass = 0; pass < 3; ++pass) {
+      {
+        at::NoGradGuard no_grad;
+        run({0, 1, 2, 3}, pass);  // b1 -> a2 crosses the layer boundary
+      }
+      at::AutoGradMode grad_on(true);
+      run({2, 3, 0, 1}, pass);  // b2 -> a1: the recompute's order, kept apart
+    }
+  });
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
 TEST(ShardedBaseMemory, BoundsWhatRealWeightsAndLayoutsHold) {
   ModelConfig config;
   config.vocab_size = 384;

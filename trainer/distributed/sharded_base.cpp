@@ -63,9 +63,7 @@ ShardedBase::ShardedBase(ProcessGroup& group, int64_t prefetch, c10::Device devi
       prefetch_(prefetch) {}
 
 void ShardedBase::adopt(CausalLM& model, DataParallel& dp) {
-  const auto& layers = model.model->layers;
-  std::vector<std::shared_ptr<GatherChain>> chains;
-  for (size_t i = 0; i < layers.size(); ++i) chains.push_back(std::make_shared<GatherChain>());
+  auto chain = std::make_shared<GatherChain>();  // one for the model: prefetch crosses layers
   for (const auto& [name, slot] : model.named_linears()) {
     const std::string prefix = "model.layers.";
     if (name.rfind(prefix, 0) != 0) continue;
@@ -75,7 +73,7 @@ void ShardedBase::adopt(CausalLM& model, DataParallel& dp) {
     shard_bytes_ += sharded->layout().shard_bytes();
     used_bytes_ += sharded->layout().used_bytes();
     ++projections_;
-    sharded->join_chain(chains.at(std::stoul(name.substr(prefix.size()))), prefetch_);
+    sharded->join_chain(chain, prefetch_);
   }
   if (projections_ == 0) {
     throw_error(ErrorKind::kConfig,
