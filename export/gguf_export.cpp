@@ -226,6 +226,11 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
     log::warn("GGUF export: llama.cpp's llama architecture ignores sliding_window (",
               *config.sliding_window, "); it attends to the whole context");
   }
+  if (config.sliding_window && arch == "phi3") {
+    // Phi-3-mini-4k's config has a 2047-token window; the key is written all the same.
+    log::warn("GGUF export: llama.cpp disables Phi-3's sliding window (", *config.sliding_window,
+              "); it attends to the whole context");
+  }
 
   GgufWriter w;
   add_model_metadata(w, config, arch, options.name.empty() ? directory_name(hf_dir) : options.name,

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <random>
@@ -122,6 +123,39 @@ std::string generation_config_json(const ModelConfig& config) {
   return j.dump(2) + "\n";
 }
 
+// The tokens every Phi-3 / Phi-3.5 tokenizer adds after its SentencePiece pieces (ids 32000 to
+// 32010 there), in id order; llama.cpp's Phi-3 vocabulary setup looks "<|endoftext|>" up by text.
+const char* const kPhi3AddedTokens[] = {"<|endoftext|>",    "<|assistant|>",    "<|placeholder1|>",
+                                        "<|placeholder2|>", "<|placeholder3|>", "<|placeholder4|>",
+                                        "<|system|>",       "<|end|>",          "<|placeholder5|>",
+                                        "<|placeholder6|>", "<|user|>"};
+
+// Adds kPhi3AddedTokens from id `first_id` on to tokenizer.json's added_tokens and
+// tokenizer_config.json's added_tokens_decoder (texts as hf_tokenizer_json / _config_json wrote
+// them), with Phi-3's attributes: all special, all but <|endoftext|> strip whitespace on the right.
+void add_phi3_tokens(std::string& tokenizer_json, std::string& tokenizer_config, int64_t first_id) {
+  using ordered_json = nlohmann::ordered_json;
+  ordered_json j = ordered_json::parse(tokenizer_json);
+  ordered_json c = ordered_json::parse(tokenizer_config);
+  int64_t id = first_id;
+  for (const char* text : kPhi3AddedTokens) {
+    const bool rstrip = std::string(text) != "<|endoftext|>";
+    ordered_json entry = {{"content", text},  {"lstrip", false},      {"normalized", false},
+                          {"rstrip", rstrip}, {"single_word", false}, {"special", true}};
+    c["added_tokens_decoder"][std::to_string(id)] = entry;
+    j["added_tokens"].push_back({{"id", id},
+                                 {"content", text},
+                                 {"single_word", false},
+                                 {"lstrip", false},
+                                 {"rstrip", rstrip},
+                                 {"normalized", false},
+                                 {"special", true}});
+    ++id;
+  }
+  tokenizer_json = j.dump(2) + "\n";
+  tokenizer_config = c.dump(2) + "\n";
+}
+
 // Fills `dir` (empty) with the model's files.
 void write_model_files(const TinyModelOptions& options, ModelConfig config, const fs::path& dir) {
   std::vector<std::string> corpus = options.corpus;
@@ -136,12 +170,21 @@ void write_model_files(const TinyModelOptions& options, ModelConfig config, cons
               config.vocab_size, " (the corpus is too small); vocab_size follows the tokenizer");
     config.vocab_size = tokenizer.vocab_size();
   }
+  const bool phi3 = config.model_type == "phi3";
+  if (phi3) {
+    // Like Phi-3's 32000 pieces + 11 added tokens in 32064 embedding rows: a multiple of 64.
+    const int64_t used = tokenizer.vocab_size() + static_cast<int64_t>(std::size(kPhi3AddedTokens));
+    config.vocab_size = (used + 63) / 64 * 64;
+  }
   config.validate("tiny model config");
 
   HfTokenizerOptions hf_options;
   hf_options.model_max_length = config.max_position_embeddings;
-  write_text(dir / "tokenizer.json", hf_tokenizer_json(tokenizer, hf_options));
-  write_text(dir / "tokenizer_config.json", hf_tokenizer_config_json(tokenizer, hf_options));
+  std::string tokenizer_json = hf_tokenizer_json(tokenizer, hf_options);
+  std::string tokenizer_config = hf_tokenizer_config_json(tokenizer, hf_options);
+  if (phi3) add_phi3_tokens(tokenizer_json, tokenizer_config, tokenizer.vocab_size());
+  write_text(dir / "tokenizer.json", tokenizer_json);
+  write_text(dir / "tokenizer_config.json", tokenizer_config);
   write_text(dir / "special_tokens_map.json", hf_special_tokens_map_json(tokenizer));
   write_text(dir / "config.json", config.to_json().dump(2) + "\n");
   write_text(dir / "generation_config.json", generation_config_json(config));

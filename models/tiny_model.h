@@ -22,7 +22,8 @@ const std::vector<std::string>& tiny_model_presets();  // micro, tiny, small, 10
 // their embeddings, llama/mistral do not; mistral has a 64-token sliding window so that longer
 // test sequences exercise it; gemma2 ties its embeddings, soft-caps attention (50) and logits (30)
 // and slides a 16-token window on even layers; phi3 fuses qkv and gate_up. vocab_size is the
-// tokenizer's target size. Throws Error(kConfig) naming the unknown arch or preset.
+// tokenizer's target size (phi3's model has more rows: see write_tiny_model). Throws Error(kConfig)
+// naming the unknown arch or preset.
 ModelConfig tiny_model_config(const std::string& arch, const std::string& preset);
 
 struct TinyModelOptions {
@@ -61,8 +62,11 @@ std::vector<std::string> default_tokenizer_corpus();
 // model.safetensors.index.json), generation_config.json, and a Llama-2-style SentencePiece BPE
 // tokenizer trained on the corpus: tokenizer.model plus the tokenizer.json,
 // tokenizer_config.json and special_tokens_map.json with which transformers gives the same ids
-// (data/sentencepiece_to_hf.h). The same options give byte-identical files; the tokenizer does
-// not depend on the seed.
+// (data/sentencepiece_to_hf.h). phi3's tokenizer files also add Phi-3's special tokens after the
+// pieces, as every Phi-3 tokenizer does (<|endoftext|>, <|assistant|>, <|placeholder1-4|>,
+// <|system|>, <|end|>, <|placeholder5-6|>, <|user|>; tokenizer.model does not know them), and
+// its vocab_size is pieces + 11 rounded up to a multiple of 64 (Phi-3: 32000 + 11 -> 32064). The
+// same options give byte-identical files; the tokenizer does not depend on the seed.
 // Everything is built in a temporary sibling directory and renamed into place at the end, so a
 // failure leaves nothing behind. Throws Error(kIo) when `dir` exists, is not empty and
 // options.overwrite is false.
