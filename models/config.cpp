@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/json_file.h"
+#include "core/log.h"
 
 #include <nlohmann/json.hpp>
 
@@ -94,11 +95,21 @@ std::optional<double> get_optional_number(const json& j, const char* key, const 
   return get_number(j, key, source, 0.0);
 }
 
-// Gemma 2's fields, with Gemma2Config's defaults where config.json leaves them out.
-void parse_gemma2_fields(const json& j, const std::string& source, ModelConfig& c) {
+// Gemma 2's and Gemma 3's fields, with Gemma2Config's / Gemma3TextConfig's defaults where
+// config.json leaves them out.
+void parse_gemma_fields(const json& j, const std::string& source, ModelConfig& c) {
+  const bool gemma3 = c.model_type == "gemma3_text";
   c.query_pre_attn_scalar = get_number(j, "query_pre_attn_scalar", source, 256.0);
-  c.attn_logit_softcapping = get_optional_number(j, "attn_logit_softcapping", source, 50.0);
-  c.final_logit_softcapping = get_optional_number(j, "final_logit_softcapping", source, 30.0);
+  const std::optional<double> attn_cap = gemma3 ? std::nullopt : std::optional<double>(50.0);
+  const std::optional<double> final_cap = gemma3 ? std::nullopt : std::optional<double>(30.0);
+  c.attn_logit_softcapping = get_optional_number(j, "attn_logit_softcapping", source, attn_cap);
+  c.final_logit_softcapping = get_optional_number(j, "final_logit_softcapping", source, final_cap);
+  if (gemma3 && c.attn_logit_softcapping) {
+    // transformers' Gemma3Attention never hands it to the attention (no Gemma 3 has one), so a
+    // checkpoint with it set was trained and is run without it.
+    log::warn(source, ": attn_logit_softcapping is ignored for gemma3_text (as transformers does)");
+    c.attn_logit_softcapping.reset();
+  }
   if (!j.contains("sliding_window")) {
     c.sliding_window = 4096;
   } else if (!j.at("sliding_window").is_null()) {
@@ -111,6 +122,13 @@ void parse_gemma2_fields(const json& j, const std::string& source, ModelConfig& 
       if (!type.is_string()) config_error(source, "layer_types", "expected a list of strings");
       c.layer_types.push_back(type.get<std::string>());
     }
+  } else if (gemma3) {
+    // Gemma3TextConfig: every pattern-th layer (the 6th, 12th, ...) attends to everything.
+    const int64_t pattern = get_int(j, "sliding_window_pattern", source, 6);
+    if (pattern <= 0) config_error(source, "sliding_window_pattern", "must be positive");
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      c.layer_types.push_back((i + 1) % pattern != 0 ? "sliding_attention" : "full_attention");
+    }
   } else {
     // Gemma2Config: even layers (0, 2, ...) slide, odd layers attend to everything.
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -121,6 +139,98 @@ void parse_gemma2_fields(const json& j, const std::string& source, ModelConfig& 
     throw_error(ErrorKind::kUnsupported, "bidirectional attention is not supported",
                 {.file = source, .field = "use_bidirectional_attention"});
   }
+}
+
+// Gemma 3's two RoPEs. transformers 5 writes rope_parameters per layer type; earlier configs give
+// rope_theta (full layers, 1e6), rope_local_base_freq (sliding layers, 1e4) and a rope_scaling
+// that applies to the full layers only (linear 8 in Gemma 3 4B and larger).
+void parse_gemma3_rope(const json& j, const std::string& source, ModelConfig& c) {
+  json full = json::object(), local = json::object();
+  if (present(j, "rope_parameters")) {
+    const json& rp = j.at("rope_parameters");
+    if (!rp.is_object() || (!rp.contains("full_attention") && !rp.contains("sliding_attention"))) {
+      config_error(source, "rope_parameters",
+                   "expected an object per layer type (full_attention, sliding_attention), got " +
+                       rp.dump());
+    }
+    if (present(rp, "full_attention")) full = rp.at("full_attention");
+    if (present(rp, "sliding_attention")) local = rp.at("sliding_attention");
+  }
+  if (present(j, "rope_scaling")) {
+    const json& scaling = j.at("rope_scaling");
+    if (!scaling.is_object() || !full.is_object()) {
+      config_error(source, "rope_scaling", "expected an object, got " + scaling.dump());
+    }
+    full.update(scaling);
+  }
+  const std::string full_field =
+      present(j, "rope_parameters") ? "rope_parameters.full_attention" : "rope_scaling";
+  c.rope_scaling = parse_rope_scaling(full, source, full_field);
+  c.rope_theta = get_number(full, "rope_theta", source, get_number(j, "rope_theta", source, 1e6));
+  c.local_rope_scaling = parse_rope_scaling(local, source, "rope_parameters.sliding_attention");
+  c.local_rope_theta =
+      get_number(local, "rope_theta", source, get_number(j, "rope_local_base_freq", source, 1e4));
+}
+
+// A gemma3 config.json (Gemma3ForConditionalGeneration) holds the text model in text_config.
+// Without a vision model that is a gemma3_text config with the outer file's dtype, token ids and
+// tying; a vision model (every released Gemma 3 from 4B up) is refused: its checkpoint holds a
+// vision tower and the language model's weights under language_model.*.
+ModelConfig gemma3_text_config(const json& j, const std::string& source) {
+  if (present(j, "vision_config")) {
+    throw_error(ErrorKind::kUnsupported,
+                "a Gemma 3 vision-language config (Gemma3ForConditionalGeneration: a vision tower, "
+                "the language model under language_model.*) is not supported; qtrain trains Gemma "
+                "3 text models (model_type gemma3_text, Gemma3ForCausalLM)",
+                {.file = source, .field = "vision_config"});
+  }
+  if (!present(j, "text_config") || !j.at("text_config").is_object()) {
+    config_error(source, "text_config",
+                 "a gemma3 config holds its text model in text_config (an object)");
+  }
+  json text = j.at("text_config");
+  if (present(text, "model_type") && text.at("model_type") != "gemma3_text") {
+    throw_error(ErrorKind::kUnsupported,
+                "text model " + text.at("model_type").dump() +
+                    " is not supported in a gemma3 config (gemma3_text is)",
+                {.file = source, .field = "text_config.model_type"});
+  }
+  text["model_type"] = "gemma3_text";
+  for (const char* key : {"tie_word_embeddings", "torch_dtype", "dtype", "bos_token_id",
+                          "eos_token_id", "pad_token_id"}) {
+    if (!text.contains(key) && j.contains(key)) text[key] = j.at(key);
+  }
+  try {
+    return ModelConfig::from_json(text, source);
+  } catch (const Error& e) {
+    ErrorContext context = e.context();
+    context.field = context.field.empty() ? "text_config" : "text_config." + context.field;
+    throw Error(e.kind(), e.message(), context);
+  }
+}
+
+json rope_scaling_json(const RopeScaling& scaling) {
+  switch (scaling.type) {
+    case RopeType::kDefault:
+      return nullptr;
+    case RopeType::kLinear:
+      return {{"rope_type", "linear"}, {"factor", scaling.factor}};
+    case RopeType::kLlama3:
+      return {{"rope_type", "llama3"},
+              {"factor", scaling.factor},
+              {"low_freq_factor", scaling.low_freq_factor},
+              {"high_freq_factor", scaling.high_freq_factor},
+              {"original_max_position_embeddings", scaling.original_max_position_embeddings}};
+  }
+  return nullptr;
+}
+
+// transformers 5's rope_parameters entry of one layer type.
+json rope_parameters_json(double theta, const RopeScaling& scaling) {
+  json entry = rope_scaling_json(scaling);
+  if (entry.is_null()) entry = {{"rope_type", "default"}};
+  entry["rope_theta"] = theta;
+  return entry;
 }
 
 }  // namespace
@@ -144,15 +254,18 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
   ModelConfig c;
   if (!present(j, "model_type")) config_error(source, "model_type", "required string is missing");
   c.model_type = j.at("model_type").get<std::string>();
-  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2",
-                                               "qwen3", "gemma2",  "phi3"};
+  if (c.model_type == "gemma3") return gemma3_text_config(j, source);
+  static const std::set<std::string> kTypes = {"llama",  "mistral",     "qwen2", "qwen3",
+                                               "gemma2", "gemma3_text", "phi3"};
   if (!kTypes.count(c.model_type)) {
-    throw_error(ErrorKind::kUnsupported,
-                "model_type '" + c.model_type +
-                    "' is not supported (llama, mistral, qwen2, qwen3, gemma2, phi3)",
-                {.file = source, .field = "model_type"});
+    throw_error(
+        ErrorKind::kUnsupported,
+        "model_type '" + c.model_type +
+            "' is not supported (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3, phi3)",
+        {.file = source, .field = "model_type"});
   }
-  const bool is_gemma2 = c.model_type == "gemma2";
+  const bool is_gemma3 = c.model_type == "gemma3_text";
+  const bool is_gemma = c.model_type == "gemma2" || is_gemma3;
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
   c.intermediate_size = get_int(j, "intermediate_size", source);
@@ -161,22 +274,25 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
   c.num_key_value_heads = get_int(j, "num_key_value_heads", source, c.num_attention_heads);
   const bool is_qwen3 = c.model_type == "qwen3";
   if (c.num_attention_heads <= 0) config_error(source, "num_attention_heads", "must be positive");
-  // transformers' class defaults where config.json leaves a field out (Gemma2Config: 256).
+  // transformers' class defaults where config.json leaves a field out (Gemma2/3: 256).
   const int64_t default_head_dim =
-      is_qwen3 ? 128 : (is_gemma2 ? 256 : c.hidden_size / c.num_attention_heads);
+      is_qwen3 ? 128 : (is_gemma ? 256 : c.hidden_size / c.num_attention_heads);
   c.head_dim = get_int(j, "head_dim", source, default_head_dim);
   c.rms_norm_eps = get_number(j, "rms_norm_eps", source, 1e-6);
-  c.max_position_embeddings = get_int(j, "max_position_embeddings", source, 2048);
-  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, is_gemma2);
+  c.max_position_embeddings =
+      get_int(j, "max_position_embeddings", source, is_gemma3 ? 131072 : 2048);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, is_gemma);
   c.attention_bias = get_bool(j, "attention_bias", source, false);
   c.mlp_bias = get_bool(j, "mlp_bias", source, false);
-  // Gemma2MLP and Phi-3's projections are built without biases whatever the config says.
-  if (is_gemma2 || c.model_type == "phi3") c.mlp_bias = false;
+  // Gemma's MLPs and Phi-3's projections are built without biases whatever the config says.
+  if (is_gemma || c.model_type == "phi3") c.mlp_bias = false;
   if (c.model_type == "phi3") c.attention_bias = false;
-  c.qk_norm = is_qwen3;
+  c.qk_norm = is_qwen3 || is_gemma3;
 
   // transformers 5 nests rope settings in rope_parameters; 4.x uses rope_theta + rope_scaling.
-  if (present(j, "rope_parameters")) {
+  if (is_gemma3) {
+    parse_gemma3_rope(j, source, c);
+  } else if (present(j, "rope_parameters")) {
     const json& rp = j.at("rope_parameters");
     c.rope_theta = get_number(rp, "rope_theta", source, get_number(j, "rope_theta", source, 1e4));
     c.rope_scaling = parse_rope_scaling(rp, source, "rope_parameters");
@@ -191,10 +307,10 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
     throw_error(ErrorKind::kUnsupported, "partial rotary embeddings are not supported",
                 {.file = source, .field = "partial_rotary_factor"});
   }
-  // Gemma2 reads hidden_activation (its config.json carries hidden_act too, which it ignores).
+  // Gemma reads hidden_activation (its config.json carries hidden_act too, which it ignores).
   const char* act_key =
-      is_gemma2 && present(j, "hidden_activation") ? "hidden_activation" : "hidden_act";
-  c.hidden_act = is_gemma2 ? "gelu_pytorch_tanh" : "silu";
+      is_gemma && present(j, "hidden_activation") ? "hidden_activation" : "hidden_act";
+  c.hidden_act = is_gemma ? "gelu_pytorch_tanh" : "silu";
   if (present(j, act_key)) {
     const json& act = j.at(act_key);
     if (!act.is_string() || (act != "silu" && act != "gelu_pytorch_tanh")) {
@@ -207,7 +323,7 @@ ModelConfig ModelConfig::parse_config(const json& j, const std::string& source) 
   if ((c.model_type == "mistral" || c.model_type == "phi3") && present(j, "sliding_window")) {
     c.sliding_window = get_int(j, "sliding_window", source);
   }
-  if (is_gemma2) parse_gemma2_fields(j, source, c);
+  if (is_gemma) parse_gemma_fields(j, source, c);
   if ((c.model_type == "qwen2" || is_qwen3) && get_bool(j, "use_sliding_window", source, false)) {
     throw_error(ErrorKind::kUnsupported, "Qwen sliding-window layers are not supported",
                 {.file = source, .field = "use_sliding_window"});
@@ -277,6 +393,9 @@ void ModelConfig::validate(const std::string& source) const {
   if (head_dim % 2 != 0) config_error(source, "head_dim", "must be even for rotary embeddings");
   if (!(rms_norm_eps > 0)) config_error(source, "rms_norm_eps", "must be positive");
   if (!(rope_theta > 0)) config_error(source, "rope_theta", "must be positive");
+  if (local_rope_theta && !(*local_rope_theta > 0)) {
+    config_error(source, "rope_local_base_freq", "must be positive");
+  }
   if (sliding_window && *sliding_window <= 0) {
     config_error(source, "sliding_window", "must be positive");
   }
@@ -311,7 +430,8 @@ json ModelConfig::to_json() const {
   static const std::map<std::string, std::string> kArchitecture = {
       {"llama", "LlamaForCausalLM"},   {"mistral", "MistralForCausalLM"},
       {"qwen2", "Qwen2ForCausalLM"},   {"qwen3", "Qwen3ForCausalLM"},
-      {"gemma2", "Gemma2ForCausalLM"}, {"phi3", "Phi3ForCausalLM"}};
+      {"gemma2", "Gemma2ForCausalLM"}, {"gemma3_text", "Gemma3ForCausalLM"},
+      {"phi3", "Phi3ForCausalLM"}};
   json j;
   j["architectures"] = {kArchitecture.at(model_type)};
   j["model_type"] = model_type;
@@ -326,31 +446,26 @@ json ModelConfig::to_json() const {
   if (gemma_style()) j["hidden_activation"] = hidden_act;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
-  switch (rope_scaling.type) {
-    case RopeType::kDefault:
-      j["rope_scaling"] = nullptr;
-      break;
-    case RopeType::kLinear:
-      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
-      break;
-    case RopeType::kLlama3:
-      j["rope_scaling"] = {
-          {"rope_type", "llama3"},
-          {"factor", rope_scaling.factor},
-          {"low_freq_factor", rope_scaling.low_freq_factor},
-          {"high_freq_factor", rope_scaling.high_freq_factor},
-          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
-      break;
+  j["rope_scaling"] = rope_scaling_json(rope_scaling);
+  if (model_type == "gemma3_text") {
+    // Both spellings: transformers 4.x reads rope_local_base_freq, 5.x rope_parameters (which
+    // alone can give the sliding layers a scaling).
+    const double local_theta = local_rope_theta.value_or(rope_theta);
+    j["rope_local_base_freq"] = local_theta;
+    j["rope_parameters"] = {
+        {"full_attention", rope_parameters_json(rope_theta, rope_scaling)},
+        {"sliding_attention",
+         rope_parameters_json(local_theta, local_rope_theta ? local_rope_scaling : rope_scaling)}};
   }
   j["max_position_embeddings"] = max_position_embeddings;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["attention_bias"] = attention_bias;
   if (model_type == "llama") j["mlp_bias"] = mlp_bias;
   j["attention_dropout"] = 0.0;
-  if (model_type == "mistral" || model_type == "phi3" || model_type == "gemma2") {
+  if (model_type == "mistral" || model_type == "phi3" || gemma_style()) {
     j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
   }
-  if (model_type == "gemma2") {
+  if (gemma_style()) {
     auto optional = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
     // Gemma2Config types this field int (strictly checked by transformers 5).
     if (query_pre_attn_scalar && *query_pre_attn_scalar == std::floor(*query_pre_attn_scalar)) {
@@ -360,12 +475,13 @@ json ModelConfig::to_json() const {
     }
     j["attn_logit_softcapping"] = optional(attn_logit_softcapping);
     j["final_logit_softcapping"] = optional(final_logit_softcapping);
-    // Always written: transformers' default (alternating) differs from an empty list's meaning.
+    // Always written: transformers' defaults (alternating; every 6th layer full) differ from an
+    // empty list's meaning. gemma3's list as it is: it also picks each layer's RoPE.
     std::vector<std::string> types;
     for (int64_t i = 0; i < num_hidden_layers; ++i) {
       types.push_back(layer_slides(i) ? "sliding_attention" : "full_attention");
     }
-    j["layer_types"] = types;
+    j["layer_types"] = model_type == "gemma3_text" && !layer_types.empty() ? layer_types : types;
   }
   if (model_type == "qwen2" || model_type == "qwen3") {
     j["use_sliding_window"] = false;
@@ -376,7 +492,7 @@ json ModelConfig::to_json() const {
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
   if (pad_token_id) j["pad_token_id"] = *pad_token_id;
-  if (model_type == "gemma2" || model_type == "phi3") {
+  if (gemma_style() || model_type == "phi3") {
     // Their config classes default to ids of the real vocabularies (Phi-3: 32000), which a
     // smaller vocabulary cannot hold: unset ids are written as null.
     for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {

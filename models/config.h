@@ -1,5 +1,6 @@
 // ModelConfig: everything the decoder needs, read from a Hugging Face config.json for the
-// llama, mistral, qwen2, qwen3, gemma2 and phi3 model types (reference/formats.md §5).
+// llama, mistral, qwen2, qwen3, gemma2, gemma3_text and phi3 model types (reference/formats.md
+// §5); a gemma3 config.json is read through its text_config when it has no vision model.
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
@@ -23,7 +24,8 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type = "llama";  // llama | mistral | qwen2 | qwen3 | gemma2 | phi3
+  // llama | mistral | qwen2 | qwen3 | gemma2 | gemma3_text | phi3
+  std::string model_type = "llama";
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -38,15 +40,21 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v/o bias (llama); qwen2 always has q/k/v bias, no o bias
   bool mlp_bias = false;
-  bool qk_norm = false;                   // qwen3: RMSNorm over head_dim on q and k before RoPE
+  // qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE (gemma3's scales by 1 + w).
+  bool qk_norm = false;
   std::optional<int64_t> sliding_window;  // attend only to the last `sliding_window` keys
-  // Per layer "sliding_attention" or "full_attention" (gemma2's alternation); empty: every layer
-  // uses sliding_window when it is set.
+  // Per layer "sliding_attention" or "full_attention" (gemma2's alternation, gemma3's pattern);
+  // empty: every layer uses sliding_window when it is set.
   std::vector<std::string> layer_types;
-  std::string hidden_act = "silu";  // silu | gelu_pytorch_tanh (gemma2's GeGLU)
-  // gemma2: attention scale query_pre_attn_scalar^-0.5 instead of head_dim^-0.5.
+  // gemma3: the RoPE of sliding_attention layers (rope_local_base_freq, or
+  // rope_parameters.sliding_attention); full_attention layers use rope_theta and rope_scaling.
+  std::optional<double> local_rope_theta;
+  RopeScaling local_rope_scaling;
+  std::string hidden_act = "silu";  // silu | gelu_pytorch_tanh (Gemma's GeGLU)
+  // gemma2/3: attention scale query_pre_attn_scalar^-0.5 instead of head_dim^-0.5.
   std::optional<double> query_pre_attn_scalar;
-  // gemma2: scores (after scaling) and final logits become c * tanh(x / c).
+  // gemma2: scores (after scaling) and final logits become c * tanh(x / c). gemma3: the final
+  // logits only; its attn_logit_softcapping is dropped when read (transformers ignores it).
   std::optional<double> attn_logit_softcapping;
   std::optional<double> final_logit_softcapping;
   std::string torch_dtype = "float32";
@@ -56,15 +64,20 @@ struct ModelConfig {
 
   bool has_qkv_bias() const { return attention_bias || model_type == "qwen2"; }
   bool has_o_bias() const { return attention_bias && model_type != "qwen2"; }
-  // gemma2: RMSNorm scales by (1 + w) in float32, embeddings are multiplied by sqrt(hidden), and
-  // every layer has four norms (input, post_attention, pre_feedforward, post_feedforward).
-  bool gemma_style() const { return model_type == "gemma2"; }
+  // gemma2/3: RMSNorm scales by (1 + w) in float32, embeddings are multiplied by sqrt(hidden),
+  // and every layer has four norms (input, post_attention, pre_feedforward, post_feedforward).
+  bool gemma_style() const { return model_type == "gemma2" || model_type == "gemma3_text"; }
   // phi3: one qkv_proj [(heads + 2 kv) * head_dim, hidden] and one gate_up_proj [2 I, hidden].
   bool fused_projections() const { return model_type == "phi3"; }
   // Whether decoder layer `layer` attends through the sliding window.
   bool layer_slides(int64_t layer) const {
     return sliding_window.has_value() &&
            (layer_types.empty() || layer_types.at(layer) == "sliding_attention");
+  }
+  // Whether decoder layer `layer` rotates with local_rope_theta / local_rope_scaling.
+  bool layer_uses_local_rope(int64_t layer) const {
+    return local_rope_theta.has_value() && !layer_types.empty() &&
+           layer_types.at(layer) == "sliding_attention";
   }
   double attention_scale() const;
 

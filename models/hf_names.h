@@ -1,5 +1,5 @@
-// The tensors of a Hugging Face Llama-family (and Gemma 2, Phi-3) checkpoint: names and shapes, in
-// the order transformers' state_dict lists them (reference/formats.md §5).
+// The tensors of a Hugging Face Llama-family (and Gemma 2/3, Phi-3) checkpoint: names and shapes,
+// in the order transformers' state_dict lists them (reference/formats.md §5).
 #pragma once
 
 #include "models/config.h"

@@ -61,10 +61,11 @@ Attention::Attention(const ModelConfig& c, const at::TensorOptions& options,
   }
   o_proj = register_module("o_proj", make(prefix + "o_proj", q_out, hidden, c.has_o_bias()));
   if (c.qk_norm) {
-    q_norm =
-        register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
-    k_norm =
-        register_module("k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options));
+    const bool unit_offset = c.gemma_style();  // gemma3's q/k norms scale by 1 + w
+    q_norm = register_module(
+        "q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options, unit_offset));
+    k_norm = register_module(
+        "k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps, options, unit_offset));
   }
 }
 
@@ -87,7 +88,7 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& cos, const 
                               const AttentionLayout& layout, at::Tensor* keys, at::Tensor* values) {
   const int64_t batch = x.size(0), length = x.size(1);
   auto [q, k, v] = project(x);
-  // Qwen3 normalises each head before the transpose and RoPE.
+  // Qwen3 and Gemma 3 normalise each head before the transpose and RoPE.
   if (q_norm) {
     q = q_norm->forward(q);
     k = k_norm->forward(k);
@@ -236,6 +237,10 @@ CausalLM::CausalLM(const ModelConfig& config, const at::TensorOptions& options,
   }
   inv_freq_ = std::make_unique<RopeFrequencies>(
       rope_inverse_frequencies(config_.head_dim, config_.rope_theta, config_.rope_scaling));
+  if (config_.local_rope_theta) {
+    local_inv_freq_ = std::make_unique<RopeFrequencies>(rope_inverse_frequencies(
+        config_.head_dim, *config_.local_rope_theta, config_.local_rope_scaling));
+  }
 }
 
 c10::Device CausalLM::device() const {
@@ -348,7 +353,7 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
                 {.tensor = "segment_ids"});
   }
   const AttentionLayout layout = attention_layout(in, batch, length, past);
-  // gemma2: layers that do not slide need a mask without the window (packed layouts apply the
+  // gemma2/3: layers that do not slide need a mask without the window (packed layouts apply the
   // window per layer inside the attention and are shared).
   const bool per_layer_masks =
       !config_.layer_types.empty() && config_.sliding_window && !layout.varlen();
@@ -365,6 +370,16 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     x = x * at::scalar_tensor(scale, at::kFloat).to(x.scalar_type()).to(x.device());
   }
   auto [cos, sin] = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
+  // gemma3: sliding layers rotate with their own frequencies.
+  at::Tensor local_cos, local_sin;
+  if (local_inv_freq_) {
+    std::tie(local_cos, local_sin) =
+        rope_cos_sin(local_inv_freq_->on(positions.device()), positions, x.scalar_type());
+  }
+  auto rope_of = [&](size_t layer) -> std::pair<const at::Tensor&, const at::Tensor&> {
+    if (config_.layer_uses_local_rope(static_cast<int64_t>(layer))) return {local_cos, local_sin};
+    return {cos, sin};
+  };
   const bool checkpoint =
       gradient_checkpointing_ && is_training() && cache == nullptr && at::GradMode::is_enabled();
   // A checkpointed layer only runs its backward pass when its input requires grad; the frozen
@@ -377,15 +392,16 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
   }
   const size_t layers = model->layers.size();
   for (size_t i = 0; i < layers; ++i) {
+    const auto [layer_cos, layer_sin] = rope_of(i);
     if (checkpoint) {
       const bool offload = offloader && i > 0 && i + 1 < layers;
-      x = checkpointed_layer(*model->layers[i], x, cos, sin, layout_of(i),
+      x = checkpointed_layer(*model->layers[i], x, layer_cos, layer_sin, layout_of(i),
                              offload ? offloader : nullptr, static_cast<int64_t>(i));
       continue;
     }
     at::Tensor* keys = cache ? &cache->keys[i] : nullptr;
     at::Tensor* values = cache ? &cache->values[i] : nullptr;
-    x = model->layers[i]->forward(x, cos, sin, layout_of(i), keys, values);
+    x = model->layers[i]->forward(x, layer_cos, layer_sin, layout_of(i), keys, values);
   }
   return model->norm->forward(x);
 }

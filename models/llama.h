@@ -1,4 +1,4 @@
-// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Gemma 2, Phi-3) built from a
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3) built from a
 // ModelConfig, with module names that equal transformers' state-dict names
 // (model.layers.0.self_attn.q_proj ...; Phi-3's fused self_attn.qkv_proj and mlp.gate_up_proj).
 //
@@ -71,7 +71,7 @@ class Attention : public torch::nn::Module {
 
   // q/k/v_proj, or (phi3) qkv_proj alone, whose output rows are q, then k, then v.
   std::shared_ptr<LinearSlot> q_proj, k_proj, v_proj, qkv_proj, o_proj;
-  std::shared_ptr<RMSNorm> q_norm, k_norm;  // qwen3 only
+  std::shared_ptr<RMSNorm> q_norm, k_norm;  // qwen3 and gemma3 only
 
  private:
   // x [B, T, H] -> q [B, T, heads, hd], k and v [B, T, kv, hd].
@@ -111,7 +111,7 @@ class DecoderLayer : public torch::nn::Module {
   std::shared_ptr<Attention> self_attn;
   std::shared_ptr<Mlp> mlp;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
-  // gemma2: post_attention_layernorm normalises the attention output, and these two wrap the MLP.
+  // gemma2/3: post_attention_layernorm normalises the attention output; these two wrap the MLP.
   std::shared_ptr<RMSNorm> pre_feedforward_layernorm, post_feedforward_layernorm;
 };
 
@@ -206,6 +206,7 @@ class CausalLM : public torch::nn::Module {
   ModelConfig config_;
   at::TensorOptions options_;
   std::unique_ptr<RopeFrequencies> inv_freq_;
+  std::unique_ptr<RopeFrequencies> local_inv_freq_;  // gemma3's sliding layers; null otherwise
   // ids [B, T] int64 (CPU or device) -> [B, T, H] on `device`.
   at::Tensor embed(const at::Tensor& ids, const c10::Device& device) const;
 
