@@ -11,9 +11,13 @@
 
 namespace qtrain {
 
-Batcher::Batcher(std::vector<Example> examples, BatchOptions options)
-    : examples_(std::move(examples)), options_(options) {
+Batcher::Batcher(std::vector<Example> examples, BatchOptions options, std::vector<Example> partners)
+    : examples_(std::move(examples)), partners_(std::move(partners)), options_(options) {
   if (examples_.empty()) throw_error(ErrorKind::kConfig, "no examples to batch");
+  if (!partners_.empty() && (partners_.size() != examples_.size() || options_.packing)) {
+    throw_error(ErrorKind::kConfig,
+                "paired examples need one partner per example and padding mode (no packing)");
+  }
   if (options_.micro_batch_size < 1 || options_.seq_len < 1) {
     throw_error(ErrorKind::kConfig, "micro_batch_size and seq_len must be at least 1, got " +
                                         std::to_string(options_.micro_batch_size) + " and " +
@@ -24,13 +28,13 @@ Batcher::Batcher(std::vector<Example> examples, BatchOptions options)
                                         std::to_string(options_.num_shards) +
                                         " shards does not exist");
   }
-  for (size_t i = 0; i < examples_.size(); ++i) {
-    const auto length = static_cast<int64_t>(examples_[i].ids.size());
-    if (length < 1 || length > options_.seq_len ||
-        examples_[i].labels.size() != examples_[i].ids.size()) {
+  for (size_t i = 0; i < examples_.size() + partners_.size(); ++i) {
+    const Example& example = i < examples_.size() ? examples_[i] : partners_[i - examples_.size()];
+    const auto length = static_cast<int64_t>(example.ids.size());
+    if (length < 1 || length > options_.seq_len || example.labels.size() != example.ids.size()) {
       throw_error(ErrorKind::kConfig,
                   "example " + std::to_string(i) + " has " + std::to_string(length) +
-                      " tokens (and " + std::to_string(examples_[i].labels.size()) +
+                      " tokens (and " + std::to_string(example.labels.size()) +
                       " labels); batches take 1 to seq_len = " + std::to_string(options_.seq_len) +
                       " (build examples with max_seq_len <= seq_len)");
     }
@@ -139,20 +143,34 @@ Batch Batcher::next() {
 }
 
 Batch Batcher::build(int64_t first_row, int64_t rows) const {
+  // The examples of each output row: the batch's rows, then (paired) their partners.
+  std::vector<std::vector<int64_t>> row_examples;
+  for (int64_t r = 0; r < rows; ++r) {
+    const Row& row = rows_[first_row + r];
+    row_examples.emplace_back(order_.begin() + row.start, order_.begin() + row.start + row.count);
+  }
+  const bool paired = !partners_.empty();
+  if (paired) {
+    for (int64_t r = 0; r < rows; ++r) row_examples.push_back(row_examples[r]);
+  }
+  const auto total_rows = static_cast<int64_t>(row_examples.size());
+  auto example_of = [&](int64_t row, int64_t id) -> const Example& {
+    return paired && row >= rows ? partners_[id] : examples_[id];
+  };
   int64_t width = options_.seq_len;
   if (!options_.packing) {
     width = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const Row& row = rows_[first_row + r];
-      width = std::max<int64_t>(width, examples_[order_[row.start]].ids.size());
+    for (int64_t r = 0; r < total_rows; ++r) {
+      width = std::max<int64_t>(width, example_of(r, row_examples[r].front()).ids.size());
     }
   }
   const auto long_options = at::TensorOptions().dtype(at::kLong);
   Batch batch;
-  batch.input_ids = at::full({rows, width}, options_.pad_id, long_options);
-  batch.labels = at::full({rows, width}, kIgnoreLabel, long_options);
-  batch.position_ids = at::zeros({rows, width}, long_options);
-  if (options_.packing) batch.segment_ids = at::zeros({rows, width}, long_options);
+  batch.pairs = paired ? rows : 0;
+  batch.input_ids = at::full({total_rows, width}, options_.pad_id, long_options);
+  batch.labels = at::full({total_rows, width}, kIgnoreLabel, long_options);
+  batch.position_ids = at::zeros({total_rows, width}, long_options);
+  if (options_.packing) batch.segment_ids = at::zeros({total_rows, width}, long_options);
   int64_t* ids = batch.input_ids.data_ptr<int64_t>();
   int64_t* labels = batch.labels.data_ptr<int64_t>();
   int64_t* positions = batch.position_ids.data_ptr<int64_t>();
@@ -164,13 +182,14 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
     cu_seqlens.push_back(static_cast<int32_t>(end));
   };
 
-  for (int64_t r = 0; r < rows; ++r) {
-    const Row& row = rows_[first_row + r];
+  for (int64_t r = 0; r < total_rows; ++r) {
+    const std::vector<int64_t>& members = row_examples[r];
+    const auto count = static_cast<int64_t>(members.size());
     const int64_t base = r * width;
     int64_t column = 0;
-    for (int64_t k = 0; k < row.count; ++k) {
-      const Example& example = examples_[order_[row.start + k]];
-      batch.example_ids.push_back(order_[row.start + k]);
+    for (int64_t k = 0; k < count; ++k) {
+      const Example& example = example_of(r, members[k]);
+      if (r < rows) batch.example_ids.push_back(members[k]);
       for (size_t i = 0; i < example.ids.size(); ++i, ++column) {
         ids[base + column] = example.ids[i];
         labels[base + column] = example.labels[i];
@@ -181,12 +200,13 @@ Batch Batcher::build(int64_t first_row, int64_t rows) const {
       if (options_.packing) end_segment(base + column);
     }
     batch.tokens += column;
-    batch.samples += row.count;
+    batch.row_lengths.push_back(column);
+    batch.samples += count;
     // The padding tail: positions run on from 0 (padding mode: from the example's end), and in
     // packing mode it is a segment of its own, so every query has at least itself to attend to.
     for (int64_t tail = 0; column < width; ++column, ++tail) {
       positions[base + column] = options_.packing ? tail : column;
-      if (segments) segments[base + column] = row.count;
+      if (segments) segments[base + column] = count;
     }
     if (options_.packing && cu_seqlens.back() != base + width) end_segment(base + width);
   }

@@ -43,6 +43,10 @@ struct Batch {
   int64_t loss_tokens = 0;           // labels != -100
   int64_t samples = 0;               // examples in the batch
   std::vector<int64_t> example_ids;  // indices into the batcher's examples, row by row
+  // Paired batchers (preference pairs): the rows are [the P examples..., their P partners...]
+  // in the same order (example_ids lists the first half); 0 otherwise.
+  int64_t pairs = 0;
+  std::vector<int64_t> row_lengths;  // each row's tokens before its padding
 };
 
 // Open rows first-fit packing considers; bounds its cost at O(examples * kPackingOpenRows).
@@ -73,7 +77,9 @@ class Batcher {
  public:
   // Throws Error(kConfig) for no examples, a micro_batch_size or seq_len below 1, an example
   // longer than seq_len, or a shard outside [0, num_shards).
-  Batcher(std::vector<Example> examples, BatchOptions options);
+  // With `partners` (one per example: a preference pair's rejected side), every batch carries
+  // each example's partner too, in a second block of rows (Batch::pairs); padding mode only.
+  Batcher(std::vector<Example> examples, BatchOptions options, std::vector<Example> partners = {});
 
   // The next batch; after the epoch's last batch the next epoch starts with a new order.
   Batch next();
@@ -100,6 +106,7 @@ class Batcher {
   Batch build(int64_t first_row, int64_t rows) const;
 
   std::vector<Example> examples_;
+  std::vector<Example> partners_;  // empty, or one per example
   BatchOptions options_;
   DataCursor cursor_;
   int64_t planned_epoch_ = -1;

@@ -151,7 +151,30 @@ int64_t count_loss_tokens(const Example& example) {
                        [](int64_t label) { return label != kIgnoreLabel; });
 }
 
+// `turns` of `record`, tokenized; errors carry the record's file and line.
+Example tokenize_record_turns(const Record& record, const std::vector<PromptParts>& turns,
+                              const Tokenizer& tokenizer, const ExampleOptions& options) {
+  Example example;
+  try {
+    example = tokenize_turns(turns, tokenizer, options);
+  } catch (const Error& e) {
+    throw e.with_context({.file = record.file, .line = record.line});
+  }
+  example.origin = record.file + ":" + std::to_string(record.line);
+  return example;
+}
+
 }  // namespace
+
+Example tokenize_record(const Record& record, const std::string& format, const FieldMap& fields,
+                        const Tokenizer& tokenizer, const ExampleOptions& options) {
+  return tokenize_record_turns(record, format_record(record, format, fields, options.chat_template),
+                               tokenizer, options);
+}
+
+int64_t count_example_loss_tokens(const Example& example) {
+  return count_loss_tokens(example);
+}
 
 std::string ExampleStats::summary() const {
   std::ostringstream out;
@@ -180,13 +203,7 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
       if (++counts.skipped_lines <= 5) log::warn("skipping bad dataset record: ", e.what());
       continue;
     }
-    Example example;
-    try {
-      example = tokenize_turns(turns, tokenizer, options);
-    } catch (const Error& e) {
-      throw e.with_context({.file = record.file, .line = record.line});
-    }
-    example.origin = record.file + ":" + std::to_string(record.line);
+    Example example = tokenize_record_turns(record, turns, tokenizer, options);
     const bool overlong = static_cast<int64_t>(example.ids.size()) > options.max_seq_len;
     if (overlong && options.overlong == "drop") {
       ++counts.dropped;

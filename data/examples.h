@@ -65,6 +65,13 @@ std::vector<Example> build_examples(const std::vector<Record>& records, const st
                                     const FieldMap& fields, const Tokenizer& tokenizer,
                                     const ExampleOptions& options, ExampleStats* stats = nullptr);
 
+// One record's example before the length rules (no truncation, no drop): its turns tokenized with
+// their loss labels, origin set. Throws as format_record, errors naming the record.
+Example tokenize_record(const Record& record, const std::string& format, const FieldMap& fields,
+                        const Tokenizer& tokenizer, const ExampleOptions& options);
+// Labels that carry loss after the causal shift (labels[1:] != kIgnoreLabel).
+int64_t count_example_loss_tokens(const Example& example);
+
 // read_records + build_examples, with options.skip_bad_lines applied to both (skipped_lines
 // counts malformed lines and records that do not fit the format).
 std::vector<Example> load_examples(const std::string& path, const std::string& format,

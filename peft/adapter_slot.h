@@ -29,6 +29,14 @@ class AdapterSlot : public LinearSlot {
   virtual void merge() = 0;
   virtual void unmerge() = 0;
   virtual bool merged() const = 0;
+
+  // Switched off, forward is the base slot's alone (DPO's reference model: the same base with
+  // the adapters off). A merged adapter is part of the base weight and stays in.
+  void set_enabled(bool enabled) { enabled_ = enabled; }
+  bool enabled() const { return enabled_; }
+
+ protected:
+  bool enabled_ = true;
 };
 
 }  // namespace qtrain

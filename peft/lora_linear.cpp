@@ -59,7 +59,7 @@ LoraLinear::LoraLinear(std::shared_ptr<LinearSlot> base, const LoraConfig& confi
 
 at::Tensor LoraLinear::forward(const at::Tensor& x) {
   at::Tensor y = base_->forward(x);
-  if (merged_) return y;
+  if (merged_ || !enabled_) return y;
   at::Tensor h = x.to(lora_A_.scalar_type());
   if (dropout_ > 0 && is_training()) h = at::dropout(h, dropout_, /*train=*/true);
   at::Tensor delta = at::linear(at::linear(h, lora_A_), lora_B_) * scaling_;  // [..., out]

@@ -51,7 +51,7 @@ QaLoraLinear::QaLoraLinear(std::shared_ptr<Int4LinearSlot> base, const LoraConfi
 
 at::Tensor QaLoraLinear::forward(const at::Tensor& x) {
   at::Tensor y = base_->forward(x);  // [..., out]
-  if (merged_) return y;
+  if (merged_ || !enabled_) return y;
   const int64_t groups = in_features() / group_size_;
   at::Tensor pooled =
       x.to(lora_A_.scalar_type()).unflatten(-1, {groups, group_size_}).mean(-1);  // [..., in/g]

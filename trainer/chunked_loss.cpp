@@ -82,24 +82,22 @@ at::Tensor cross_entropy_in_place(at::Tensor& logits, const at::Tensor& targets,
 }
 
 // out [C, V] lm_head's output (any floating dtype, no gradient tracked through these writes),
-// targets [C] -> scalar float32: the summed float32 cross-entropy. With `gradient`, out is
-// overwritten with d loss / d out (softmax - onehot, computed in float32, rounded to out's
-// dtype); otherwise its values are left undefined. Float32 runs in place on out itself;
-// other dtypes go through a float32 copy of kFloatBlockRows rows at a time.
+// targets [C] -> [C] float32: each row's cross-entropy. With `gradient`, out is overwritten with
+// d loss / d out (softmax - onehot, computed in float32, rounded to out's dtype); otherwise its
+// values are left undefined. Float32 runs in place on out itself; other dtypes go through a
+// float32 copy of kFloatBlockRows rows at a time.
 at::Tensor cross_entropy_of_logits(at::Tensor out, const at::Tensor& targets, bool gradient) {
-  if (out.scalar_type() == at::kFloat) {
-    return cross_entropy_in_place(out, targets, gradient).sum();
-  }
-  at::Tensor total = at::zeros({}, out.options().dtype(at::kFloat));
+  if (out.scalar_type() == at::kFloat) return cross_entropy_in_place(out, targets, gradient);
+  std::vector<at::Tensor> pieces;
   const int64_t rows = out.size(0);
   for (int64_t start = 0; start < rows; start += kFloatBlockRows) {
     const int64_t r = std::min(kFloatBlockRows, rows - start);
     at::Tensor block = out.narrow(0, start, r);
     at::Tensor work = block.to(at::kFloat);
-    total.add_(cross_entropy_in_place(work, targets.narrow(0, start, r), gradient).sum());
+    pieces.push_back(cross_entropy_in_place(work, targets.narrow(0, start, r), gradient));
     if (gradient) block.copy_(work);
   }
-  return total;
+  return pieces.empty() ? at::zeros({0}, out.options().dtype(at::kFloat)) : at::cat(pieces);
 }
 
 // As cross_entropy_of_logits, of the soft-capped logits z = cap * tanh(out / cap) (cap > 0),
@@ -112,9 +110,9 @@ at::Tensor capped_cross_entropy_of_logits(at::Tensor out, const at::Tensor& targ
   const bool in_place = out.scalar_type() == at::kFloat;
   if (!gradient && in_place) {
     out.div_(cap).tanh_().mul_(cap);
-    return cross_entropy_in_place(out, targets, /*gradient=*/false).sum();
+    return cross_entropy_in_place(out, targets, /*gradient=*/false);
   }
-  at::Tensor total = at::zeros({}, out.options().dtype(at::kFloat));
+  std::vector<at::Tensor> pieces;
   const int64_t rows = out.size(0);
   for (int64_t start = 0; start < rows; start += kFloatBlockRows) {
     const int64_t r = std::min(kFloatBlockRows, rows - start);
@@ -123,29 +121,29 @@ at::Tensor capped_cross_entropy_of_logits(at::Tensor out, const at::Tensor& targ
     if (!gradient) {
       at::Tensor work = block.to(at::kFloat);
       work.div_(cap).tanh_().mul_(cap);
-      total.add_(cross_entropy_in_place(work, block_targets, /*gradient=*/false).sum());
+      pieces.push_back(cross_entropy_in_place(work, block_targets, /*gradient=*/false));
       continue;
     }
     at::Tensor squashed = at::div(block.to(at::kFloat), cap).tanh_();  // [r, V] tanh(out / cap)
     at::Tensor work = in_place ? block.copy_(squashed).mul_(cap) : squashed * cap;  // z [r, V]
-    total.add_(cross_entropy_in_place(work, block_targets, /*gradient=*/true).sum());
+    pieces.push_back(cross_entropy_in_place(work, block_targets, /*gradient=*/true));
     work.mul_(squashed.square_().neg_().add_(1.0));
     if (!in_place) block.copy_(work);
   }
-  return total;
+  return pieces.empty() ? at::zeros({0}, out.options().dtype(at::kFloat)) : at::cat(pieces);
 }
 
-// The uncapped or soft-capped (cap > 0) cross-entropy of lm_head's output.
+// The uncapped or soft-capped (cap > 0) cross-entropy of each row of lm_head's output: [C].
 at::Tensor head_output_cross_entropy(at::Tensor out, const at::Tensor& targets, bool gradient,
                                      double cap) {
   return cap > 0 ? capped_cross_entropy_of_logits(std::move(out), targets, gradient, cap)
                  : cross_entropy_of_logits(std::move(out), targets, gradient);
 }
 
-// h [C, H], targets [C] -> scalar float32: the summed cross-entropy of lm_head(h), forward only.
-// Only this chunk's logits exist, in the model's dtype (and one float32 block of them).
-at::Tensor chunk_loss(LinearSlot& lm_head, const at::Tensor& h, const at::Tensor& targets,
-                      double cap) {
+// h [C, H], targets [C] -> [C] float32: the cross-entropy of each row of lm_head(h), forward
+// only. Only this chunk's logits exist, in the model's dtype (and one float32 block of them).
+at::Tensor chunk_token_losses(LinearSlot& lm_head, const at::Tensor& h, const at::Tensor& targets,
+                              double cap) {
   return head_output_cross_entropy(lm_head.forward(h).detach(), targets, /*gradient=*/false, cap);
 }
 
@@ -161,7 +159,9 @@ at::Tensor forward_chunks(LinearSlot& lm_head, const at::Tensor& rows, const at:
   const int64_t chunk = chunk_size(chunk_tokens, n);
   for (int64_t start = 0; start < n; start += chunk) {
     const int64_t c = std::min(chunk, n - start);
-    total.add_(chunk_loss(lm_head, rows.narrow(0, start, c), targets.narrow(0, start, c), cap));
+    total.add_(
+        chunk_token_losses(lm_head, rows.narrow(0, start, c), targets.narrow(0, start, c), cap)
+            .sum());
   }
   return total;
 }
@@ -174,9 +174,9 @@ struct LossCall : torch::CustomClassHolder {
   std::vector<at::Tensor> params;  // lm_head's parameters that require grad
 };
 
-// One chunk: its summed loss and the gradients of that loss.
+// One chunk: its rows' losses and the gradients of their sum.
 struct ChunkResult {
-  at::Tensor loss;                // scalar float32
+  at::Tensor loss;                // [C] float32
   at::Tensor grad_h;              // [C, H], undefined unless h requires grad
   std::vector<at::Tensor> grads;  // one per trainable parameter of lm_head, undefined if unused
 };
@@ -232,7 +232,7 @@ class ChunkedLinearCrossEntropy : public torch::autograd::Function<ChunkedLinear
       const at::Tensor h = rows.narrow(0, start, c).detach().requires_grad_(call->rows_need_grad);
       ChunkResult r = chunk_loss_and_grads(*call->lm_head, h, targets.narrow(0, start, c),
                                            call->params, call->softcap);
-      total.add_(r.loss);
+      total.add_(r.loss.sum());
       if (call->rows_need_grad) grad_rows.narrow(0, start, c).copy_(r.grad_h);
       for (size_t p = 0; p < num_params; ++p) {
         const at::Tensor& g = r.grads[p];
@@ -279,6 +279,43 @@ class ChunkedLinearCrossEntropy : public torch::autograd::Function<ChunkedLinear
   }
 };
 
+// Inputs: rows [N, H], targets [N], the call. Forward computes each row's cross-entropy [N] and
+// d CE_n / d rows_n (a row's loss depends on its own hidden state alone), saved [N, H] in rows'
+// dtype; backward scales row n's by the incoming gradient's n-th value. lm_head is frozen.
+class ChunkedTokenCrossEntropy : public torch::autograd::Function<ChunkedTokenCrossEntropy> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows,
+                            const at::Tensor& targets, c10::intrusive_ptr<LossCall> call) {
+    const int64_t n = rows.size(0);
+    std::vector<at::Tensor> losses;
+    at::Tensor grad_rows = at::empty_like(rows);
+    const int64_t chunk = chunk_size(call->chunk_tokens, n);
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t c = std::min(chunk, n - start);
+      const at::Tensor h = rows.narrow(0, start, c).detach().requires_grad_(true);
+      ChunkResult r =
+          chunk_loss_and_grads(*call->lm_head, h, targets.narrow(0, start, c), {}, call->softcap);
+      losses.push_back(r.loss);
+      grad_rows.narrow(0, start, c).copy_(r.grad_h);
+    }
+    ctx->save_for_backward({grad_rows});
+    return losses.empty() ? at::zeros({0}, rows.options().dtype(at::kFloat)) : at::cat(losses);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    if (at::GradMode::is_enabled()) {
+      throw_error(ErrorKind::kInternal,
+                  "chunked token loss: its gradients are computed in forward and cannot be "
+                  "differentiated again (backward with create_graph)");
+    }
+    const at::Tensor grad_rows = ctx->get_saved_variables()[0];
+    torch::autograd::variable_list out(3);
+    if (grads[0].defined()) out[0] = grad_rows * grads[0].unsqueeze(1).to(grad_rows.scalar_type());
+    return out;
+  }
+};
+
 void check_inputs(const at::Tensor& hidden, const LinearSlot& lm_head, const at::Tensor& labels) {
   if (hidden.dim() != 3 || labels.dim() != 2 || hidden.size(0) != labels.size(0) ||
       hidden.size(1) != labels.size(1) || hidden.size(2) != lm_head.in_features()) {
@@ -321,6 +358,45 @@ at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_h
   call->rows_need_grad = rows.requires_grad();
   call->params = params;
   return ChunkedLinearCrossEntropy::apply(rows, where.targets, call, at::TensorList(params));
+}
+
+TokenCrossEntropy chunked_token_cross_entropy(const at::Tensor& hidden, LinearSlot& lm_head,
+                                              const at::Tensor& labels, int64_t chunk_tokens,
+                                              double final_logit_softcap) {
+  check_inputs(hidden, lm_head, labels);
+  const LossPositions where = loss_positions(labels, lm_head.out_features(), hidden.device());
+  const at::Tensor rows = hidden.reshape({-1, hidden.size(2)}).index_select(0, where.rows);
+  TokenCrossEntropy out;
+  out.rows = at::floor_divide(where.rows, hidden.size(1));
+  if (at::GradMode::is_enabled()) {
+    for (const at::Tensor& p : lm_head.parameters()) {
+      if (p.requires_grad()) {
+        throw_error(ErrorKind::kInternal,
+                    "chunked token loss: lm_head has trainable parameters; sequence objectives "
+                    "train adapters on the decoder only");
+      }
+    }
+  }
+  if (!at::GradMode::is_enabled() || !rows.requires_grad()) {
+    std::vector<at::Tensor> losses;
+    const int64_t n = rows.size(0);
+    const int64_t chunk = chunk_size(chunk_tokens, n);
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t c = std::min(chunk, n - start);
+      losses.push_back(chunk_token_losses(lm_head, rows.narrow(0, start, c).detach(),
+                                          where.targets.narrow(0, start, c), final_logit_softcap));
+    }
+    out.values =
+        losses.empty() ? at::zeros({0}, hidden.options().dtype(at::kFloat)) : at::cat(losses);
+    return out;
+  }
+  auto call = c10::make_intrusive<LossCall>();
+  call->lm_head = &lm_head;
+  call->chunk_tokens = chunk_tokens;
+  call->softcap = final_logit_softcap;
+  call->rows_need_grad = true;
+  out.values = ChunkedTokenCrossEntropy::apply(rows, where.targets, call);
+  return out;
 }
 
 }  // namespace qtrain

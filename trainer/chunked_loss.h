@@ -62,4 +62,18 @@ at::Tensor chunked_causal_lm_loss_sum(const at::Tensor& hidden, LinearSlot& lm_h
                                       const at::Tensor& labels, int64_t chunk_tokens,
                                       double final_logit_softcap = 0);
 
+// The same chunked projection, one cross-entropy per loss position, for objectives over whole
+// sequences (DPO, ORPO): values [N] float32, in the order of the positions (row b ascending, then
+// t), differentiable with respect to hidden (its gradient [N, H] is computed in forward and kept,
+// N x H in the model's dtype); rows [N] int64 on hidden's device: the batch row b of each. lm_head
+// must be frozen when a gradient is needed (Error(kInternal) otherwise: a per-token gradient
+// through trainable lm_head parameters would need each token's own outer product).
+struct TokenCrossEntropy {
+  at::Tensor values;
+  at::Tensor rows;
+};
+TokenCrossEntropy chunked_token_cross_entropy(const at::Tensor& hidden, LinearSlot& lm_head,
+                                              const at::Tensor& labels, int64_t chunk_tokens,
+                                              double final_logit_softcap = 0);
+
 }  // namespace qtrain

@@ -23,6 +23,8 @@
 #include "trainer/optim/grad_clip.h"
 #include "trainer/optim/lr_scheduler.h"
 #include "trainer/optim/optimizer.h"
+#include "trainer/preference_eval.h"
+#include "trainer/preference_loss.h"
 #include "trainer/progress.h"
 #include "trainer/recipe/recipe.h"
 #include "trainer/run_directory.h"
@@ -100,13 +102,15 @@ class TrainingRun {
   struct StepBatches {
     std::vector<Batch> micro;
     int64_t loss_tokens = 0;           // over all ranks
+    int64_t pairs = 0;                 // preference objectives: pairs, over all ranks
     int64_t tokens = 0;                // over all ranks
     std::vector<std::string> origins;  // this rank's samples
   };
   // What the step's one device-to-host read brings back.
   struct StepValues {
-    double loss = 0;       // mean token loss over all ranks
-    double grad_norm = 0;  // before clipping
+    double loss = 0;              // mean token loss (preference: mean pair loss) over all ranks
+    double grad_norm = 0;         // before clipping
+    std::vector<double> metrics;  // preference objectives: preference_metric_names, means
   };
   StepBatches next_step_batches();
   void skip_all_masked_step(int64_t step, double lr, const StepBatches& batches);
@@ -114,6 +118,11 @@ class TrainingRun {
   // micro-batch's summed token loss [k] float32, on the device.
   at::Tensor train_step(int64_t step, const StepBatches& batches);
   at::Tensor micro_batch_loss_sum(const Batch& batch);
+  ForwardInputs forward_inputs(const Batch& batch) const;
+  // What one step divides its loss sums by: pairs (preference objectives) or loss tokens.
+  double step_units(const StepBatches& batches) const;
+  void setup_preference();
+  void run_preference_eval(int64_t step);
   at::Tensor to_device(const at::Tensor& host) const;
   // Unscale, clip, read the step's values once, then step the optimizer unless they are
   // non-finite; nullopt when the step was skipped.
@@ -131,7 +140,10 @@ class TrainingRun {
   const Recipe& recipe_;
   TrainOptions options_;
   DataParallel dp_;
-  std::unique_ptr<ShardedBase> sharded_;  // distributed.strategy shard
+  std::unique_ptr<ShardedBase> sharded_;         // distributed.strategy shard
+  std::optional<PreferenceOptions> preference_;  // training.objective dpo | orpo
+  std::vector<std::vector<double>> reference_;   // precomputed: [chosen, rejected][example id]
+  at::Tensor step_metric_sums_;                  // preference: this step's, on the device
   std::string run_dir_;
   TrainingModel m_;
   TrainingData data_;
@@ -180,15 +192,17 @@ void TrainingRun::setup() {
                 {.field = recipe_.model.synthetic ? "model.known_config" : "model.path"});
   }
   pad_id_ = padding_id(*data_.tokenizer);
-  batcher_ =
-      std::make_unique<Batcher>(data_.train, BatchOptions{.micro_batch_size = t.micro_batch_size,
-                                                          .seq_len = recipe_.data.max_seq_len,
-                                                          .packing = recipe_.data.packing,
-                                                          .seed = t.seed,
-                                                          .shuffle = true,
-                                                          .pad_id = pad_id_,
-                                                          .num_shards = dp_.world_size(),
-                                                          .shard = dp_.rank()});
+  batcher_ = std::make_unique<Batcher>(data_.train,
+                                       BatchOptions{.micro_batch_size = t.micro_batch_size,
+                                                    .seq_len = recipe_.data.max_seq_len,
+                                                    .packing = recipe_.data.packing,
+                                                    .seed = t.seed,
+                                                    .shuffle = true,
+                                                    .pad_id = pad_id_,
+                                                    .num_shards = dp_.world_size(),
+                                                    .shard = dp_.rank()},
+                                       data_.train_rejected);
+  if (t.objective != "sft") setup_preference();
   total_steps_ = t.max_steps > 0
                      ? t.max_steps
                      : t.epochs * ceil_div(batcher_->batches_per_epoch(), t.grad_accum_steps);
@@ -220,6 +234,36 @@ void TrainingRun::setup() {
             " ranks = ", t.grad_accum_steps * t.micro_batch_size * dp_.world_size(),
             " samples (global batch); optimizer ", t.optimizer, " (",
             format_bytes(optimizer_->state_bytes()), " of state)");
+}
+
+void TrainingRun::setup_preference() {
+  const auto& t = recipe_.training;
+  for (const auto& [module, adapter] : m_.adapters) {
+    if (module == "lm_head") {
+      throw_error(ErrorKind::kConfig,
+                  "adapts lm_head; preference objectives score whole sequences through a frozen "
+                  "lm_head: adapt the decoder's projections",
+                  {.field = recipe_.adapter.target_regex.empty() ? "adapter.target_modules"
+                                                                 : "adapter.target_regex"});
+    }
+  }
+  preference_ = PreferenceOptions{.objective = t.objective,
+                                  .beta = t.dpo_beta,
+                                  .label_smoothing = t.dpo_label_smoothing,
+                                  .lambda = t.orpo_lambda,
+                                  .loss_chunk_tokens = t.loss_chunk_tokens};
+  if (t.objective == "dpo" && t.precompute_ref_log_probs) {
+    reference_ =
+        reference_log_probs_of(*m_.model, data_.train, data_.train_rejected, t.micro_batch_size,
+                               recipe_.data.max_seq_len, pad_id_, t.loss_chunk_tokens);
+    log::info("training.precompute_ref_log_probs: reference log-probabilities of ",
+              data_.train.size(), " pairs computed once");
+  }
+  log::info("objective ", t.objective,
+            t.objective == "dpo" ? " (beta " + std::to_string(t.dpo_beta) + ", label smoothing " +
+                                       std::to_string(t.dpo_label_smoothing) +
+                                       "; reference: the base with the adapters off)"
+                                 : " (lambda " + std::to_string(t.orpo_lambda) + ")");
 }
 
 void TrainingRun::setup_activation_offloading() {
@@ -303,8 +347,46 @@ void TrainingRun::resume_from(const std::string& dir) {
   last_saved_step_ = state.step;
 }
 
+void TrainingRun::run_preference_eval(int64_t step) {
+  PreferenceEvalSums eval = evaluate_preference(
+      *m_.model, data_.eval, data_.eval_rejected, recipe_.training.micro_batch_size,
+      recipe_.data.max_seq_len, pad_id_, recipe_.training.eval_batches, *preference_, dp_.rank(),
+      dp_.world_size(), /*lockstep=*/sharded_ != nullptr);
+  std::vector<double> sums = {eval.loss_sum, static_cast<double>(eval.pairs)};
+  sums.insert(sums.end(), eval.metric_sums.begin(), eval.metric_sums.end());
+  dp_.sum(sums);
+  const double pairs = std::max(sums[1], 1.0);
+  const double loss = sums[0] / pairs;
+  if (step == 0 || result_.first_eval_loss == 0) result_.first_eval_loss = loss;
+  result_.last_eval_loss = loss;
+  const std::vector<std::string> names = preference_metric_names(preference_->objective);
+  nlohmann::json row = {{"step", step}, {"eval_loss", loss}, {"eval_pairs", sums[1]}};
+  for (size_t m = 0; m < names.size(); ++m) row["eval_" + names[m]] = sums[2 + m] / pairs;
+  log::info("eval at step ", step, ": loss ", loss, ", reward accuracy ",
+            row["eval_rewards/accuracies"].get<double>(), ", margin ",
+            row["eval_rewards/margins"].get<double>(), " (", static_cast<int64_t>(sums[1]),
+            " pairs)");
+  if (step > 0)
+    result_.last_eval_reward_accuracy = row["eval_rewards/accuracies"].get<double>();
+  else
+    result_.first_eval_reward_accuracy = row["eval_rewards/accuracies"].get<double>();
+  if (!metrics_) return;
+  metrics_->append(row);
+  if (tensorboard_) {
+    tensorboard_->add_scalar("eval/loss", loss, step);
+    for (size_t m = 0; m < names.size(); ++m) {
+      tensorboard_->add_scalar("eval/" + names[m], sums[2 + m] / pairs, step);
+    }
+    tensorboard_->flush();
+  }
+}
+
 void TrainingRun::run_eval(int64_t step) {
   if (data_.eval.empty()) return;
+  if (preference_) {
+    run_preference_eval(step);
+    return;
+  }
   EvalResult eval = evaluate(*m_.model, data_.eval, recipe_.training.micro_batch_size,
                              recipe_.data.max_seq_len, pad_id_, recipe_.training.eval_batches,
                              dp_.rank(), dp_.world_size(), recipe_.training.loss_chunk_tokens,
@@ -369,15 +451,17 @@ void TrainingRun::save(int64_t step) {
 
 TrainingRun::StepBatches TrainingRun::next_step_batches() {
   StepBatches out;
-  std::vector<double> counts{0, 0};  // loss tokens, tokens of the step, over all ranks
+  std::vector<double> counts{0, 0, 0};  // loss tokens, tokens, pairs of the step, all ranks
   for (int64_t i = 0; i < recipe_.training.grad_accum_steps; ++i) {
     out.micro.push_back(batcher_->next());
     counts[0] += static_cast<double>(count_loss_tokens(out.micro.back().labels));
     counts[1] += static_cast<double>(out.micro.back().tokens);
+    counts[2] += static_cast<double>(out.micro.back().pairs);
   }
   dp_.sum(counts);
   out.loss_tokens = static_cast<int64_t>(counts[0]);
   out.tokens = static_cast<int64_t>(counts[1]);
+  out.pairs = static_cast<int64_t>(counts[2]);
   for (const Batch& batch : out.micro) {
     for (int64_t id : batch.example_ids) out.origins.push_back(batcher_->example(id).origin);
   }
@@ -408,7 +492,11 @@ at::Tensor TrainingRun::to_device(const at::Tensor& host) const {
   return host.pin_memory().to(m_.device, /*non_blocking=*/true);
 }
 
-at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
+double TrainingRun::step_units(const StepBatches& batches) const {
+  return static_cast<double>(preference_ ? batches.pairs : batches.loss_tokens);
+}
+
+ForwardInputs TrainingRun::forward_inputs(const Batch& batch) const {
   // With the embedding table in host memory its rows are gathered from the host ids.
   ForwardInputs inputs{
       .input_ids = m_.model->embeddings_on_host() ? batch.input_ids : to_device(batch.input_ids),
@@ -420,6 +508,26 @@ at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
     inputs.max_seqlen = batch.max_seqlen;
   } else if (batch.segment_ids.defined()) {
     inputs.segment_ids = to_device(batch.segment_ids);
+  }
+  return inputs;
+}
+
+at::Tensor TrainingRun::micro_batch_loss_sum(const Batch& batch) {
+  const ForwardInputs inputs = forward_inputs(batch);
+  if (preference_) {
+    at::Tensor reference;
+    if (!reference_.empty()) {
+      std::vector<double> values;
+      for (int side = 0; side < 2; ++side) {
+        for (int64_t id : batch.example_ids) values.push_back(reference_[side][id]);
+      }
+      reference = to_device(at::tensor(values, at::kDouble).to(at::kFloat));
+    }
+    const PreferenceLoss loss =
+        preference_micro_batch(*m_.model, inputs, batch, *preference_, reference);
+    step_metric_sums_ =
+        step_metric_sums_.defined() ? step_metric_sums_ + loss.metric_sums : loss.metric_sums;
+    return loss.loss_sum;
   }
   const at::Tensor hidden = m_.model->hidden_states(inputs);
   return chunked_causal_lm_loss_sum(hidden, *m_.model->lm_head, batch.labels,
@@ -445,7 +553,8 @@ at::Tensor TrainingRun::train_step(int64_t step, const StepBatches& batches) {
   const auto& micro = batches.micro;
   // Normalising every micro-batch by the step's loss tokens (of all ranks) makes the accumulated
   // gradient, summed over ranks, that of one big batch, whatever the micro-batches' lengths.
-  const double norm = static_cast<double>(batches.loss_tokens) / scaler_.scale();
+  const double norm = step_units(batches) / scaler_.scale();
+  step_metric_sums_ = at::Tensor();
   GradReducer* reducer = dp_.reducer();
   std::vector<at::Tensor> sums;
   for (size_t k = 0; k < micro.size(); ++k) {
@@ -547,7 +656,16 @@ void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
                     .tokens_per_second = tokens / seconds,
                     .seconds_per_step = seconds,
                     .memory_bytes = mem.current};
-  std::fprintf(stderr, "%s\n", format_progress(report).c_str());
+  std::string line = format_progress(report);
+  const std::vector<std::string> names =
+      preference_ ? preference_metric_names(preference_->objective) : std::vector<std::string>{};
+  if (!values.metrics.empty()) {
+    char extra[96];
+    std::snprintf(extra, sizeof(extra), " | acc %.2f | margin %.4f", values.metrics[3],
+                  values.metrics[2]);
+    line += extra;
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
   nlohmann::json row = {{"step", done},
                         {"loss", loss},
                         {"lr", lr},
@@ -560,6 +678,10 @@ void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
                         {"peak_memory_bytes", mem.peak},
                         {"offloaded_host_bytes", m_.model->offloaded_peak_bytes()}};
   if (sharded_) row.update(sharded_->step_metrics(*m_.model));
+  for (size_t m = 0; m < values.metrics.size() && m < names.size(); ++m) {
+    row[names[m]] = values.metrics[m];
+  }
+  if (preference_) row["pairs"] = batches.pairs;
   metrics_->append(row);
   if (tensorboard_) {
     tensorboard_->add_scalar("train/loss", loss, done);
@@ -567,6 +689,9 @@ void TrainingRun::log_step(int64_t done, double lr, const StepValues& values,
     tensorboard_->add_scalar("train/grad_norm", values.grad_norm, done);
     tensorboard_->add_scalar("train/tokens_per_second", tokens / seconds, done);
     tensorboard_->add_scalar("train/memory_bytes", static_cast<double>(mem.current), done);
+    for (size_t m = 0; m < values.metrics.size() && m < names.size(); ++m) {
+      tensorboard_->add_scalar("train/" + names[m], values.metrics[m], done);
+    }
     tensorboard_->flush();
   }
 }
@@ -581,8 +706,9 @@ std::optional<TrainingRun::StepValues> TrainingRun::apply_update(int64_t step, d
     norm = clip_grad_norm_on_device(params_, recipe_.training.max_grad_norm);
   }
   // The step's one device-to-host read: every micro-batch's loss sum and the gradient norm.
-  const at::Tensor host =
-      at::cat({micro_sums.to(at::kDouble), norm.to(at::kDouble).view({1})}).to(at::kCPU);
+  std::vector<at::Tensor> read = {micro_sums.to(at::kDouble), norm.to(at::kDouble).view({1})};
+  if (step_metric_sums_.defined()) read.push_back(step_metric_sums_.to(at::kDouble));
+  const at::Tensor host = at::cat(read).to(at::kCPU);
   const double* values = host.data_ptr<double>();
   const int64_t micro = micro_sums.size(0);
   std::vector<double> loss_sum{0};
@@ -594,9 +720,12 @@ std::optional<TrainingRun::StepValues> TrainingRun::apply_update(int64_t step, d
                         " (samples " + describe_micro_batch(batches, k) + ")";
     }
   }
+  // Preference metrics travel with the loss sum: [loss, metrics...], summed over ranks.
+  for (int64_t m = micro + 1; m < host.numel(); ++m) loss_sum.push_back(values[m]);
   dp_.sum(loss_sum);
-  StepValues out{.loss = loss_sum[0] / static_cast<double>(batches.loss_tokens),
-                 .grad_norm = values[micro]};
+  const double units = step_units(batches);
+  StepValues out{.loss = loss_sum[0] / units, .grad_norm = values[micro]};
+  for (size_t m = 1; m < loss_sum.size(); ++m) out.metrics.push_back(loss_sum[m] / units);
   const bool grads_finite = std::isfinite(out.grad_norm);
   if (std::isfinite(out.loss) && !grads_finite && !scaler_.update(false)) {
     skip_overflow_step(step, lr);

@@ -25,8 +25,10 @@ struct TrainResult {
   int64_t total_steps = 0;
   double last_loss = 0;
   double first_eval_loss = 0, last_eval_loss = 0;  // 0 when the run had no evaluation
-  int64_t skipped_steps = 0;                       // non-finite steps skipped
-  bool interrupted = false;                        // stopped by a signal after a checkpoint
+  // Preference objectives: held-out reward accuracy at step 0 and at the last evaluation.
+  double first_eval_reward_accuracy = 0, last_eval_reward_accuracy = 0;
+  int64_t skipped_steps = 0;  // non-finite steps skipped
+  bool interrupted = false;   // stopped by a signal after a checkpoint
   std::string run_dir;
   int rank = 0;  // this process's rank; only rank 0 writes the run directory
   int world_size = 1;

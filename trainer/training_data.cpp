@@ -1,5 +1,7 @@
 #include "trainer/training_data.h"
 
+#include "data/preference_pairs.h"
+
 #include "core/error.h"
 #include "core/log.h"
 #include "data/split.h"
@@ -44,10 +46,11 @@ ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokeniz
   ExampleOptions options;
   options.max_seq_len = d.max_seq_len;
   options.overlong = d.overlong;
-  options.train_on_inputs = d.train_on_inputs;
+  // Preference objectives score the responses alone (ORPO's NLL adds the prompt itself).
+  options.train_on_inputs = d.train_on_inputs && d.format != "preference";
   options.add_bos = tokenizer.add_bos_default();
   options.add_eos = d.add_eos;
-  if (d.format == "chat") {
+  if (d.format == "chat" || d.format == "preference") {
     options.chat_template = d.template_name == "auto"
                                 ? model_chat_template(model_dir, /*render_jinja=*/true)
                                 : d.template_name;
@@ -57,11 +60,48 @@ ExampleOptions example_options_of(const Recipe& recipe, const Tokenizer& tokeniz
   return options;
 }
 
+namespace {
+
+// Preference pairs: the chosen sides in train / eval, their partners beside them; held out by
+// the same split, so pair i stays together.
+void load_preference_data(const Recipe& recipe, const ExampleOptions& options, TrainingData& out) {
+  const auto& d = recipe.data;
+  PreferencePairs all =
+      load_preference_pairs(d.path, d.fields, *out.tokenizer, options, &out.train_stats);
+  log::info("preference data ", d.path, ": ", out.train_stats.summary());
+  if (!d.eval_path.empty()) {
+    out.train = std::move(all.chosen);
+    out.train_rejected = std::move(all.rejected);
+    ExampleStats eval_stats;
+    PreferencePairs eval =
+        load_preference_pairs(d.eval_path, d.fields, *out.tokenizer, options, &eval_stats);
+    if (d.eval_max_samples > 0 && static_cast<int64_t>(eval.chosen.size()) > d.eval_max_samples) {
+      eval.chosen.resize(d.eval_max_samples);
+      eval.rejected.resize(d.eval_max_samples);
+    }
+    out.eval = std::move(eval.chosen);
+    out.eval_rejected = std::move(eval.rejected);
+    log::info("eval data ", d.eval_path, ": ", eval_stats.summary());
+  } else {
+    split_train_eval(all.chosen, d.eval_fraction, d.eval_max_samples, recipe.training.seed,
+                     &out.train, &out.eval);
+    split_train_eval(all.rejected, d.eval_fraction, d.eval_max_samples, recipe.training.seed,
+                     &out.train_rejected, &out.eval_rejected);
+  }
+  log::info(out.train.size(), " training and ", out.eval.size(), " held-out preference pairs");
+}
+
+}  // namespace
+
 TrainingData load_training_data(const Recipe& recipe, const std::string& model_dir) {
   const auto& d = recipe.data;
   TrainingData out;
   out.tokenizer = load_tokenizer(model_dir);
   const ExampleOptions options = example_options_of(recipe, *out.tokenizer, model_dir);
+  if (d.format == "preference") {
+    load_preference_data(recipe, options, out);
+    return out;
+  }
   std::vector<Example> all =
       load_examples(d.path, d.format, d.fields, *out.tokenizer, options, &out.train_stats);
   log::info("data ", d.path, ": ", out.train_stats.summary());

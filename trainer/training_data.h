@@ -16,6 +16,9 @@ struct TrainingData {
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<Example> train;
   std::vector<Example> eval;  // empty when eval_fraction is 0 and there is no eval_path
+  // data.format preference: train / eval hold the chosen sides, these their rejected partners.
+  std::vector<Example> train_rejected;
+  std::vector<Example> eval_rejected;
   ExampleStats train_stats;
 };
 

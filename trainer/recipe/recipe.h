@@ -60,9 +60,11 @@ struct AdapterSection {
 };
 
 struct DataSection {
-  std::string path;               // JSONL, JSON or .txt
-  std::string eval_path;          // optional; else eval_fraction of `path` is held out
-  std::string format = "alpaca";  // alpaca | completion | text | chat
+  std::string path;       // JSONL, JSON or .txt
+  std::string eval_path;  // optional; else eval_fraction of `path` is held out
+  // alpaca | completion | text | chat | preference (prompt, chosen, rejected: training.objective
+  // dpo or orpo; data/preference_pairs.h)
+  std::string format = "alpaca";
   // YAML key "template". Format chat: the chat template (data/prompt_format.h chat_templates()),
   // or auto: the one the model's tokenizer_config.json chat_template is (an error when it is none
   // qtrain knows); alpaca, completion and text have their own fixed layout and ignore it.
@@ -83,6 +85,15 @@ struct DataSection {
 };
 
 struct TrainingSection {
+  // sft: the next-token loss of the responses. dpo | orpo: preference tuning on pairs of
+  // data.format preference (trainer/preference_loss.h); micro_batch_size counts pairs.
+  std::string objective = "sft";
+  double dpo_beta = 0.1;             // DPO's beta: how far the policy may move from the reference
+  double dpo_label_smoothing = 0.0;  // DPO's eps in [0, 0.5): pairs assumed mislabelled
+  double orpo_lambda = 0.1;          // ORPO's weight of the odds-ratio term
+  // dpo: every pair's reference log-probabilities computed once before training (the reference,
+  // the base with the adapters off, never changes) instead of a reference pass per micro-batch.
+  bool precompute_ref_log_probs = false;
   int64_t micro_batch_size = 1;
   int64_t grad_accum_steps = 16;
   int64_t max_steps = 0;  // > 0 wins over epochs

@@ -52,6 +52,11 @@ void for_each_field(Section& s, Visitor&& visit) {
     visit("skip_bad_lines", s.skip_bad_lines);
     visit("max_record_bytes", s.max_record_bytes);
   } else if constexpr (std::is_same_v<S, TrainingSection>) {
+    visit("objective", s.objective);
+    visit("dpo_beta", s.dpo_beta);
+    visit("dpo_label_smoothing", s.dpo_label_smoothing);
+    visit("orpo_lambda", s.orpo_lambda);
+    visit("precompute_ref_log_probs", s.precompute_ref_log_probs);
     visit("micro_batch_size", s.micro_batch_size);
     visit("grad_accum_steps", s.grad_accum_steps);
     visit("max_steps", s.max_steps);

@@ -1,5 +1,6 @@
 #include "trainer/recipe/recipe_validate.h"
 
+#include "data/preference_pairs.h"
 #include "data/prompt_format.h"
 #include "trainer/recipe/known_models.h"
 
@@ -158,14 +159,15 @@ void check_adapter(const AdapterSection& a, const Checks& c) {
 
 void check_data(const DataSection& d, const Checks& c) {
   c.required("data.path", d.path, "the training data (JSONL, JSON or .txt)");
-  c.one_of("data.format", d.format, {"alpaca", "completion", "text", "chat"});
+  c.one_of("data.format", d.format, {"alpaca", "completion", "text", "chat", "preference"});
   c.one_of("data.template", d.template_name, recipe_data_templates());
   if (d.format == "chat" && !contains(chat_templates(), d.template_name) &&
       d.template_name != "auto") {
     c.fail("data.template", "format chat needs a chat template (" + join(chat_templates()) +
                                 ", or auto: the model's own), not " + d.template_name);
   }
-  const Names& fields = prompt_format_fields(d.format);
+  const Names& fields =
+      d.format == "preference" ? preference_fields() : prompt_format_fields(d.format);
   for (const auto& [field, renamed] : d.fields) {
     if (!contains(fields, field)) {
       c.fail("data.fields",
@@ -188,6 +190,41 @@ void check_micro_batch_tokens(const TrainingSection& t, const DataSection& d, co
                                           str(t.micro_batch_size) + " x " + str(d.max_seq_len) +
                                           ") is more than " + str(kMaxMicroBatchTokens) +
                                           " tokens per micro-batch");
+}
+
+// Preference objectives and their data go together, and want pairs whole.
+void check_objective(const TrainingSection& t, const DataSection& d, const AdapterSection& a,
+                     const Checks& c) {
+  c.one_of("training.objective", t.objective, {"sft", "dpo", "orpo"});
+  c.positive("training.dpo_beta", t.dpo_beta);
+  c.in_range("training.dpo_label_smoothing", t.dpo_label_smoothing, 0.0, 0.5);
+  c.at_least("training.orpo_lambda", t.orpo_lambda, 0.0);
+  const bool preference = t.objective == "dpo" || t.objective == "orpo";
+  if (preference && d.format != "preference") {
+    c.fail("training.objective", t.objective +
+                                     " trains on pairs: set data.format: preference "
+                                     "(prompt, chosen, rejected)");
+  }
+  if (!preference && d.format == "preference" && t.objective == "sft") {
+    c.fail("data.format", "preference pairs train with training.objective dpo or orpo");
+  }
+  if (preference && d.packing) {
+    c.fail("data.packing",
+           "packs whole samples into rows; preference pairs are scored one "
+           "sequence per row: set data.packing: false");
+  }
+  if (t.precompute_ref_log_probs && t.objective != "dpo") {
+    c.fail("training.precompute_ref_log_probs", "only DPO has a reference model");
+  }
+  if (preference) {
+    for (const std::string& module : a.target_modules) {
+      if (module == "lm_head") {
+        c.fail("adapter.target_modules",
+               "lm_head: preference objectives score whole sequences through a frozen lm_head; "
+               "adapt the decoder's projections");
+      }
+    }
+  }
 }
 
 void check_training(const TrainingSection& t, const DataSection& d, const Checks& c) {
@@ -280,6 +317,7 @@ void validate_recipe(const Recipe& recipe, const RecipeOrigins& origins) {
   check_quantization(recipe.quantization, recipe.adapter, checks);
   check_data(recipe.data, checks);
   check_training(recipe.training, recipe.data, checks);
+  check_objective(recipe.training, recipe.data, recipe.adapter, checks);
   check_output(recipe.output, recipe.adapter, checks);
   check_distributed(recipe.distributed, recipe.model, checks);
   if (recipe.model.synthetic && recipe.quantization.type == "int4") {
