@@ -218,8 +218,8 @@ void move_into_place(const fs::path& staging, const fs::path& target) {
 }  // namespace
 
 const std::vector<std::string>& tiny_model_archs() {
-  static const std::vector<std::string> kArchs = {"llama", "mistral", "qwen2",
-                                                  "qwen3", "gemma2",  "phi3"};
+  static const std::vector<std::string> kArchs = {"llama",  "mistral", "qwen2", "qwen3",
+                                                  "gemma2", "gemma3",  "phi3"};
   return kArchs;
 }
 
@@ -250,9 +250,9 @@ ModelConfig tiny_model_config(const std::string& arch, const std::string& preset
         {.field = "preset"});
   }
   const bool qwen = arch == "qwen2" || arch == "qwen3";
-  const bool gemma = arch == "gemma2";
+  const bool gemma = arch == "gemma2" || arch == "gemma3";
   ModelConfig c;
-  c.model_type = arch;
+  c.model_type = arch == "gemma3" ? "gemma3_text" : arch;
   c.vocab_size = p->vocab_size;
   c.hidden_size = p->hidden_size;
   c.intermediate_size = p->intermediate_size;
@@ -266,7 +266,7 @@ ModelConfig tiny_model_config(const std::string& arch, const std::string& preset
   c.rope_theta = qwen ? 1e6 : 1e4;
   c.max_position_embeddings = 2048;
   c.tie_word_embeddings = qwen || gemma;
-  c.qk_norm = arch == "qwen3";
+  c.qk_norm = arch == "qwen3" || arch == "gemma3";
   if (arch == "mistral") c.sliding_window = 64;
   if (gemma) {
     // Gemma 2 2B's shape of features: GeGLU, both soft caps, a window on even layers. The
@@ -279,6 +279,14 @@ ModelConfig tiny_model_config(const std::string& arch, const std::string& preset
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       c.layer_types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");
     }
+  }
+  if (arch == "gemma3") {
+    // Gemma 3: q/k norms, no soft caps, sliding layers rotate at 1e4 and full ones at 1e6.
+    // Every second layer is full (sliding_window_pattern 2; Gemma 3 itself has 6).
+    c.attn_logit_softcapping.reset();
+    c.final_logit_softcapping.reset();
+    c.rope_theta = 1e6;
+    c.local_rope_theta = 1e4;
   }
   c.bos_token_id = 1;
   c.eos_token_ids = {2};
@@ -298,7 +306,7 @@ ModelConfig tiny_model_config(const TinyModelOptions& o) {
   if (o.intermediate_size) c.intermediate_size = *o.intermediate_size;
   if (o.num_hidden_layers) {
     c.num_hidden_layers = *o.num_hidden_layers;
-    if (!c.layer_types.empty()) {  // gemma2: the alternation continues over the new depth
+    if (!c.layer_types.empty()) {  // gemma2/3: the alternation continues over the new depth
       c.layer_types.clear();
       for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
         c.layer_types.push_back(i % 2 == 0 ? "sliding_attention" : "full_attention");

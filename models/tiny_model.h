@@ -14,7 +14,7 @@
 namespace qtrain {
 
 // The architectures and presets tiny_model_config accepts.
-// llama, mistral, qwen2, qwen3, gemma2, phi3
+// llama, mistral, qwen2, qwen3, gemma2, gemma3 (model_type gemma3_text), phi3
 const std::vector<std::string>& tiny_model_archs();
 const std::vector<std::string>& tiny_model_presets();  // micro, tiny, small, 100m
 
@@ -24,6 +24,8 @@ const std::vector<std::string>& tiny_model_presets();  // micro, tiny, small, 10
 // and slides a 16-token window on even layers; phi3 fuses qkv and gate_up. vocab_size is the
 // tokenizer's target size (phi3's model has more rows: see write_tiny_model). Throws Error(kConfig)
 // naming the unknown arch or preset.
+// gemma3 (model_type gemma3_text) has gemma2's layout without soft caps, with q/k norms and RoPE
+// base 1e4 on its sliding layers, 1e6 on its full ones.
 ModelConfig tiny_model_config(const std::string& arch, const std::string& preset);
 
 struct TinyModelOptions {

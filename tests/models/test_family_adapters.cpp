@@ -1,4 +1,4 @@
-// LoRA interop with PyPI peft 0.21 on the qtiny Gemma 2 and Phi-3 models (float32, CPU;
+// LoRA interop with PyPI peft 0.21 on the qtiny Gemma 2, Gemma 3 and Phi-3 models (float32, CPU;
 // tests/reference/peft_family_reference.py): qtrain's all-linear adapter wraps exactly the modules
 // PEFT wraps (Phi-3's fused qkv_proj and gate_up_proj as they are, never split), loads in
 // PeftModel.from_pretrained with the same logits and gives the same loss and LoRA gradients; an
@@ -66,6 +66,7 @@ const Reference& reference() {
   ref = std::make_unique<Reference>();
   ref->scratch = std::make_unique<t::ScratchDir>("qtrain-family-adapters");
   ref->cases = {{"gemma2", {"q_proj", "v_proj", "down_proj"}},
+                {"gemma3", {"q_proj", "v_proj", "down_proj"}},
                 {"phi3", {"qkv_proj", "gate_up_proj", "down_proj"}}};
   nlohmann::json jobs = nlohmann::json::array();
   for (Case& c : ref->cases) {
@@ -139,7 +140,7 @@ TEST(FamilyAdapters, QtrainAdapterLoadsInPeftWithSameLogitsLossAndGradients) {
       EXPECT_TRUE(ours.count("model.layers.1.mlp.gate_up_proj"));
       EXPECT_EQ(ours.size(), 8u);  // 2 layers x {qkv, o, gate_up, down}
     } else {
-      EXPECT_EQ(ours.size(), 14u);  // 2 layers x 7
+      EXPECT_EQ(ours.size(), 14u);  // 2 layers x 7 (gemma3's q/k norms are no linears)
     }
 
     const double logit_diff = t::max_abs_diff(logits_of(*model), c.outputs.at("logits_a"));

@@ -1,7 +1,7 @@
-// Gemma 2 and Phi-3 through the paths training takes: packed rows (cu_seqlens; gemma2's
-// soft-capped attention goes through the eager per-segment path, windows per layer) give each
-// row's own forward, with gradients; NF4 quantize-on-load wraps the fused Phi-3 projections and
-// a LoRA step on the 4-bit base lowers the loss.
+// Gemma 2, Gemma 3 and Phi-3 through the paths training takes: packed rows (cu_seqlens; gemma2's
+// soft-capped attention goes through the eager per-segment path, gemma3's through varlen
+// attention, windows and RoPE bases per layer) give each row's own forward; NF4 quantize-on-load
+// wraps the fused Phi-3 projections and a LoRA step on the 4-bit base lowers the loss.
 #include "models/hf_loader.h"
 #include "models/quantized_loader.h"
 #include "models/tiny_model.h"
@@ -12,6 +12,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/grad_mode.h>
+
+#include <map>
+#include <string>
 
 namespace qtrain {
 namespace {
@@ -27,8 +30,20 @@ ModelConfig gemma2_config() {
   return c;
 }
 
+// Three layers: sliding (RoPE base 1e4), full (1e6), sliding.
+ModelConfig gemma3_config() {
+  TinyModelOptions o;
+  o.arch = "gemma3";
+  o.preset = "micro";
+  o.num_hidden_layers = 3;
+  ModelConfig c = tiny_model_config(o);
+  c.sliding_window = 4;
+  return c;
+}
+
 TEST(FamilyDecoder, PackedRowsEqualEachRowAlone) {
-  for (const ModelConfig& config : {gemma2_config(), tiny_model_config("phi3", "micro")}) {
+  for (const ModelConfig& config :
+       {gemma2_config(), gemma3_config(), tiny_model_config("phi3", "micro")}) {
     SCOPED_TRACE(config.model_type);
     ModelConfig c = config;
     c.vocab_size = 97;
@@ -49,8 +64,34 @@ TEST(FamilyDecoder, PackedRowsEqualEachRowAlone) {
   }
 }
 
+// Checkpointed layers are recomputed with the RoPE of their own layer type.
+TEST(FamilyDecoder, Gemma3CheckpointedLayersGiveTheSameGradients) {
+  ModelConfig c = gemma3_config();
+  c.vocab_size = 97;
+  auto model = t::random_model(c, 5);
+  model->train();
+  const at::Tensor ids = at::randint(97, {2, 10}, at::kLong);
+  auto gradients = [&](bool checkpointing) {
+    model->set_gradient_checkpointing(checkpointing);
+    model->zero_grad();
+    const at::Tensor logits = model->forward({.input_ids = ids});
+    at::cross_entropy_loss(logits.flatten(0, 1), ids.roll(-1, 1).flatten()).backward();
+    std::map<std::string, at::Tensor> grads;
+    for (const auto& item : model->named_parameters())
+      grads[item.key()] = item.value().grad().clone();
+    return grads;
+  };
+  const auto plain = gradients(false);
+  const auto recomputed = gradients(true);
+  ASSERT_EQ(plain.size(), recomputed.size());
+  for (const auto& [name, grad] : plain) {
+    EXPECT_LE(t::max_abs_diff(recomputed.at(name), grad), 1e-6) << name;
+  }
+  EXPECT_GT(plain.at("model.layers.1.self_attn.k_norm.weight").abs().max().item<double>(), 0);
+}
+
 TEST(FamilyDecoder, Nf4BaseTrainsALoraStep) {
-  for (const std::string arch : {"gemma2", "phi3"}) {
+  for (const std::string arch : {"gemma2", "gemma3", "phi3"}) {
     SCOPED_TRACE(arch);
     t::ScratchDir scratch("qtrain-family-nf4");
     TinyModelOptions o;

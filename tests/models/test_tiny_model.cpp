@@ -61,13 +61,20 @@ TEST(TinyModelConfig, PresetsAreValidGqaModels) {
       SCOPED_TRACE(arch + " " + preset);
       const ModelConfig c = tiny_model_config(arch, preset);
       EXPECT_NO_THROW(c.validate());
-      EXPECT_EQ(c.model_type, arch);
+      const bool gemma3 = arch == "gemma3";
+      EXPECT_EQ(c.model_type, gemma3 ? "gemma3_text" : arch);
       EXPECT_LT(c.num_key_value_heads, c.num_attention_heads);
       const bool qwen = arch == "qwen2" || arch == "qwen3";
-      EXPECT_EQ(c.tie_word_embeddings, qwen || arch == "gemma2");
-      EXPECT_EQ(c.rope_theta, qwen ? 1e6 : 1e4);
+      EXPECT_EQ(c.tie_word_embeddings, qwen || arch == "gemma2" || gemma3);
+      EXPECT_EQ(c.rope_theta, qwen || gemma3 ? 1e6 : 1e4);
       EXPECT_EQ(c.has_qkv_bias(), arch == "qwen2");
-      EXPECT_EQ(c.qk_norm, arch == "qwen3");
+      EXPECT_EQ(c.qk_norm, arch == "qwen3" || gemma3);
+      if (gemma3) {  // sliding layers with their own RoPE base between full ones
+        EXPECT_EQ(c.local_rope_theta, 1e4);
+        EXPECT_TRUE(c.layer_uses_local_rope(0));
+        EXPECT_FALSE(c.layer_slides(1));
+        EXPECT_FALSE(c.attn_logit_softcapping || c.final_logit_softcapping);
+      }
       if (arch == "qwen3") {
         EXPECT_NE(c.head_dim, c.hidden_size / c.num_attention_heads);
       } else {
@@ -81,6 +88,8 @@ TEST(TinyModelConfig, PresetsAreValidGqaModels) {
       EXPECT_EQ(back.head_dim, c.head_dim);
       EXPECT_EQ(back.tie_word_embeddings, c.tie_word_embeddings);
       EXPECT_EQ(back.sliding_window, c.sliding_window);
+      EXPECT_EQ(back.layer_types, c.layer_types);
+      EXPECT_EQ(back.local_rope_theta, c.local_rope_theta);
     }
   }
 }
@@ -376,9 +385,9 @@ TEST(TinyModelInterop, TransformersLoadsEveryArch) {
   ASSERT_EQ(testing::run_reference_script("check_tiny_model_load.py", dirs, &output), 0) << output;
   const auto results = nlohmann::json::parse(output.substr(output.find("[{")));
   ASSERT_EQ(results.size(), dirs.size());
-  const std::vector<std::string> classes = {"LlamaForCausalLM",  "MistralForCausalLM",
-                                            "Qwen2ForCausalLM",  "Qwen3ForCausalLM",
-                                            "Gemma2ForCausalLM", "Phi3ForCausalLM"};
+  const std::vector<std::string> classes = {
+      "LlamaForCausalLM",  "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+      "Gemma2ForCausalLM", "Gemma3ForCausalLM",  "Phi3ForCausalLM"};
   for (size_t i = 0; i < dirs.size(); ++i) {
     const auto& result = results[i];
     SCOPED_TRACE(dirs[i]);

@@ -1,4 +1,5 @@
-"""Reference-only: PEFT 0.21 on tiny float32 Gemma 2 / Phi-3 models, for qtrain's family interop test.
+"""Reference-only: PEFT 0.21 on tiny float32 Gemma 2 / Gemma 3 / Phi-3 models, for qtrain's family
+interop test.
 
 Usage: peft_family_reference.py INPUTS.json CASES.json
 INPUTS.json holds {"input_ids": [[...]], "labels": [[...]]} (labels use -100 to ignore).
