@@ -1062,6 +1062,25 @@ std::vector<Case> all_cases() {
               {"field 'num_hidden_layers'", "100000"});
   config_case("MOD-31", "huge_mlp", [](ojson& j) { j["intermediate_size"] = int64_t{1} << 50; },
               {"config.json", "more than 2^48"});
+  config_case("MOD-36", "gemma3_vision",
+              [](ojson& j) {
+                const ojson text = j;
+                j = {{"model_type", "gemma3"},
+                     {"text_config", text},
+                     {"vision_config", {{"model_type", "siglip_vision_model"}}}};
+              },
+              {"field 'vision_config'"});
+  config_case("MOD-37", "gemma3_no_text_config",
+              [](ojson& j) {
+                j = {{"model_type", "gemma3"}};
+              },
+              {"field 'text_config'"});
+  config_case("MOD-38", "gemma3_flat_rope_parameters",
+              [](ojson& j) {
+                j["model_type"] = "gemma3_text";
+                j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+              },
+              {"field 'rope_parameters'"});
   add(c, "MOD-32", "synthetic_beyond_memory", "qtrain",
       [](Env& e) {
         const std::string m = model(e);
