@@ -127,6 +127,10 @@ int main(int argc, char** argv) {
     if (result.first_eval_loss > 0) {
       qtrain::log::info("held-out loss ", result.first_eval_loss, " -> ", result.last_eval_loss);
     }
+    if (recipe.training.objective != "sft" && result.first_eval_loss > 0) {
+      qtrain::log::info("held-out reward accuracy ", result.first_eval_reward_accuracy, " -> ",
+                        result.last_eval_reward_accuracy);
+    }
     qtrain::log::info("done: ", result.steps_done, " steps in ", result.run_dir);
     run_recipe_exports(recipe, result.run_dir);
     return 0;

@@ -167,6 +167,11 @@ std::string data_check_report(const Recipe& recipe) {
         << " tokens; loss on [[...]]):\n"
         << render_loss_mask(data.train.front(), tokenizer) << "\n";
   }
+  if (!data.train_rejected.empty()) {
+    out << "its rejected partner (" << data.train_rejected.front().ids.size()
+        << " tokens; preference pairs: the counts above are the chosen sides):\n"
+        << render_loss_mask(data.train_rejected.front(), tokenizer) << "\n";
+  }
   return out.str();
 }
 

@@ -221,7 +221,10 @@ MemoryEstimate estimate_memory(const Recipe& recipe, const ModelConfig& config) 
   e.adapter_params = e.adapter_param_count * dtype_bytes(recipe.adapter.dtype);
   e.adapter_grads = e.adapter_params;
 
-  const int64_t tokens = recipe.training.micro_batch_size * recipe.data.max_seq_len;
+  // Preference objectives run each pair's two sides as rows of one micro-batch.
+  const int64_t rows_per_sample = recipe.training.objective == "sft" ? 1 : 2;
+  const int64_t tokens =
+      recipe.training.micro_batch_size * rows_per_sample * recipe.data.max_seq_len;
   const int64_t a = dtype_bytes(recipe.model.dtype);
   const ActivationTerms t = activation_terms(recipe, config, targets);
   // Backward of a layer: while its saved tensors are still alive it holds either a dequantized
