@@ -4,9 +4,13 @@
 //   absmax = max |x| over the block (like fmaxf, NaN inputs are skipped),
 //   xn     = x * (1.0f / absmax)   (float32 reciprocal, then a multiply; never a division),
 //   value  = code[q] * absmax      (float32, then one cast to the output type).
+// The 4-bit dequantize keeps its scalar loop here as the reference and runs an AVX-512 or AVX2
+// kernel (quant/dequantize_4bit_simd.h) when the CPU has one; they write the same bits.
 #include "quant/blockwise_cpu.h"
 
+#include "core/error.h"
 #include "quant/codebook_tables.h"
+#include "quant/dequantize_4bit_simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -14,8 +18,11 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 namespace qtrain::cpu {
@@ -123,6 +130,54 @@ at::Tensor flat_contiguous(const at::Tensor& t) {
   return t.reshape({-1}).contiguous();
 }
 
+using simd::Dequantize4bitArgs;
+
+// The scalar reference: per block, the 16 values code[q] * absmax rounded once to T, then one
+// table lookup per element.
+template <typename T>
+void dequantize_4bit_blocks_scalar(const Dequantize4bitArgs& args, int64_t block_begin,
+                                   int64_t block_end, T* out) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const int64_t begin = b * args.blocksize;
+    const int64_t end = std::min(begin + args.blocksize, args.n);
+    std::array<T, 16> scaled;
+    for (int q = 0; q < 16; ++q) scaled[q] = static_cast<T>(args.code[q] * args.absmax[b]);
+    // begin is even (so is blocksize): elements i, i+1 share byte i/2.
+    for (int64_t i = begin; i < end; i += 2) {
+      const uint8_t byte = args.packed[i / 2];
+      out[i] = scaled[byte >> 4];
+      if (i + 1 < end) out[i + 1] = scaled[byte & 0x0F];
+    }
+  }
+}
+
+template <typename T>
+constexpr bool kHasSimdKernel =
+    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+template <typename T>
+void dequantize_4bit_blocks(Dequantize4bitPath path, const Dequantize4bitArgs& args,
+                            int64_t block_begin, int64_t block_end, T* out) {
+  if constexpr (kHasSimdKernel<T>) {
+    if (path == Dequantize4bitPath::kAvx512) {
+      return simd::dequantize_4bit_avx512(args, block_begin, block_end, out);
+    }
+    if (path == Dequantize4bitPath::kAvx2) {
+      return simd::dequantize_4bit_avx2(args, block_begin, block_end, out);
+    }
+  }
+  dequantize_4bit_blocks_scalar(args, block_begin, block_end, out);
+}
+
+Dequantize4bitPath widest_supported_path() {
+  static const Dequantize4bitPath widest = simd::cpu_has_avx512() ? Dequantize4bitPath::kAvx512
+                                           : simd::cpu_has_avx2() ? Dequantize4bitPath::kAvx2
+                                                                  : Dequantize4bitPath::kScalar;
+  return widest;
+}
+
+std::atomic<Dequantize4bitPath> g_dequantize_4bit_path{Dequantize4bitPath::kAuto};
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType type,
@@ -152,23 +207,56 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
   const at::Tensor scales = flat_contiguous(absmax);
   const at::Tensor table = flat_contiguous(code);
   at::Tensor result = at::empty({n}, out_dtype);
-  const uint8_t* in = bytes.data_ptr<uint8_t>();
-  const float* am = scales.data_ptr<float>();
-  const float* values = table.data_ptr<float>();
+  const Dequantize4bitArgs args{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(),
+                                table.data_ptr<float>(), n, blocksize};
+  const Dequantize4bitPath path = dequantize_4bit_path();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequantize_4bit", [&] {
     scalar_t* out = result.data_ptr<scalar_t>();
-    for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
-      std::array<scalar_t, 16> scaled;  // code[q] * absmax, rounded once to the output type
-      for (int q = 0; q < 16; ++q) scaled[q] = static_cast<scalar_t>(values[q] * am[b]);
-      // begin is even (so is blocksize): elements i, i+1 share byte i/2.
-      for (int64_t i = begin; i < begin + count; i += 2) {
-        const uint8_t byte = in[i / 2];
-        out[i] = scaled[byte >> 4];
-        if (i + 1 < begin + count) out[i + 1] = scaled[byte & 0x0F];
-      }
+    at::parallel_for(0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
+      dequantize_4bit_blocks(path, args, b0, b1, out);
     });
   });
   return result;
+}
+
+bool dequantize_4bit_path_supported(Dequantize4bitPath path) {
+  switch (path) {
+    case Dequantize4bitPath::kAuto:
+    case Dequantize4bitPath::kScalar:
+      return true;
+    case Dequantize4bitPath::kAvx2:
+      return simd::cpu_has_avx2();
+    case Dequantize4bitPath::kAvx512:
+      return simd::cpu_has_avx512();
+  }
+  return false;
+}
+
+void set_dequantize_4bit_path(Dequantize4bitPath path) {
+  if (!dequantize_4bit_path_supported(path)) {
+    throw_error(ErrorKind::kUnsupported, std::string("dequantize_4bit: this CPU has no ") +
+                                             dequantize_4bit_path_name(path) + " path");
+  }
+  g_dequantize_4bit_path.store(path);
+}
+
+Dequantize4bitPath dequantize_4bit_path() {
+  const Dequantize4bitPath path = g_dequantize_4bit_path.load();
+  return path == Dequantize4bitPath::kAuto ? widest_supported_path() : path;
+}
+
+const char* dequantize_4bit_path_name(Dequantize4bitPath path) {
+  switch (path) {
+    case Dequantize4bitPath::kAuto:
+      return "auto";
+    case Dequantize4bitPath::kScalar:
+      return "scalar";
+    case Dequantize4bitPath::kAvx2:
+      return "avx2";
+    case Dequantize4bitPath::kAvx512:
+      return "avx512";
+  }
+  return "unknown";
 }
 
 // The midpoint rule of formats.md §1.3: the code is the number of float32 midpoints

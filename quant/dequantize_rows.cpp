@@ -28,12 +28,14 @@ void check_rows(const std::vector<int64_t>& shape, int64_t row_begin, int64_t ro
   }
 }
 
-// float32 [block_end - block_begin]: the absmax of blocks [block_begin, block_end), nested
-// quantization undone for the nested blocks covering them only (same per-element arithmetic as
-// QuantizedTensor::block_absmax()).
+// float32 [block_end - block_begin]: the absmax of blocks [block_begin, block_end): from the
+// weight's decoded-absmax cache where it applies (CPU), else with nested quantization undone for
+// the nested blocks covering them only (same per-element arithmetic as decode_nested_absmax).
 at::Tensor block_absmax_range(const QuantizedTensor& w, int64_t block_begin, int64_t block_end) {
   const int64_t count = block_end - block_begin;
   if (!w.nested) return w.absmax.reshape({-1}).narrow(0, block_begin, count);
+  const at::Tensor cached = w.cached_block_absmax();
+  if (cached.defined()) return cached.narrow(0, block_begin, count);
   const NestedAbsmax& nested = *w.nested;
   const int64_t total = nested.codes.numel();
   const int64_t first = block_begin / nested.blocksize;

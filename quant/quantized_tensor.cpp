@@ -29,6 +29,13 @@ int64_t tensor_bytes(const at::Tensor& t) {
 
 }  // namespace
 
+at::Tensor decode_nested_absmax(const NestedAbsmax& nested) {
+  // Two float32 steps, like bitsandbytes: dequantize, then add the offset (no fused multiply-add).
+  at::Tensor centered = dequantize_blockwise_8bit(nested.codes, nested.absmax, nested.code,
+                                                  nested.blocksize, at::kFloat);
+  return centered + nested.offset;
+}
+
 std::string quant_type_name(QuantType type) {
   switch (type) {
     case QuantType::kNF4:
@@ -95,10 +102,14 @@ int64_t QuantizedTensor::nbytes() const {
 
 at::Tensor QuantizedTensor::block_absmax() const {
   if (!nested) return absmax;
-  // Two float32 steps, like bitsandbytes: dequantize, then add the offset (no fused multiply-add).
-  at::Tensor centered = dequantize_blockwise_8bit(nested->codes, nested->absmax, nested->code,
-                                                  nested->blocksize, at::kFloat);
-  return centered + nested->offset;
+  at::Tensor cached = cached_block_absmax();
+  return cached.defined() ? cached : decode_nested_absmax(*nested);
+}
+
+at::Tensor QuantizedTensor::cached_block_absmax() const {
+  if (!nested || !absmax_cache) return at::Tensor();
+  const NestedAbsmax& state = *nested;
+  return absmax_cache->get(state, [&state] { return decode_nested_absmax(state); });
 }
 
 at::Tensor QuantizedTensor::dequantize(at::ScalarType out_dtype) const {
@@ -111,6 +122,7 @@ at::Tensor QuantizedTensor::dequantize(at::ScalarType out_dtype) const {
 QuantizedTensor QuantizedTensor::to(const c10::Device& device) const {
   auto move = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
   QuantizedTensor out = *this;
+  out.absmax_cache = std::make_shared<AbsmaxCache>();
   out.data = move(data);
   out.absmax = move(absmax);
   out.code = move(code);

@@ -2,12 +2,14 @@
 // layout so it saves to and loads from transformers' 4-bit checkpoints unchanged.
 #pragma once
 
+#include "quant/absmax_cache.h"
 #include "quant/blockwise.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +37,10 @@ struct NestedAbsmax {
   int64_t blocksize = 256;
 };
 
+// float32 [nblocks]: the absmax of formats.md §1.3, decoded now (QuantizedTensor::block_absmax
+// keeps it in the weight's cache).
+at::Tensor decode_nested_absmax(const NestedAbsmax& nested);
+
 struct QuantizedTensor {
   QuantType type = QuantType::kNF4;
   std::vector<int64_t> shape;            // original shape, e.g. Linear [out, in]
@@ -44,6 +50,9 @@ struct QuantizedTensor {
   at::Tensor absmax;  // float32 [nblocks]; undefined when nested
   std::optional<NestedAbsmax> nested;
   at::Tensor code;  // 4-bit: float32 [16] quant_map; undefined for int8
+  // The decoded nested absmax of a CPU weight, filled on first use and shared by this weight's
+  // copies (quant/absmax_cache.h: 4 bytes per block). to() gives the result a fresh one.
+  std::shared_ptr<AbsmaxCache> absmax_cache = std::make_shared<AbsmaxCache>();
 
   int64_t numel() const;
   int64_t num_blocks() const;
@@ -51,8 +60,13 @@ struct QuantizedTensor {
   // Exact bytes of storage: data + absmax (float32), or nested codes + nested absmax + offset;
   // code tables included.
   int64_t nbytes() const;
-  // float32 [nblocks], undoing double quantization when present.
+  // float32 [nblocks], undoing double quantization when present (from absmax_cache where it
+  // applies). Shared with the weight: never write to it.
   at::Tensor block_absmax() const;
+  // float32 [nblocks] of a nested weight from absmax_cache, decoded on the first call; undefined
+  // where the cache does not apply (no nested state, not on the CPU, or the cache holds a copy's
+  // other nested tensors, see AbsmaxCache::get).
+  at::Tensor cached_block_absmax() const;
   // The weight in `out_dtype` with the original shape.
   at::Tensor dequantize(at::ScalarType out_dtype = at::kBFloat16) const;
   QuantizedTensor to(const c10::Device& device) const;
