@@ -18,7 +18,7 @@
 namespace qtrain {
 namespace {
 
-// HF tensor name -> GGUF name (formats.md §7.3, gguf-py's tensor_mapping for gemma2 and phi3);
+// HF tensor name -> GGUF name (formats.md §7.3, gguf-py's tensor_mapping for gemma2/3 and phi3);
 // "" for a name with no GGUF counterpart.
 std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config) {
   static const std::map<std::string, std::string> kTop = {
@@ -42,7 +42,7 @@ std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config) {
       {"self_attn.qkv_proj", "attn_qkv"},
       {"mlp.gate_up_proj", "ffn_up"},
   };
-  // gemma2: post_attention_layernorm follows the attention; the MLP has its own pre/post norms.
+  // gemma2/3: post_attention_layernorm follows the attention; the MLP has its own pre/post norms.
   static const std::map<std::string, std::string> kGemmaNorms = {
       {"post_attention_layernorm", "post_attention_norm"},
       {"pre_feedforward_layernorm", "ffn_norm"},
@@ -134,12 +134,24 @@ void add_model_metadata(GgufWriter& w, const ModelConfig& c, const std::string& 
   w.add_u32("general.file_type", file_type);
   w.add_u32(arch + ".vocab_size", to_u32(c.vocab_size, "vocab_size"));
   w.add_u32(arch + ".rope.dimension_count", to_u32(c.head_dim, "head_dim"));
-  if (c.gemma_style()) {
+  if (arch == "gemma2") {
     w.add_f32(arch + ".attn_logit_softcapping", static_cast<float>(*c.attn_logit_softcapping));
+    w.add_f32(arch + ".final_logit_softcapping", static_cast<float>(*c.final_logit_softcapping));
+  }
+  if (arch == "gemma3" && c.final_logit_softcapping) {
     w.add_f32(arch + ".final_logit_softcapping", static_cast<float>(*c.final_logit_softcapping));
   }
   if (c.sliding_window && arch != "llama") {
     w.add_u32(arch + ".attention.sliding_window", to_u32(*c.sliding_window, "sliding_window"));
+  }
+  if (arch == "gemma3" && c.sliding_window) {
+    // Which layers slide, one flag per layer (llama.cpp reads a bool array before its default
+    // period of 6), and the sliding layers' RoPE base.
+    std::vector<bool> slides;
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) slides.push_back(c.layer_slides(i));
+    w.add_bool_array(arch + ".attention.sliding_window_pattern", slides);
+    w.add_f32(arch + ".rope.freq_base_swa",
+              static_cast<float>(c.local_rope_theta.value_or(c.rope_theta)));
   }
 }
 
@@ -167,6 +179,58 @@ void check_gemma2_exportable(const ModelConfig& c, const std::string& config_pat
   }
 }
 
+// What llama.cpp's gemma3 graph cannot express. It reads which layers slide and their RoPE base
+// from the file, but rotates sliding layers unscaled, attends without biases through GELU (tanh),
+// and scales attention by head_dim^-0.5 (hidden/heads for 62 layers, Gemma 3 27B), whatever
+// query_pre_attn_scalar says. Without a window every layer rotates at the full layers' RoPE.
+void check_gemma3_exportable(const ModelConfig& c, const std::string& config_path) {
+  auto refuse = [&](const char* field, const std::string& why) {
+    throw_error(ErrorKind::kUnsupported, "GGUF export of gemma3_text: " + why,
+                {.file = config_path, .field = field});
+  };
+  if (c.hidden_act != "gelu_pytorch_tanh") {
+    refuse("hidden_activation", "llama.cpp's MLP is GELU (tanh), not " + c.hidden_act);
+  }
+  if (c.attention_bias) refuse("attention_bias", "llama.cpp's attention has no biases");
+  const bool local_scaled =
+      c.local_rope_scaling.type != RopeType::kDefault &&
+      !(c.local_rope_scaling.type == RopeType::kLinear && c.local_rope_scaling.factor == 1.0);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (!c.layer_uses_local_rope(i)) continue;
+    if (local_scaled) {
+      refuse("rope_parameters", "llama.cpp rotates the sliding layers without rope scaling");
+    }
+    if (!c.sliding_window &&
+        (*c.local_rope_theta != c.rope_theta || c.rope_scaling.type != RopeType::kDefault)) {
+      refuse("sliding_window",
+             "without a window llama.cpp rotates every layer like the full_attention ones");
+    }
+  }
+  const int64_t llama_cpp_scalar =
+      c.num_hidden_layers == 62 ? c.hidden_size / c.num_attention_heads : c.head_dim;
+  const double scalar = c.query_pre_attn_scalar.value_or(static_cast<double>(c.head_dim));
+  if (scalar != static_cast<double>(llama_cpp_scalar)) {
+    refuse("query_pre_attn_scalar",
+           "llama.cpp scales attention by " + std::to_string(llama_cpp_scalar) +
+               "^-0.5 (head_dim; hidden_size / heads for 62 layers), not " + c10::str(scalar) +
+               "^-0.5");
+  }
+}
+
+// llama.cpp builds before the per-layer pattern key assume Gemma 3's own: every sixth layer full.
+void warn_gemma3_pattern(const ModelConfig& c) {
+  if (!c.sliding_window) return;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (c.layer_slides(i) != (i % 6 < 5)) {
+      log::warn(
+          "GGUF export: the layer pattern differs from Gemma 3's (every sixth layer full); "
+          "llama.cpp builds that predate gemma3.attention.sliding_window_pattern (llama-cpp-python "
+          "0.3.36 reads it) run it with Gemma 3's");
+      return;
+    }
+  }
+}
+
 std::string directory_name(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   const size_t slash = dir.rfind('/');
@@ -181,6 +245,7 @@ std::string gguf_architecture(const std::string& model_type) {
       model_type == "phi3") {
     return model_type;
   }
+  if (model_type == "gemma3_text") return "gemma3";
   throw_error(ErrorKind::kUnsupported, "no GGUF architecture for model_type '" + model_type + "'",
               {.field = "model_type"});
 }
@@ -221,7 +286,11 @@ void export_gguf(const std::string& hf_dir, const std::string& out_path,
     throw_error(ErrorKind::kUnsupported, "llama3 rope scaling is only exported for llama models",
                 {.file = config_path, .field = "rope_scaling"});
   }
-  if (config.gemma_style()) check_gemma2_exportable(config, config_path);
+  if (arch == "gemma2") check_gemma2_exportable(config, config_path);
+  if (arch == "gemma3") {
+    check_gemma3_exportable(config, config_path);
+    warn_gemma3_pattern(config);
+  }
   if (config.sliding_window && arch == "llama") {
     log::warn("GGUF export: llama.cpp's llama architecture ignores sliding_window (",
               *config.sliding_window, "); it attends to the whole context");

@@ -98,6 +98,15 @@ void apply_added_tokens(Vocab& v, const nlohmann::json& tokenizer_config,
   }
 }
 
+// Whether SentencePiece prefixes the text with a space (its add_dummy_prefix: Llama's models do,
+// Gemma's do not), seen in how it encodes "a": "\u2581a", or "\u2581" spelled in byte pieces.
+bool adds_dummy_prefix(const SentencePieceTokenizer& spm) {
+  const std::vector<int64_t> ids = spm.encode("a");
+  if (ids.empty()) return false;
+  const std::string& first = spm.piece(ids[0]);
+  return first.rfind("\xe2\x96\x81", 0) == 0 || (spm.is_byte(ids[0]) && first == "<0xE2>");
+}
+
 // `from_config` wins when it is a valid id (-1: none); else the model's own id, if it has one.
 void add_special_id(GgufWriter& w, const char* key, int64_t from_config, int64_t from_model,
                     int64_t vocab_size) {
@@ -310,6 +319,8 @@ void add_gguf_tokenizer_metadata(GgufWriter& w, const std::string& hf_dir,
   w.add_array("tokenizer.ggml.tokens", vocab.tokens);
   w.add_array("tokenizer.ggml.scores", vocab.scores);
   w.add_array("tokenizer.ggml.token_type", vocab.types);
+  // llama.cpp prefixes a space unless told not to (convert_hf_to_gguf tells it so for Gemma).
+  if (!adds_dummy_prefix(spm)) w.add_bool("tokenizer.ggml.add_space_prefix", false);
 
   const int64_t config_bos = config.bos_token_id.value_or(-1);
   const int64_t config_eos = config.eos_token_ids.size() == 1 ? config.eos_token_ids[0] : -1;
