@@ -17,6 +17,10 @@ std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType t
 at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
                            const at::Tensor& code, int64_t n, int64_t blocksize,
                            at::ScalarType out_dtype);
+// The same into `out`: a contiguous CPU tensor of n elements of a floating type (the benchmarks
+// use it to time the kernel apart from the allocation of a fresh output).
+void dequantize_4bit_into(const at::Tensor& packed, const at::Tensor& absmax,
+                          const at::Tensor& code, int64_t n, int64_t blocksize, at::Tensor& out);
 
 // The implementation dequantize_4bit runs for float32, bfloat16 and float16 outputs (float64
 // always takes the scalar one): the scalar reference or a vectorized kernel

@@ -257,5 +257,19 @@ TEST(Dequantize4bitSimdTest, EmptyAndQuantizedRoundTrip) {
   }
 }
 
+// Outputs of 4 MiB and more get transparent huge page advice before the kernel writes them.
+TEST(Dequantize4bitSimdTest, LargeOutputsAndAReusedOutput) {
+  const int64_t n = (int64_t{1} << 21) + 6, bs = 64;
+  const at::Tensor packed = random_bytes((n + 1) / 2, 21);
+  const at::Tensor absmax = random_absmax((n + bs - 1) / bs, 22);
+  expect_all_paths_equal(packed, absmax, nf4_code(), n, bs, "large");
+  for (at::ScalarType dtype : kOutputTypes) {
+    at::Tensor out = at::full({n}, 7.0, dtype);
+    cpu::dequantize_4bit_into(packed, absmax, nf4_code(), n, bs, out);
+    EXPECT_EQ(raw_bytes(out), raw_bytes(dequantize_4bit(packed, absmax, nf4_code(), n, bs, dtype)))
+        << dtype;
+  }
+}
+
 }  // namespace
 }  // namespace qtrain
