@@ -71,7 +71,8 @@ Vocab sentencepiece_vocab(const SentencePieceTokenizer& spm, int64_t vocab_size)
 }
 
 // Tokens that tokenizer_config.json adds on top of the SentencePiece pieces (ids past its end, or
-// a different text than the piece with that id).
+// a different text than the piece with that id), and the model's own user-defined pieces that it
+// lists (Gemma's <start_of_turn>): typed normal, llama.cpp would spell them out of smaller pieces.
 void apply_added_tokens(Vocab& v, const nlohmann::json& tokenizer_config,
                         const SentencePieceTokenizer& spm, const std::string& source) {
   auto it = tokenizer_config.find("added_tokens_decoder");
@@ -90,7 +91,7 @@ void apply_added_tokens(Vocab& v, const nlohmann::json& tokenizer_config,
     }
     const std::string content = entry["content"].get<std::string>();
     if (id < 0 || id >= static_cast<int64_t>(v.tokens.size())) continue;  // converter skips too
-    if (id < spm.vocab_size() && spm.piece(id) == content) continue;
+    if (id < spm.vocab_size() && spm.piece(id) == content && v.types[id] != kNormal) continue;
     const bool special = entry.value("special", false);
     v.tokens[id] = content;
     v.scores[id] = -1000.0f;

@@ -167,10 +167,18 @@ TEST(GgufFamilies, Gemma2AndPhi3ExportsRunInLlamaCppWithQtrainsLogits) {
 
 // ---- Gemma 3 ----------------------------------------------------------------------------------
 
+void edit_json_file(const std::string& path, const std::function<void(json&)>& edit) {
+  json value = json::parse(t::read_file(path));
+  edit(value);
+  t::write_file(path, value.dump(2));
+}
+
 void edit_config(const std::string& hf, const std::function<void(json&)>& edit) {
-  json config = json::parse(t::read_file(hf + "/config.json"));
-  edit(config);
-  t::write_file(hf + "/config.json", config.dump(2));
+  edit_json_file(hf + "/config.json", edit);
+}
+
+void edit_tokenizer_config(const std::string& hf, const std::function<void(json&)>& edit) {
+  edit_json_file(hf + "/tokenizer_config.json", edit);
 }
 
 // qtiny's gemma3 (micro, float16): two layers, the first sliding (window 16, RoPE 1e4), the second
@@ -407,30 +415,79 @@ std::string without_dummy_prefix(std::string proto) {
   return proto;
 }
 
+// `proto` (a tokenizer.model) with its last piece replaced by `piece`, a user-defined piece (type
+// 4) as Gemma's <start_of_turn> is. Piece entries are ModelProto's field 1 (piece 1, score 2,
+// type 3); a repeated field's entries are independent, so one is re-encoded in place.
+std::string with_last_piece_user_defined(const std::string& proto, const std::string& piece) {
+  auto varint = [&proto](size_t& at) {
+    uint64_t value = 0;
+    for (int shift = 0;; shift += 7) {
+      const auto byte = static_cast<uint8_t>(proto.at(at++));
+      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) return value;
+    }
+  };
+  size_t last_begin = 0, last_end = 0;
+  for (size_t at = 0; at < proto.size();) {
+    const size_t begin = at;
+    const uint64_t key = varint(at);
+    const uint64_t wire = key & 7;
+    if (wire == 0) varint(at);
+    if (wire == 1) at += 8;
+    if (wire == 2) at += varint(at);
+    if (wire == 5) at += 4;
+    if (key == (1 << 3 | 2)) last_begin = begin, last_end = at;
+  }
+  EXPECT_LT(piece.size() + 9, 128u);  // one-byte lengths
+  std::string entry = std::string("\x0a") + static_cast<char>(piece.size()) + piece;
+  entry += std::string("\x15\0\0\0\0", 5) + "\x18\x04";  // score 0, USER_DEFINED
+  return proto.substr(0, last_begin) + "\x0a" + static_cast<char>(entry.size()) + entry +
+         proto.substr(last_end);
+}
+
 // llama.cpp tokenizes license text as qtrain's SentencePiece model does, with the space prefix
-// (qtiny's tokenizer, Llama's) and without (Gemma's: the export says add_space_prefix false).
+// (qtiny's tokenizer, Llama's) and without (Gemma's: the export says add_space_prefix false), and
+// reads a user-defined piece that tokenizer_config.json lists as special (Gemma's <start_of_turn>)
+// as one control token.
 TEST(GgufFamilies, Gemma3ExportsTokenizeInLlamaCppAsQtrain) {
   QTRAIN_REQUIRE_LLAMA_CPP();
   t::ScratchDir scratch("qtrain-gguf-gemma3-tokens");
   const std::string license = t::read_file("/usr/share/common-licenses/GPL-3");
   const std::vector<std::string> texts = {
-      license.substr(0, 2000), license.substr(20000, 1500),
+      license.substr(0, 2000),
+      license.substr(20000, 1500),
       t::read_file("/usr/share/common-licenses/Apache-2.0").substr(0, 1500),
-      "  two leading spaces,  double  spaces\n\nand 2024 digits 3.14159", "a"};
+      "  two leading spaces,  double  spaces\n\nand 2024 digits 3.14159",
+      "a",
+      "<start_of_turn>",
+      "<start_of_turn>user\nWrite a license<start_of_turn>model\n"};
   const std::string texts_path = write_json(scratch.file("texts.json"), json(texts));
   for (const bool prefix : {true, false}) {
     SCOPED_TRACE(prefix ? "add_dummy_prefix" : "no dummy prefix");
     const std::string name = prefix ? "prefix" : "no-prefix";
     const std::string hf = write_gemma3(scratch.file(name));
-    if (!prefix) {
-      t::write_file(hf + "/tokenizer.model",
-                    without_dummy_prefix(t::read_file(hf + "/tokenizer.model")));
-    }
+    std::string proto =
+        with_last_piece_user_defined(t::read_file(hf + "/tokenizer.model"), "<start_of_turn>");
+    if (!prefix) proto = without_dummy_prefix(proto);
+    t::write_file(hf + "/tokenizer.model", proto);
     const SentencePieceTokenizer spm = SentencePieceTokenizer::load(hf + "/tokenizer.model");
+    const int64_t turn = spm.vocab_size() - 1;
+    ASSERT_EQ(spm.piece(turn), "<start_of_turn>");
+    ASSERT_FALSE(spm.is_control(turn));
+    edit_tokenizer_config(hf, [turn](json& j) {
+      j["added_tokens_decoder"][std::to_string(turn)] = {{"content", "<start_of_turn>"},
+                                                         {"special", true},
+                                                         {"lstrip", false},
+                                                         {"rstrip", false},
+                                                         {"normalized", false},
+                                                         {"single_word", false}};
+    });
     EXPECT_EQ(spm.piece(spm.encode("a").at(0)).rfind("\xe2\x96\x81", 0) == 0, prefix);
     const std::string path = scratch.file(name + ".gguf");
     export_gguf(hf, path, {.outtype = GgufOutType::kF16});
-    const GgufValue* add_space = GgufReader::open(path).find("tokenizer.ggml.add_space_prefix");
+    const GgufReader file = GgufReader::open(path);
+    EXPECT_EQ(file.find("tokenizer.ggml.token_type")->items.at(turn).i, 3);  // control
+    const GgufValue* add_space = file.find("tokenizer.ggml.add_space_prefix");
     if (prefix) {
       EXPECT_FALSE(add_space);  // llama.cpp's default: true
     } else {
@@ -440,10 +497,15 @@ TEST(GgufFamilies, Gemma3ExportsTokenizeInLlamaCppAsQtrain) {
     const json tok = llama_cpp({"tokenize", path, texts_path});
     ASSERT_TRUE(tok.contains("ids"));
     ASSERT_EQ(tok["ids"].size(), texts.size());
-    for (size_t i = 0; i < texts.size(); ++i) {
+    // With a dummy prefix SentencePiece also puts "\u2581" before a user-defined piece and the
+    // text after it, llama.cpp does not (nor does it for Llama's <s> in text): only prefix-free
+    // models, Gemma's, tokenize such text alike.
+    const size_t compared = prefix ? 5 : texts.size();
+    for (size_t i = 0; i < compared; ++i) {
       EXPECT_EQ(tok["ids"][i].get<std::vector<int64_t>>(), spm.encode(texts[i], false, false))
           << "text " << i;
     }
+    EXPECT_EQ(tok["ids"][5].get<std::vector<int64_t>>(), std::vector<int64_t>{turn});
   }
 }
 
