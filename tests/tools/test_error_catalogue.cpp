@@ -2490,6 +2490,19 @@ std::vector<Case> all_cases() {
         return adapter_copy(e) + " --base " + m + " -f gguf -o out.gguf";
       },
       {"base: "});
+  add(c, "EXP-50", "gemma3_gguf_attention_scale", "qexport",
+      [](Env& e) {
+        // qtiny's micro gemma3 has the fixture llama's shapes, so the fixture adapter merges in.
+        std::string out;
+        if (t::run_command("'" + tool_path("qtiny") + "' --out '" + e.path("gemma3") +
+                               "' --arch gemma3 --preset micro",
+                           &out) != 0) {
+          throw std::runtime_error("qtiny --arch gemma3 failed: " + out);
+        }
+        edit_json(e.path("gemma3/config.json"), [](ojson& j) { j["query_pre_attn_scalar"] = 64; });
+        return adapter_copy(e) + " --base gemma3 -f gguf -o out.gguf";
+      },
+      {"field 'query_pre_attn_scalar'", "llama.cpp scales attention by 16^-0.5"});
 
   // ---- 12. qeval / qgen / qtiny ---------------------------------------------------------------
   add(c, "EVL-01", "no_held_out", "qeval", [](Env& e) { return "--recipe " + recipe(e); },
