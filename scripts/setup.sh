@@ -4,7 +4,8 @@
 #     CLI11, PCRE2 and utf8proc (tokenizer.json pre-tokenizer regexes, NFC), Gloo's headers
 #     (data-parallel training: c10d's ProcessGroupGloo includes them and the torch wheel lacks
 #     them; the code is in libtorch_cpu), GoogleTest, Google Benchmark, and clang with its
-#     sanitizer and libFuzzer runtimes (the instrumented test build; llvm for llvm-symbolizer).
+#     sanitizer and libFuzzer runtimes (the instrumented test build; llvm for llvm-symbolizer) and
+#     OpenMP runtime (libomp: at::parallel_for in qtrain's kernels; gcc builds use the wheel's libgomp).
 #   - A virtual environment (outside the source tree) with PyPI's torch 2.11.0 wheel, whose
 #     LibTorch qtrain links, plus the pinned reference packages the interop tests compare with.
 #   - llama.cpp's Jinja engine and its real chat templates (scripts/fetch_jinja.sh, cached under
@@ -17,7 +18,7 @@ venv="${QTRAIN_VENV:-$HOME/.cache/qtrain/venv}"
 packages=(build-essential cmake ninja-build ccache pkg-config python3-venv
   libyaml-cpp-dev libsentencepiece-dev sentencepiece nlohmann-json3-dev libcli11-dev
   libpcre2-dev libutf8proc-dev libgloo-dev libgtest-dev libgmock-dev libbenchmark-dev
-  clang libclang-rt-14-dev llvm)
+  clang libclang-rt-14-dev libomp-14-dev llvm)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,6 @@
 #include "trainer/trainer.h"
 
+#include "core/cpu_capabilities.h"
 #include "core/error.h"
 #include "core/int_math.h"
 #include "core/log.h"
@@ -35,6 +36,7 @@
 #include "trainer/training_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -180,7 +182,14 @@ void TrainingRun::setup() {
   if (t.offload_activations) setup_activation_offloading();
   m_.model->train();
   log::info("model ", m_.model_dir, ": ", m_.model->config().num_hidden_layers, " layers, ",
-            m_.adapters.size(), " adapters, on ", m_.device.str());
+            m_.adapters.size(), " adapters, on ", m_.device.str(), " in ", recipe_.model.dtype,
+            recipe_.dtype_auto_reason.empty()
+                ? std::string()
+                : " (model.dtype auto: " + recipe_.dtype_auto_reason + ")");
+  if (m_.device.is_cpu()) {
+    log::info("CPU: ", at::get_num_threads(), " threads for LibTorch and, through ",
+              compiled_with_openmp() ? "OpenMP" : "no OpenMP (serial)", ", qtrain's own kernels");
+  }
 
   data_ = load_training_data(recipe_, m_.model_dir);
   if (data_.tokenizer->vocab_size() > m_.model->config().vocab_size) {

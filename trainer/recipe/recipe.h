@@ -23,8 +23,10 @@ struct ModelSection {
   // llama2-7b | llama2-13b | llama2-70b | llama3-8b | llama3-70b | mistral-7b | qwen2.5-7b:
   // the architecture --dry-run estimates when `path` has no config.json (known_model_config).
   std::string known_config;
-  std::string dtype = "bfloat16";  // compute dtype: bfloat16 | float16 | float32
-  std::string device = "auto";     // auto | cpu | cuda | cuda:N
+  // compute dtype: bfloat16 | float16 | float32 | auto: bfloat16 on CUDA and on CPUs with bf16
+  // matrix instructions (AMX, AVX512-BF16), float32 on other CPUs; parsing resolves auto.
+  std::string dtype = "bfloat16";
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
   // Benchmarks: weights drawn by training.seed on the device and quantized there
   // (models/synthetic_model.h) instead of read; the shapes are known_config's (else path's), and
   // path still supplies the tokenizer.
@@ -162,6 +164,8 @@ struct Recipe {
   // Provenance, not settings: ignored by operator==.
   std::string source;                  // the file it came from
   std::vector<std::string> overrides;  // as given on the command line
+  // model.dtype was auto and parsing chose it: why ("CUDA", "AVX512-BF16", "no bf16 ...").
+  std::string dtype_auto_reason;
 };
 
 // Settings equality: two recipes compare equal when every section field does, whatever their

@@ -1,6 +1,7 @@
 // Recipe text -> Recipe: the YAML tree is walked against the schema (recipe_fields.h), each
 // value converted strictly to its field's type, then the command-line overrides are applied,
 // defaults that depend on other settings are resolved, and the result is validated.
+#include "core/cpu_capabilities.h"
 #include "core/error.h"
 #include "core/read_file.h"
 #include "data/unicode_text.h"
@@ -11,6 +12,7 @@
 #include "trainer/recipe/recipe_validate.h"
 #include "trainer/recipe/yaml_text.h"
 
+#include <ATen/Context.h>
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
@@ -394,6 +396,24 @@ void check_yaml_text_lines(const std::string& text, const std::string& source) {
 
 }  // namespace
 
+namespace {
+
+// model.dtype auto: bfloat16 where matmuls have it natively (CUDA, AMX or AVX512-BF16 CPUs),
+// float32 on other CPUs, where bfloat16 runs through conversions.
+void resolve_auto_dtype(Recipe& recipe) {
+  if (recipe.model.dtype != "auto") return;
+  const std::string& device = recipe.model.device;
+  const bool cuda =
+      device.rfind("cuda", 0) == 0 || (device == "auto" && at::hasCUDA() && at::getNumGPUs() > 0);
+  const std::string bf16 = cuda ? std::string() : cpu_bf16_instructions();
+  recipe.model.dtype = cuda || !bf16.empty() ? "bfloat16" : "float32";
+  recipe.dtype_auto_reason =
+      cuda ? "CUDA"
+           : (bf16.empty() ? "a CPU without bf16 matrix instructions" : "a CPU with " + bf16);
+}
+
+}  // namespace
+
 Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides) {
   RecipeOrigins origins(source);
@@ -416,6 +436,7 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
   }
   resolve_dependent_defaults(recipe, origins);
   validate_recipe(recipe, origins);
+  resolve_auto_dtype(recipe);
   recipe.source = source;
   recipe.overrides = overrides;
   return recipe;

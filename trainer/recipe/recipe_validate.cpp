@@ -91,7 +91,7 @@ bool is_device(const std::string& device) {
 void check_model(const ModelSection& m, const Checks& c) {
   c.required("model.path", m.path, "an HF model directory or builtin:tiny / builtin:micro");
   if (!m.known_config.empty()) c.one_of("model.known_config", m.known_config, known_model_names());
-  c.one_of("model.dtype", m.dtype, {"bfloat16", "float16", "float32"});
+  c.one_of("model.dtype", m.dtype, {"auto", "bfloat16", "float16", "float32"});
   if (!is_device(m.device))
     c.fail("model.device", "unknown device '" + m.device + "'; expected auto, cpu, cuda or cuda:N");
 }
