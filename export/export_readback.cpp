@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/shape_string.h"
+#include "core/text.h"
 #include "export/ggml_decode.h"
 #include "export/gguf_export.h"
 #include "formats/gguf/gguf_reader.h"
@@ -20,9 +21,9 @@ namespace qtrain {
 namespace fs = std::filesystem;
 namespace {
 
-// GGUF tensor name -> HF name (formats.md §7.3, the inverse of gguf_export's table); "" for a
-// name with no HF counterpart.
-std::string hf_tensor_name(const std::string& gguf) {
+// GGUF tensor name -> HF name for `config` (formats.md §7.3, the inverse of gguf_export's table,
+// gguf-py's tensor_mapping for gemma2/3 and phi3); "" for a name with no HF counterpart.
+std::string hf_tensor_name(const std::string& gguf, const ModelConfig& config) {
   static const std::map<std::string, std::string> kTop = {
       {"token_embd.weight", "model.embed_tokens.weight"},
       {"output_norm.weight", "model.norm.weight"},
@@ -36,14 +37,35 @@ std::string hf_tensor_name(const std::string& gguf) {
       {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
       {"ffn_down", "mlp.down_proj"},
   };
+  // gemma2/3: post_attention_norm follows the attention; ffn_norm / post_ffw_norm wrap the MLP.
+  static const std::map<std::string, std::string> kGemma = {
+      {"post_attention_norm", "post_attention_layernorm"},
+      {"ffn_norm", "pre_feedforward_layernorm"},
+      {"post_ffw_norm", "post_feedforward_layernorm"},
+  };
+  // phi3: the fused projections keep their HF layout (ffn_up holds [gate; up]).
+  static const std::map<std::string, std::string> kPhi3 = {
+      {"attn_qkv", "self_attn.qkv_proj"},
+      {"ffn_up", "mlp.gate_up_proj"},
+  };
   if (auto it = kTop.find(gguf); it != kTop.end()) return it->second;
   if (gguf.compare(0, 4, "blk.") != 0) return "";
   const size_t dot = gguf.find('.', 4);
   const size_t last = gguf.rfind('.');
   if (dot == std::string::npos || last <= dot) return "";
-  auto it = kLayer.find(gguf.substr(dot + 1, last - dot - 1));
-  if (it == kLayer.end()) return "";
-  return "model.layers." + gguf.substr(4, dot - 4) + "." + it->second + gguf.substr(last);
+  const std::string module = gguf.substr(dot + 1, last - dot - 1);
+  const std::map<std::string, std::string>* family = config.gemma_style()         ? &kGemma
+                                                     : config.fused_projections() ? &kPhi3
+                                                                                  : nullptr;
+  std::string hf_module;
+  if (family && family->count(module)) {
+    hf_module = family->at(module);
+  } else if (kLayer.count(module)) {
+    hf_module = kLayer.at(module);
+  } else {
+    return "";
+  }
+  return "model.layers." + gguf.substr(4, dot - 4) + "." + hf_module + gguf.substr(last);
 }
 
 // Unpacks int32 [rows, cols] holding 8 nibbles each (value j at bits 4j) along the last dim ->
@@ -92,7 +114,7 @@ std::map<std::string, at::Tensor> gguf_hf_tensors(const std::string& path,
   std::map<std::string, at::Tensor> out;
   for (const GgufTensorInfo& info : reader.tensors()) {
     if (info.name == "rope_freqs.weight") continue;
-    const std::string name = hf_tensor_name(info.name);
+    const std::string name = hf_tensor_name(info.name, config);
     if (name.empty()) {
       throw_error(ErrorKind::kShape, "a GGUF tensor with no Hugging Face counterpart",
                   {.file = path, .tensor = info.name});
@@ -107,6 +129,8 @@ std::map<std::string, at::Tensor> gguf_hf_tensors(const std::string& path,
     } else if (permute && name.find("self_attn.k_proj.") != std::string::npos) {
       t = unpermute_qk_from_gguf(t, config.num_key_value_heads);
     }
+    // Gemma's norms scale by (1 + w) and the exporter stores 1 + w in float32.
+    if (config.gemma_style() && ends_with(name, "norm.weight")) t = t - 1.0;
     out[name] = t;
   }
   return out;

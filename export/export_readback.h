@@ -4,8 +4,10 @@
 //   merged-bf16/-fp16  the HF directory, its stored values
 //   nf4                the bitsandbytes 4-bit directory at its stored precision (4-bit slots)
 //   gguf               every tensor decoded to float32 as llama.cpp's dequantize gives it
-//                      (export/ggml_decode.h), GGUF names mapped back to HF ones and the llama
-//                      Q/K row permutation undone, in a dense model of the base's config.json
+//                      (export/ggml_decode.h), GGUF names mapped back to HF ones (gemma2/3's
+//                      norms, phi3's fused attn_qkv and ffn_up included), the llama Q/K row
+//                      permutation undone and Gemma's stored 1 + w norms turned back into w, in
+//                      a dense model of the base's config.json
 //                      (llama.cpp multiplies the quantized blocks directly, with activations
 //                      rounded to 8 bits: its logits differ from these by that rounding alone)
 //   gptq-int4          w = scale * (code - zero) per group in float32, as GPTQ v1 readers
@@ -39,8 +41,10 @@ std::shared_ptr<CausalLM> load_export(const std::string& path, ExportFormat form
 // How load_export reads `format`, for reports: "the GGUF tensors decoded to float32", ...
 std::string export_readback_description(ExportFormat format);
 
-// The tensors of a GGUF file by HF name, float32 in the HF layout (Q/K rows un-permuted for the
-// llama architecture of `config`); rope_freqs is left out (the config carries the rope).
+// The tensors of a GGUF file by HF name, float32 in the HF layout: the inverse of export_gguf
+// for `config` (Q/K rows un-permuted for the llama architecture; for gemma2/3, 1 is subtracted
+// from every norm weight, which export_gguf stores as float32(1 + w)); rope_freqs is left out
+// (the config carries the rope). Error(kShape) naming a tensor with no HF counterpart.
 std::map<std::string, at::Tensor> gguf_hf_tensors(const std::string& path,
                                                   const ModelConfig& config);
 

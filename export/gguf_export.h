@@ -1,6 +1,8 @@
 // HF checkpoint directory -> GGUF v3 file for llama.cpp (reference/formats.md §7), the way
 // convert_hf_to_gguf.py lays it out: llama/mistral as arch "llama" (Q/K rows permuted to the
-// interleaved RoPE pairing), qwen2/qwen3 as themselves (no permutation).
+// interleaved RoPE pairing); qwen2, qwen3, gemma2, gemma3_text (as "gemma3") and phi3 as
+// themselves, without the permutation (Gemma's norm weights stored as float32 1 + w; phi3's fused
+// qkv_proj and gate_up_proj kept fused as attn_qkv and ffn_up).
 #pragma once
 
 #include "formats/gguf/gguf_mix.h"
@@ -48,7 +50,8 @@ struct GgufExportOptions {
 void export_gguf(const std::string& hf_dir, const std::string& out_path,
                  const GgufExportOptions& options = {});
 
-// GGUF architecture name for an HF model_type: llama|mistral -> "llama", qwen2, qwen3.
+// GGUF architecture name for an HF model_type: llama|mistral -> "llama", gemma3_text ->
+// "gemma3", and qwen2, qwen3, gemma2, phi3 as themselves. Error(kUnsupported) for the others.
 std::string gguf_architecture(const std::string& model_type);
 
 // The llama Q/K row permutation (formats.md §7.4) for `w` [n_heads * head_dim, ...] (a weight

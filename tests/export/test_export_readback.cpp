@@ -1,9 +1,11 @@
 // Reading exports back (export/export_readback.h, export/ggml_decode.h): the ggml block decoders
 // against gguf-py's dequantize on random blocks (bit for bit) and against the encoders' error
 // bounds; a GGUF file back to the HF tensors it came from (names, Q/K permutation, tied
-// embeddings); GPTQ v1 tensors back to scale * (code - zero) from the values they were packed
-// from; and the errors of a model built from tensors.
+// embeddings, gemma2/3's norms and their 1 + w, phi3's fused projections); GPTQ v1 tensors back to
+// scale * (code - zero) from the values they were packed from; and the errors of a model built from
+// tensors.
 #include "core/error.h"
+#include "core/text.h"
 #include "export/export_readback.h"
 #include "export/ggml_decode.h"
 #include "export/gguf_export.h"
@@ -20,6 +22,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -176,6 +179,76 @@ TEST(ExportReadback, F32GgufGivesTheCheckpointBack) {
     EXPECT_TRUE(
         at::equal(exported->forward({.input_ids = ids}), original->forward({.input_ids = ids})))
         << arch;
+  }
+}
+
+// gemma2/3 and phi3 files (Gemma's post-attention, pre/post-feedforward and q/k norms, its norms
+// stored as float32 1 + w; phi3's fused attn_qkv and ffn_up) read back to the checkpoint's own
+// tensors. From a bfloat16 checkpoint F32 gives every tensor bit for bit (w of 8 significant bits
+// survives 1 + w and back) and F16 the 2-D weights rounded to half; from a float32 checkpoint
+// Gemma's norms are w within float32(1 + w)'s rounding. Every tensor holds distinct random values,
+// so a norm mapped to the wrong HF name, or left at 1 + w, fails the comparison.
+TEST(ExportReadback, GemmaAndPhi3GgufGiveTheCheckpointBack) {
+  ScratchDir dir("qtrain-readback-families");
+  for (const std::string arch : {"gemma2", "gemma3", "phi3"}) {
+    for (const std::string dtype : {"bfloat16", "float32"}) {
+      const std::string model = dir.file(arch + "-" + dtype);
+      write_tiny_model({.arch = arch, .preset = "micro", .seed = 5, .dtype = dtype}, model);
+      const ModelConfig config = ModelConfig::from_file(model + "/config.json");
+      const CheckpointReader checkpoint = CheckpointReader::open_dir(model);
+      for (const GgufOutType outtype : {GgufOutType::kF32, GgufOutType::kF16}) {
+        const bool f16 = outtype == GgufOutType::kF16;
+        const std::string what = arch + " " + dtype + (f16 ? " F16" : " F32");
+        const std::string gguf = model + (f16 ? "-f16.gguf" : "-f32.gguf");
+        export_gguf(model, gguf, {.outtype = outtype});
+        const auto tensors = gguf_hf_tensors(gguf, config);
+        EXPECT_EQ(tensors.size(), checkpoint.names().size()) << what;
+        for (const std::string& name : checkpoint.names()) {
+          ASSERT_TRUE(tensors.count(name)) << what << ": " << name;
+          const at::Tensor& got = tensors.at(name);
+          at::Tensor want = checkpoint.tensor(name).to(at::kFloat);
+          if (f16 && want.dim() == 2) want = want.to(at::kHalf).to(at::kFloat);
+          if (config.gemma_style() && ends_with(name, "norm.weight") && dtype == "float32") {
+            // Half an ulp of 1 + w is at most |1 + w| * 2^-24.
+            EXPECT_TRUE(
+                at::all((got - want).abs() <= (want + 1).abs() * std::ldexp(1.0, -24)).item<bool>())
+                << what << ": " << name << " off by " << (got - want).abs().max().item<float>();
+          } else {
+            EXPECT_TRUE(at::equal(got, want)) << what << ": " << name;
+          }
+        }
+        if (dtype == "bfloat16" && !f16) {
+          const auto exported =
+              load_export(gguf, ExportFormat::kGguf, model, at::kFloat, c10::kCPU);
+          const auto original = load_causal_lm(model, {.dtype = at::kFloat});
+          const at::Tensor ids = at::arange(3, 40, at::kLong).unsqueeze(0);
+          at::NoGradGuard no_grad;
+          EXPECT_TRUE(at::equal(exported->forward({.input_ids = ids}),
+                                original->forward({.input_ids = ids})))
+              << what;
+        }
+      }
+    }
+  }
+}
+
+// The names are the config's family's: a Gemma file read as a llama model names the first tensor
+// llama has no name for.
+TEST(ExportReadback, AGgufOfAnotherFamilyNamesItsForeignTensor) {
+  ScratchDir dir("qtrain-readback-foreign");
+  const std::string model = dir.file("gemma2");
+  write_tiny_model({.arch = "gemma2", .preset = "micro", .seed = 5}, model);
+  const std::string gguf = dir.file("gemma2.gguf");
+  export_gguf(model, gguf, {.outtype = GgufOutType::kF32});
+  ModelConfig config = ModelConfig::from_file(model + "/config.json");
+  config.model_type = "qwen2";
+  try {
+    gguf_hf_tensors(gguf, config);
+    FAIL() << "read a gemma2 file as qwen2";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kShape);
+    EXPECT_NE(std::string(e.what()).find("blk.0.post_attention_norm.weight"), std::string::npos)
+        << e.what();
   }
 }
 
