@@ -133,6 +133,8 @@ TEST(ShardedQuantizedSlot, TheAllocatorSeesOnlyTheShardOnceTheWholeIsDropped) {
     CpuAllocationCounter counter;
     auto whole = std::make_unique<QuantizedLinearSlot>(quantize(dense, config), at::Tensor());
     const int64_t whole_bytes = counter.current();
+    // Fills the weight's decoded-absmax cache, which the shard must not keep alive.
+    whole->weight().dequantize(at::kFloat);
     EXPECT_GE(whole_bytes, whole->weight().nbytes() - 4);  // nbytes() counts the float offset
     auto sharded = std::make_unique<ShardedQuantizedSlot>(
         *whole, std::make_shared<SilentComm>(world - 1, world), std::make_shared<ShardTraffic>());
