@@ -369,7 +369,9 @@ at::Tensor CausalLM::hidden_states(const ForwardInputs& in) {
     const float scale = static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size)));
     x = x * at::scalar_tensor(scale, at::kFloat).to(x.scalar_type()).to(x.device());
   }
-  auto [cos, sin] = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
+  // Not a structured binding: the lambda below captures them (clang 14 refuses bindings there).
+  at::Tensor cos, sin;
+  std::tie(cos, sin) = rope_cos_sin(inv_freq_->on(positions.device()), positions, x.scalar_type());
   // gemma3: sliding layers rotate with their own frequencies.
   at::Tensor local_cos, local_sin;
   if (local_inv_freq_) {
