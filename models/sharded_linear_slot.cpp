@@ -136,7 +136,7 @@ FlatQuantizedLayout::FlatQuantizedLayout(const QuantizedTensor& weight, int worl
     pieces_.push_back(std::move(piece));
     *t = at::Tensor();  // the layout keeps no storage alive
   }
-  meta_.absmax_cache = std::make_shared<AbsmaxCache>();  // nor the weight's decoded absmax
+  meta_.absmax_cache = nullptr;  // nor the weight's decoded absmax (an opt-in cache)
   padded_ = ceil_div(std::max<int64_t>(used_, 1), world_size) * world_size;
 }
 
@@ -159,8 +159,8 @@ at::Tensor FlatQuantizedLayout::flatten(const QuantizedTensor& weight) const {
 
 QuantizedTensor FlatQuantizedLayout::unflatten(const at::Tensor& flat) const {
   QuantizedTensor out = meta_;
-  // Its own decoded-absmax cache, freed with the gathered weight: a cache shared across passes
-  // would keep a whole weight's absmax (4 bytes per block) alive on every rank.
+  // Its own decoded-absmax cache for the pass, freed with the gathered weight (a cache shared
+  // across passes would keep a whole weight's absmax alive on every rank).
   out.absmax_cache = std::make_shared<AbsmaxCache>();
   const std::vector<at::Tensor*> tensors = storage_tensors(out);
   for (size_t i = 0; i < tensors.size(); ++i) {

@@ -2,7 +2,8 @@
 //
 // bitsandbytes' double quantization stores each block's float32 absmax as an 8-bit code plus a
 // nested scale (formats.md §1.3, about 1 byte per block). Undoing it on every dequantize is a
-// pass over all blocks; a QuantizedTensor keeps the result here instead, through a shared_ptr, so
+// pass over all blocks; a QuantizedTensor that opts in (its absmax_cache set; off by default, so
+// a base's memory is what qmem counts) keeps the result here instead, through a shared_ptr, so
 // its copies share one. Memory: 4 bytes (float32) per block, i.e. 1/8 of the packed codes at
 // blocksize 64 (0.5 bits per weight; 1 MiB for a 4096x4096 weight whose codes take 8 MiB).
 // Only CPU states are kept: on CUDA the decode is cheap and GPU memory is what double

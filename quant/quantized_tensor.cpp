@@ -122,7 +122,7 @@ at::Tensor QuantizedTensor::dequantize(at::ScalarType out_dtype) const {
 QuantizedTensor QuantizedTensor::to(const c10::Device& device) const {
   auto move = [&](const at::Tensor& t) { return t.defined() ? t.to(device) : t; };
   QuantizedTensor out = *this;
-  out.absmax_cache = std::make_shared<AbsmaxCache>();
+  out.absmax_cache = absmax_cache ? std::make_shared<AbsmaxCache>() : nullptr;
   out.data = move(data);
   out.absmax = move(absmax);
   out.code = move(code);

@@ -50,9 +50,12 @@ struct QuantizedTensor {
   at::Tensor absmax;  // float32 [nblocks]; undefined when nested
   std::optional<NestedAbsmax> nested;
   at::Tensor code;  // 4-bit: float32 [16] quant_map; undefined for int8
-  // The decoded nested absmax of a CPU weight, filled on first use and shared by this weight's
-  // copies (quant/absmax_cache.h: 4 bytes per block). to() gives the result a fresh one.
-  std::shared_ptr<AbsmaxCache> absmax_cache = std::make_shared<AbsmaxCache>();
+  // Opt-in: set it (std::make_shared<AbsmaxCache>()) and the decoded nested absmax of a CPU
+  // weight is filled on first use and shared by this weight's copies (quant/absmax_cache.h:
+  // 4 bytes per block, 1/8 of the codes at blocksize 64, about 10% off a dequantize). Null (the
+  // default, as bitsandbytes does): decoded on every call, so a base weighs what qmem says.
+  // to() gives the result a fresh one when this weight has one.
+  std::shared_ptr<AbsmaxCache> absmax_cache;
 
   int64_t numel() const;
   int64_t num_blocks() const;

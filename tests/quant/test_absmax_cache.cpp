@@ -20,7 +20,9 @@ QuantizedTensor nested_weight(int64_t rows, int64_t cols, uint64_t seed) {
   at::manual_seed(seed);
   // Scales spread over decades so the nested codes differ block to block.
   const at::Tensor w = at::randn({rows, cols}) * at::rand({rows, 1}) * 0.1;
-  return quantize(w, {QuantType::kNF4, 64, true});
+  QuantizedTensor q = quantize(w, {QuantType::kNF4, 64, true});
+  q.absmax_cache = std::make_shared<AbsmaxCache>();  // opted in
+  return q;
 }
 
 int64_t decodes(const QuantizedTensor& w) {
@@ -56,8 +58,17 @@ TEST(AbsmaxCacheTest, EqualsAFreshDecodeAndDecodesOnce) {
   EXPECT_EQ(decodes(w), 1);
 }
 
+TEST(AbsmaxCacheTest, OffByDefault) {
+  const QuantizedTensor plain = quantize(at::randn({8, 64}), {QuantType::kNF4, 64, true});
+  EXPECT_EQ(plain.absmax_cache, nullptr);
+  EXPECT_FALSE(plain.cached_block_absmax().defined());
+  EXPECT_TRUE(at::equal(plain.block_absmax(), decode_nested_absmax(*plain.nested)));
+  EXPECT_EQ(plain.to(at::kCPU).absmax_cache, nullptr);
+}
+
 TEST(AbsmaxCacheTest, NotUsedWithoutNestedState) {
-  const QuantizedTensor w = quantize(at::randn({8, 64}), {QuantType::kNF4, 64, false});
+  QuantizedTensor w = quantize(at::randn({8, 64}), {QuantType::kNF4, 64, false});
+  w.absmax_cache = std::make_shared<AbsmaxCache>();
   EXPECT_FALSE(w.cached_block_absmax().defined());
   EXPECT_TRUE(w.block_absmax().is_same(w.absmax));
   EXPECT_EQ(decodes(w), 0);
