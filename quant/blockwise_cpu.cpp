@@ -4,13 +4,15 @@
 //   absmax = max |x| over the block (like fmaxf, NaN inputs are skipped),
 //   xn     = x * (1.0f / absmax)   (float32 reciprocal, then a multiply; never a division),
 //   value  = code[q] * absmax      (float32, then one cast to the output type).
-// The 4-bit dequantize keeps its scalar loop here as the reference and runs an AVX-512 or AVX2
-// kernel (quant/dequantize_4bit_simd.h) when the CPU has one; they write the same bits.
+// The 4-bit quantize and dequantize and the INT8 quantize keep their scalar loops here as the
+// reference and run an AVX-512 or AVX2 kernel (quant/dequantize_4bit_simd.h,
+// quant/quantize_simd.h) when the CPU has one; they write the same bits.
 #include "quant/blockwise_cpu.h"
 
 #include "core/error.h"
 #include "quant/codebook_tables.h"
 #include "quant/dequantize_4bit_simd.h"
+#include "quant/quantize_simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -106,27 +108,60 @@ struct FP4Coder {
   uint8_t operator()(float xn) const { return fp4_code_of(xn); }
 };
 
-// in [n] -> out [(n+1)/2] packed codes (element 2k in the high nibble), absmax [nblocks].
-// blocksize is even, so every block owns whole bytes.
+// in [n] -> out [(n+1)/2] packed codes (element 2k in the high nibble), absmax [nblocks]; the
+// scalar reference over blocks [b0, b1). blocksize is even, so every block owns whole bytes.
 template <typename T, typename Coder>
-void quantize_4bit_blocks(const T* in, int64_t n, int64_t blocksize, Coder code_of, uint8_t* out,
-                          float* absmax) {
-  at::parallel_for(0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
-    std::vector<uint8_t> codes(blocksize + 1);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * blocksize;
-      const int64_t count = std::min(blocksize, n - begin);
-      const float m = block_absmax(in + begin, count);
-      const float inv = 1.0f / m;
-      absmax[b] = m;
-      for (int64_t i = 0; i < count; ++i) {
-        codes[i] = code_of(static_cast<float>(in[begin + i]) * inv);
-      }
-      codes[count] = code_of(0.0f * inv);  // odd n: the last low nibble codes a 0 pad (as CUDA)
-      for (int64_t j = 0; j < count; j += 2) {
-        out[(begin + j) / 2] = static_cast<uint8_t>(codes[j] << 4 | codes[j + 1]);
-      }
+void quantize_4bit_blocks_scalar(const T* in, int64_t n, int64_t blocksize, Coder code_of,
+                                 uint8_t* out, float* absmax, int64_t b0, int64_t b1) {
+  std::vector<uint8_t> codes(blocksize + 1);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t begin = b * blocksize;
+    const int64_t count = std::min(blocksize, n - begin);
+    const float m = block_absmax(in + begin, count);
+    const float inv = 1.0f / m;
+    absmax[b] = m;
+    for (int64_t i = 0; i < count; ++i) {
+      codes[i] = code_of(static_cast<float>(in[begin + i]) * inv);
     }
+    codes[count] = code_of(0.0f * inv);  // odd n: the last low nibble codes a 0 pad (as CUDA)
+    for (int64_t j = 0; j < count; j += 2) {
+      out[(begin + j) / 2] = static_cast<uint8_t>(codes[j] << 4 | codes[j + 1]);
+    }
+  }
+}
+
+template <typename T>
+constexpr bool kHasSimdKernel =
+    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// The blocks a vectorized quantize may take: all the full ones when the blocksize suits it.
+int64_t simd_quantize_blocks(SimdPath path, int64_t n, int64_t blocksize) {
+  if (path == SimdPath::kScalar || blocksize % simd::kSimdQuantizeMultiple != 0) return 0;
+  return n / blocksize;
+}
+
+template <typename T>
+void quantize_int8_simd(SimdPath path, const simd::QuantizeInt8Args<T>& args, int64_t b0,
+                        int64_t b1) {
+  if constexpr (kHasSimdKernel<T>) {
+    if (path == SimdPath::kAvx512) simd::quantize_int8_avx512(args, b0, b1);
+    if (path == SimdPath::kAvx2) simd::quantize_int8_avx2(args, b0, b1);
+  }
+}
+
+template <typename T, typename Coder>
+void quantize_4bit_blocks(const T* in, int64_t n, int64_t blocksize, Coder code_of,
+                          simd::Code4bit code, uint8_t* out, float* absmax) {
+  const SimdPath path = simd_path();
+  const int64_t vector_blocks = kHasSimdKernel<T> ? simd_quantize_blocks(path, n, blocksize) : 0;
+  at::parallel_for(0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
+    const int64_t split = std::clamp(vector_blocks, b0, b1);
+    if constexpr (kHasSimdKernel<T>) {
+      const simd::Quantize4bitArgs<T> args{in, blocksize, code, out, absmax};
+      if (split > b0 && path == SimdPath::kAvx512) simd::quantize_4bit_avx512(args, b0, split);
+      if (split > b0 && path == SimdPath::kAvx2) simd::quantize_4bit_avx2(args, b0, split);
+    }
+    quantize_4bit_blocks_scalar(in, n, blocksize, code_of, out, absmax, split, b1);
   });
 }
 
@@ -156,31 +191,27 @@ void dequantize_4bit_blocks_scalar(const Dequantize4bitArgs& args, int64_t block
 }
 
 template <typename T>
-constexpr bool kHasSimdKernel =
-    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
-
-template <typename T>
-void dequantize_4bit_blocks(Dequantize4bitPath path, const Dequantize4bitArgs& args,
-                            int64_t block_begin, int64_t block_end, T* out) {
+void dequantize_4bit_blocks(SimdPath path, const Dequantize4bitArgs& args, int64_t block_begin,
+                            int64_t block_end, T* out) {
   if constexpr (kHasSimdKernel<T>) {
-    if (path == Dequantize4bitPath::kAvx512) {
+    if (path == SimdPath::kAvx512) {
       return simd::dequantize_4bit_avx512(args, block_begin, block_end, out);
     }
-    if (path == Dequantize4bitPath::kAvx2) {
+    if (path == SimdPath::kAvx2) {
       return simd::dequantize_4bit_avx2(args, block_begin, block_end, out);
     }
   }
   dequantize_4bit_blocks_scalar(args, block_begin, block_end, out);
 }
 
-Dequantize4bitPath widest_supported_path() {
-  static const Dequantize4bitPath widest = simd::cpu_has_avx512() ? Dequantize4bitPath::kAvx512
-                                           : simd::cpu_has_avx2() ? Dequantize4bitPath::kAvx2
-                                                                  : Dequantize4bitPath::kScalar;
+SimdPath widest_supported_path() {
+  static const SimdPath widest = simd::cpu_has_avx512() ? SimdPath::kAvx512
+                                 : simd::cpu_has_avx2() ? SimdPath::kAvx2
+                                                        : SimdPath::kScalar;
   return widest;
 }
 
-std::atomic<Dequantize4bitPath> g_dequantize_4bit_path{Dequantize4bitPath::kAuto};
+std::atomic<SimdPath> g_simd_path{SimdPath::kAuto};
 
 // A new output this large asks for transparent huge pages before its first write: its 4 KiB page
 // faults (8192 for a 4096x4096 bf16 weight) cost several times the vectorized kernel itself.
@@ -197,13 +228,22 @@ void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
+// A new output, with huge pages asked for when it is large enough to matter.
+at::Tensor empty_for_kernel(at::IntArrayRef sizes, at::ScalarType dtype) {
+  at::Tensor result = at::empty(sizes, dtype);
+  if (static_cast<int64_t>(result.nbytes()) >= kHugePageAdviceBytes) {
+    advise_huge_pages(result.data_ptr(), static_cast<int64_t>(result.nbytes()));
+  }
+  return result;
+}
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType type,
                                                 int64_t blocksize) {
   const at::Tensor input = flat_contiguous(x);
   const int64_t n = input.numel();
-  at::Tensor packed = at::empty({(n + 1) / 2}, at::kByte);
+  at::Tensor packed = empty_for_kernel({(n + 1) / 2}, at::kByte);
   at::Tensor absmax = at::empty({num_blocks(n, blocksize)}, at::kFloat);
   uint8_t* out = packed.data_ptr<uint8_t>();
   float* scales = absmax.data_ptr<float>();
@@ -211,9 +251,9 @@ std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType t
       at::kHalf, at::kBFloat16, input.scalar_type(), "quantize_4bit", [&] {
         const scalar_t* in = input.data_ptr<scalar_t>();
         if (type == QuantType::kNF4) {
-          quantize_4bit_blocks(in, n, blocksize, NF4Coder{}, out, scales);
+          quantize_4bit_blocks(in, n, blocksize, NF4Coder{}, simd::Code4bit::kNF4, out, scales);
         } else {
-          quantize_4bit_blocks(in, n, blocksize, FP4Coder{}, out, scales);
+          quantize_4bit_blocks(in, n, blocksize, FP4Coder{}, simd::Code4bit::kFP4, out, scales);
         }
       });
   return {packed, absmax};
@@ -222,10 +262,7 @@ std::pair<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& x, QuantType t
 at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
                            const at::Tensor& code, int64_t n, int64_t blocksize,
                            at::ScalarType out_dtype) {
-  at::Tensor result = at::empty({n}, out_dtype);
-  if (static_cast<int64_t>(result.nbytes()) >= kHugePageAdviceBytes) {
-    advise_huge_pages(result.data_ptr(), static_cast<int64_t>(result.nbytes()));
-  }
+  at::Tensor result = empty_for_kernel({n}, out_dtype);
   dequantize_4bit_into(packed, absmax, code, n, blocksize, result);
   return result;
 }
@@ -241,7 +278,7 @@ void dequantize_4bit_into(const at::Tensor& packed, const at::Tensor& absmax,
   const at::Tensor table = flat_contiguous(code);
   const Dequantize4bitArgs args{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(),
                                 table.data_ptr<float>(), n, blocksize};
-  const Dequantize4bitPath path = dequantize_4bit_path();
+  const SimdPath path = simd_path();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, out.scalar_type(), "dequantize_4bit", [&] {
         scalar_t* dst = out.data_ptr<scalar_t>();
@@ -251,41 +288,41 @@ void dequantize_4bit_into(const at::Tensor& packed, const at::Tensor& absmax,
       });
 }
 
-bool dequantize_4bit_path_supported(Dequantize4bitPath path) {
+bool simd_path_supported(SimdPath path) {
   switch (path) {
-    case Dequantize4bitPath::kAuto:
-    case Dequantize4bitPath::kScalar:
+    case SimdPath::kAuto:
+    case SimdPath::kScalar:
       return true;
-    case Dequantize4bitPath::kAvx2:
+    case SimdPath::kAvx2:
       return simd::cpu_has_avx2();
-    case Dequantize4bitPath::kAvx512:
+    case SimdPath::kAvx512:
       return simd::cpu_has_avx512();
   }
   return false;
 }
 
-void set_dequantize_4bit_path(Dequantize4bitPath path) {
-  if (!dequantize_4bit_path_supported(path)) {
-    throw_error(ErrorKind::kUnsupported, std::string("dequantize_4bit: this CPU has no ") +
-                                             dequantize_4bit_path_name(path) + " path");
+void set_simd_path(SimdPath path) {
+  if (!simd_path_supported(path)) {
+    throw_error(ErrorKind::kUnsupported,
+                std::string("dequantize_4bit: this CPU has no ") + simd_path_name(path) + " path");
   }
-  g_dequantize_4bit_path.store(path);
+  g_simd_path.store(path);
 }
 
-Dequantize4bitPath dequantize_4bit_path() {
-  const Dequantize4bitPath path = g_dequantize_4bit_path.load();
-  return path == Dequantize4bitPath::kAuto ? widest_supported_path() : path;
+SimdPath simd_path() {
+  const SimdPath path = g_simd_path.load();
+  return path == SimdPath::kAuto ? widest_supported_path() : path;
 }
 
-const char* dequantize_4bit_path_name(Dequantize4bitPath path) {
+const char* simd_path_name(SimdPath path) {
   switch (path) {
-    case Dequantize4bitPath::kAuto:
+    case SimdPath::kAuto:
       return "auto";
-    case Dequantize4bitPath::kScalar:
+    case SimdPath::kScalar:
       return "scalar";
-    case Dequantize4bitPath::kAvx2:
+    case SimdPath::kAvx2:
       return "avx2";
-    case Dequantize4bitPath::kAvx512:
+    case SimdPath::kAvx512:
       return "avx512";
   }
   return "unknown";
@@ -354,14 +391,19 @@ at::Tensor dequantize_blockwise_8bit(const at::Tensor& codes, const at::Tensor& 
 std::pair<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& x, int64_t blocksize) {
   const at::Tensor input = flat_contiguous(x);
   const int64_t n = input.numel();
-  at::Tensor q = at::empty({n}, at::kChar);
+  at::Tensor q = empty_for_kernel({n}, at::kChar);
   at::Tensor absmax = at::empty({num_blocks(n, blocksize)}, at::kFloat);
   int8_t* out = q.data_ptr<int8_t>();
   float* scales = absmax.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "quantize_int8", [&] {
         const scalar_t* in = input.data_ptr<scalar_t>();
-        for_each_block(n, blocksize, [&](int64_t b, int64_t begin, int64_t count) {
+        const SimdPath path = simd_path();
+        const int64_t vector_blocks =
+            kHasSimdKernel<scalar_t> ? simd_quantize_blocks(path, n, blocksize) : 0;
+        const auto scalar_block = [&](int64_t b) {
+          const int64_t begin = b * blocksize;
+          const int64_t count = std::min(blocksize, n - begin);
           const float m = block_absmax(in + begin, count);
           const float multiplier = m > 0.0f ? 127.0f / m : 0.0f;
           scales[b] = m;
@@ -369,7 +411,15 @@ std::pair<at::Tensor, at::Tensor> quantize_int8(const at::Tensor& x, int64_t blo
             const float r = std::round(static_cast<float>(in[i]) * multiplier);
             out[i] = std::isnan(r) ? 0 : static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
           }
-        });
+        };
+        at::parallel_for(
+            0, num_blocks(n, blocksize), grain(blocksize), [&](int64_t b0, int64_t b1) {
+              const int64_t split = std::clamp(vector_blocks, b0, b1);
+              if (split > b0)
+                quantize_int8_simd(
+                    path, simd::QuantizeInt8Args<scalar_t>{in, blocksize, out, scales}, b0, split);
+              for (int64_t b = split; b < b1; ++b) scalar_block(b);
+            });
       });
   return {q, absmax};
 }

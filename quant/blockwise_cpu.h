@@ -22,16 +22,17 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax,
 void dequantize_4bit_into(const at::Tensor& packed, const at::Tensor& absmax,
                           const at::Tensor& code, int64_t n, int64_t blocksize, at::Tensor& out);
 
-// The implementation dequantize_4bit runs for float32, bfloat16 and float16 outputs (float64
-// always takes the scalar one): the scalar reference or a vectorized kernel
-// (quant/dequantize_4bit_simd.h), all bit-identical. kAuto, the default, takes the widest the CPU
-// has; tests and benchmarks force one. Process-wide; not meant to change while a call runs.
-enum class Dequantize4bitPath { kAuto, kScalar, kAvx2, kAvx512 };
-bool dequantize_4bit_path_supported(Dequantize4bitPath path);  // kAuto and kScalar always
+// The implementation the 4-bit quantize and dequantize and the INT8 quantize run for float32,
+// bfloat16 and float16 data (float64 always takes the scalar one): the scalar reference or a
+// vectorized kernel (quant/dequantize_4bit_simd.h, quant/quantize_simd.h), all bit-identical.
+// kAuto, the default, takes the widest the CPU has; tests and benchmarks force one. Process-wide;
+// not meant to change while a call runs.
+enum class SimdPath { kAuto, kScalar, kAvx2, kAvx512 };
+bool simd_path_supported(SimdPath path);  // kAuto and kScalar always
 // Throws Error(kUnsupported) for a path this CPU (or build) lacks.
-void set_dequantize_4bit_path(Dequantize4bitPath path);
-Dequantize4bitPath dequantize_4bit_path();                       // the path in use, never kAuto
-const char* dequantize_4bit_path_name(Dequantize4bitPath path);  // "scalar", "avx2", ...
+void set_simd_path(SimdPath path);
+SimdPath simd_path();                       // the path in use, never kAuto
+const char* simd_path_name(SimdPath path);  // "scalar", "avx2", ...
 
 std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& x,
                                                           const at::Tensor& code,

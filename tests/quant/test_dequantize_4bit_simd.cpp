@@ -25,24 +25,24 @@
 namespace qtrain {
 namespace {
 
-using cpu::Dequantize4bitPath;
+using cpu::SimdPath;
 
 const std::vector<at::ScalarType> kOutputTypes = {at::kFloat, at::kBFloat16, at::kHalf};
 
 // Forces a path for one scope.
 class ForcedPath {
  public:
-  explicit ForcedPath(Dequantize4bitPath path) { cpu::set_dequantize_4bit_path(path); }
-  ~ForcedPath() { cpu::set_dequantize_4bit_path(Dequantize4bitPath::kAuto); }
+  explicit ForcedPath(SimdPath path) { cpu::set_simd_path(path); }
+  ~ForcedPath() { cpu::set_simd_path(SimdPath::kAuto); }
   ForcedPath(const ForcedPath&) = delete;
   ForcedPath& operator=(const ForcedPath&) = delete;
 };
 
 // The vectorized paths this CPU runs (none on a CPU without AVX2: then only kAuto = scalar).
-std::vector<Dequantize4bitPath> vector_paths() {
-  std::vector<Dequantize4bitPath> out;
-  for (Dequantize4bitPath p : {Dequantize4bitPath::kAvx2, Dequantize4bitPath::kAvx512}) {
-    if (cpu::dequantize_4bit_path_supported(p)) out.push_back(p);
+std::vector<SimdPath> vector_paths() {
+  std::vector<SimdPath> out;
+  for (SimdPath p : {SimdPath::kAvx2, SimdPath::kAvx512}) {
+    if (cpu::simd_path_supported(p)) out.push_back(p);
   }
   return out;
 }
@@ -63,7 +63,7 @@ std::vector<uint8_t> raw_bytes(const at::Tensor& t) {
   return {p, p + c.nbytes()};
 }
 
-at::Tensor dequantize_on(Dequantize4bitPath path, const at::Tensor& packed,
+at::Tensor dequantize_on(SimdPath path, const at::Tensor& packed,
                          const at::Tensor& absmax, const at::Tensor& code, int64_t n,
                          int64_t blocksize, at::ScalarType dtype) {
   ForcedPath forced(path);
@@ -94,18 +94,18 @@ void expect_all_paths_equal(const at::Tensor& packed, const at::Tensor& absmax,
                             const std::string& what) {
   for (at::ScalarType dtype : kOutputTypes) {
     const at::Tensor scalar =
-        dequantize_on(Dequantize4bitPath::kScalar, packed, absmax, code, n, blocksize, dtype);
+        dequantize_on(SimdPath::kScalar, packed, absmax, code, n, blocksize, dtype);
     ASSERT_EQ(scalar.numel(), n);
     EXPECT_EQ(raw_bytes(scalar), raw_bytes(formula(packed, absmax, code, n, blocksize, dtype)))
         << what << " " << dtype << ": scalar vs formula";
-    for (Dequantize4bitPath path : vector_paths()) {
+    for (SimdPath path : vector_paths()) {
       const at::Tensor vec = dequantize_on(path, packed, absmax, code, n, blocksize, dtype);
       const std::vector<uint8_t> want = raw_bytes(scalar), got = raw_bytes(vec);
       ASSERT_EQ(got.size(), want.size());
       size_t first_diff = 0;
       while (first_diff < got.size() && got[first_diff] == want[first_diff]) ++first_diff;
       EXPECT_EQ(first_diff, got.size())
-          << what << " " << dtype << " " << cpu::dequantize_4bit_path_name(path)
+          << what << " " << dtype << " " << cpu::simd_path_name(path)
           << ": first differing element " << first_diff / scalar.element_size() << " of " << n;
     }
   }
@@ -127,21 +127,21 @@ at::Tensor random_absmax(int64_t count, uint32_t seed) {
 }
 
 TEST(Dequantize4bitSimdTest, PathSelection) {
-  EXPECT_TRUE(cpu::dequantize_4bit_path_supported(Dequantize4bitPath::kScalar));
-  EXPECT_NE(cpu::dequantize_4bit_path(), Dequantize4bitPath::kAuto);
-  for (Dequantize4bitPath p : vector_paths()) {
+  EXPECT_TRUE(cpu::simd_path_supported(SimdPath::kScalar));
+  EXPECT_NE(cpu::simd_path(), SimdPath::kAuto);
+  for (SimdPath p : vector_paths()) {
     ForcedPath forced(p);
-    EXPECT_EQ(cpu::dequantize_4bit_path(), p);
+    EXPECT_EQ(cpu::simd_path(), p);
   }
   {
-    ForcedPath forced(Dequantize4bitPath::kScalar);
-    EXPECT_EQ(cpu::dequantize_4bit_path(), Dequantize4bitPath::kScalar);
+    ForcedPath forced(SimdPath::kScalar);
+    EXPECT_EQ(cpu::simd_path(), SimdPath::kScalar);
   }
   // kAuto picks the widest path the CPU has.
-  const std::vector<Dequantize4bitPath> vec = vector_paths();
-  EXPECT_EQ(cpu::dequantize_4bit_path(), vec.empty() ? Dequantize4bitPath::kScalar : vec.back());
+  const std::vector<SimdPath> vec = vector_paths();
+  EXPECT_EQ(cpu::simd_path(), vec.empty() ? SimdPath::kScalar : vec.back());
   std::cout << "dequantize_4bit path: "
-            << cpu::dequantize_4bit_path_name(cpu::dequantize_4bit_path()) << "\n";
+            << cpu::simd_path_name(cpu::simd_path()) << "\n";
 }
 
 TEST(Dequantize4bitSimdTest, EveryByteValueEveryBlocksize) {
@@ -240,7 +240,7 @@ TEST(Dequantize4bitSimdTest, SubRangesFromABlockStart) {
 
 TEST(Dequantize4bitSimdTest, EmptyAndQuantizedRoundTrip) {
   for (at::ScalarType dtype : kOutputTypes) {
-    for (Dequantize4bitPath path : vector_paths()) {
+    for (SimdPath path : vector_paths()) {
       EXPECT_EQ(dequantize_on(path, at::empty({0}, at::kByte), at::empty({0}, at::kFloat),
                               nf4_code(), 0, 64, dtype)
                     .numel(),

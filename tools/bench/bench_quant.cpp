@@ -1,13 +1,15 @@
-// CPU NF4 throughput on a 4096x4096 weight at 1 and 2 threads (at::set_num_threads), next to a
-// memcpy of the same bytes for scale. Convention: GB/s (10^9 bytes/s, Google Benchmark's "G" is
-// 2^30) of the dense tensor, i.e. bytes of output written by dequantize (2 per element for
-// bf16/fp16, 4 for float32) and bytes of BF16 input read by quantize. Dequantize runs once per
-// path: the scalar reference and each vectorized kernel the CPU has (blockwise_cpu.h).
+// CPU NF4 (and FP4, INT8 quantize) throughput on a 4096x4096 weight at 1 and 2 threads
+// (at::set_num_threads), next to a memcpy of the same bytes for scale. Convention: GB/s (10^9
+// bytes/s, Google Benchmark's "G" is 2^30) of the dense tensor, i.e. bytes of output written by
+// dequantize (2 per element for bf16/fp16, 4 for float32) and bytes of BF16 input read by quantize.
+// Dequantize runs once per path: the scalar reference and each vectorized kernel the CPU has
+// (blockwise_cpu.h).
 //
 //   build/tools/bench/bench_quant [--benchmark_filter=...]
 //
-// The arguments of each benchmark: threads, then (dequantize) the path 1 scalar, 2 avx2,
-// 3 avx512, the output dtype 0 bf16, 1 fp16, 2 float32, and 0 fresh / 1 reused output.
+// The arguments of each benchmark: threads, then (quantize, dequantize) the path 1 scalar, 2 avx2,
+// 3 avx512, then (dequantize) the output dtype 0 bf16, 1 fp16, 2 float32, and 0 fresh / 1 reused
+// output.
 #include "quant/blockwise.h"
 #include "quant/blockwise_cpu.h"
 #include "quant/codebooks.h"
@@ -46,10 +48,44 @@ void report(benchmark::State& state, int64_t bytes_per_iteration) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Sets the path of arg 1 (1 scalar, 2 avx2, 3 avx512) and labels the run; false (and the run
+// skipped) when this CPU lacks it.
+bool force_path(benchmark::State& state, const std::string& what) {
+  const auto path = static_cast<cpu::SimdPath>(state.range(1));
+  if (!cpu::simd_path_supported(path)) {
+    state.SkipWithError("this CPU lacks the path");
+    return false;
+  }
+  cpu::set_simd_path(path);
+  state.SetLabel(std::string(cpu::simd_path_name(path)) + " " + what);
+  return true;
+}
+
+// A fresh (packed, absmax) per call, as quantize_4bit returns; BF16 input.
 void BM_NF4Quantize(benchmark::State& state) {
   set_threads(state);
+  if (!force_path(state, "nf4")) return;
   const at::Tensor w = weight();
   for (auto _ : state) benchmark::DoNotOptimize(quantize_4bit(w, QuantType::kNF4, kBlocksize));
+  cpu::set_simd_path(cpu::SimdPath::kAuto);
+  report(state, kElements * 2);
+}
+
+void BM_FP4Quantize(benchmark::State& state) {
+  set_threads(state);
+  if (!force_path(state, "fp4")) return;
+  const at::Tensor w = weight();
+  for (auto _ : state) benchmark::DoNotOptimize(quantize_4bit(w, QuantType::kFP4, kBlocksize));
+  cpu::set_simd_path(cpu::SimdPath::kAuto);
+  report(state, kElements * 2);
+}
+
+void BM_Int8Quantize(benchmark::State& state) {
+  set_threads(state);
+  if (!force_path(state, "int8")) return;
+  const at::Tensor w = weight();
+  for (auto _ : state) benchmark::DoNotOptimize(quantize_int8(w, kBlocksize));
+  cpu::set_simd_path(cpu::SimdPath::kAuto);
   report(state, kElements * 2);
 }
 
@@ -57,15 +93,15 @@ void BM_NF4Quantize(benchmark::State& state) {
 // allocation included) or into one reused output (arg 3 = 1: the kernel alone).
 void BM_NF4Dequantize(benchmark::State& state) {
   set_threads(state);
-  const auto path = static_cast<cpu::Dequantize4bitPath>(state.range(1));
+  const auto path = static_cast<cpu::SimdPath>(state.range(1));
   const at::ScalarType dtype = kDtypes[state.range(2)];
   const bool reuse = state.range(3) == 1;
-  if (!cpu::dequantize_4bit_path_supported(path)) {
+  if (!cpu::simd_path_supported(path)) {
     state.SkipWithError("this CPU lacks the path");
     return;
   }
-  cpu::set_dequantize_4bit_path(path);
-  state.SetLabel(std::string(cpu::dequantize_4bit_path_name(path)) + " " + c10::toString(dtype) +
+  cpu::set_simd_path(path);
+  state.SetLabel(std::string(cpu::simd_path_name(path)) + " " + c10::toString(dtype) +
                  (reuse ? " reused output" : " fresh output"));
   auto [packed, absmax] = quantize_4bit(weight(), QuantType::kNF4, kBlocksize);
   const at::Tensor code = nf4_code();
@@ -78,7 +114,7 @@ void BM_NF4Dequantize(benchmark::State& state) {
       benchmark::DoNotOptimize(dequantize_4bit(packed, absmax, code, kElements, kBlocksize, dtype));
     }
   }
-  cpu::set_dequantize_4bit_path(cpu::Dequantize4bitPath::kAuto);
+  cpu::set_simd_path(cpu::SimdPath::kAuto);
   report(state, kElements * static_cast<int64_t>(c10::elementSize(dtype)));
 }
 
@@ -141,7 +177,18 @@ void PathsAndDtypes(benchmark::internal::Benchmark* b) {
   }
 }
 
-BENCHMARK(BM_NF4Quantize)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_NF4Quantize)
+    ->ArgsProduct({{1, 2}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_FP4Quantize)
+    ->ArgsProduct({{1, 2}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_Int8Quantize)
+    ->ArgsProduct({{1, 2}, {1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_NF4Dequantize)->Apply(PathsAndDtypes)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_NF4DoubleQuantDequantize)
     ->ArgsProduct({{1, 2}, {0, 1}})

@@ -1,0 +1,251 @@
+// AVX2 (+ F16C) blockwise quantize: 8 elements per register. The binary searches of the scalar
+// loop are kept, each step's thresholds looked up by vpermps from an 8-entry table of the only
+// thresholds that step can reach (NF4: t7; t3|t11; t1|t5|t9|t13; the even ones). 32 codes are
+// narrowed to bytes with packs, put back in element order by one vpermd, then paired into 16
+// packed bytes. INT8 narrows the same way with signed saturation.
+#include "quant/quantize_simd.h"
+
+#include "core/error.h"
+#include "quant/codebook_tables.h"
+
+#include <cfloat>
+#include <cstdint>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 flags the intrinsics' own _mm*_undefined_*() placeholders once inlined (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#define QTRAIN_TARGET_AVX2 __attribute__((target("avx2,f16c")))
+
+namespace qtrain::cpu::simd {
+namespace {
+
+// The thresholds each search step can compare with, indexed by the code found so far shifted.
+struct Tables {
+  alignas(32) float nf4_step4[8];  // t3, t11            (q >> 3)
+  alignas(32) float nf4_step2[8];  // t1, t5, t9, t13    (q >> 2)
+  alignas(32) float nf4_step1[8];  // t0, t2, ..., t14   (q >> 1)
+  alignas(32) float fp4_step2[8];  // t1, t5             (rank >> 2)
+  alignas(32) float fp4_step1[8];  // t0, t2, t4, t6     (rank >> 1)
+  alignas(32) int32_t fp4_code_of_rank[8];
+};
+
+constexpr Tables make_tables() {
+  Tables t{};
+  for (int k = 0; k < 8; ++k) {
+    t.nf4_step4[k] = k < 2 ? codebook::nf4_threshold(8 * k + 3) : FLT_MAX;
+    t.nf4_step2[k] = k < 4 ? codebook::nf4_threshold(4 * k + 1) : FLT_MAX;
+    t.nf4_step1[k] = codebook::nf4_threshold(2 * k);
+    t.fp4_step2[k] = k < 2 ? codebook::fp4_threshold(4 * k + 1) : FLT_MAX;
+    t.fp4_step1[k] = k < 4 ? codebook::fp4_threshold(2 * k) : FLT_MAX;
+    t.fp4_code_of_rank[k] = codebook::fp4_code_of_rank(k);
+  }
+  return t;
+}
+constexpr Tables kTables = make_tables();
+
+QTRAIN_TARGET_AVX2 inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+QTRAIN_TARGET_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+QTRAIN_TARGET_AVX2 inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+QTRAIN_TARGET_AVX2 inline __m256 abs8(__m256 v) {
+  return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX)));
+}
+
+// count: a multiple of 32. vmaxps returns its second operand when either is NaN.
+template <typename T>
+QTRAIN_TARGET_AVX2 float block_absmax(const T* x, int64_t count) {
+  __m256 m[4];
+  for (auto& r : m) r = _mm256_set1_ps(-FLT_MAX);
+  for (int64_t i = 0; i < count; i += 32) {
+    for (int k = 0; k < 4; ++k) m[k] = _mm256_max_ps(abs8(load8(x + i + 8 * k)), m[k]);
+  }
+  const __m256 m8 = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+  return _mm_cvtss_f32(m4);
+}
+
+// Adds `step` to q where xn > t, as all-ones compare masks and'ed with step.
+QTRAIN_TARGET_AVX2 inline __m256i add_if_above(__m256 xn, __m256 t, __m256i q, int step) {
+  const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(xn, t, _CMP_GT_OQ));
+  return _mm256_add_epi32(q, _mm256_and_si256(above, _mm256_set1_epi32(step)));
+}
+
+QTRAIN_TARGET_AVX2 inline __m256 lookup(const float* table, __m256i index) {
+  return _mm256_permutevar8x32_ps(_mm256_load_ps(table), index);
+}
+
+QTRAIN_TARGET_AVX2 inline __m256i nf4_codes(__m256 xn) {
+  __m256i q =
+      add_if_above(xn, _mm256_set1_ps(codebook::nf4_threshold(7)), _mm256_setzero_si256(), 8);
+  q = add_if_above(xn, lookup(kTables.nf4_step4, _mm256_srli_epi32(q, 3)), q, 4);
+  q = add_if_above(xn, lookup(kTables.nf4_step2, _mm256_srli_epi32(q, 2)), q, 2);
+  return add_if_above(xn, lookup(kTables.nf4_step1, _mm256_srli_epi32(q, 1)), q, 1);
+}
+
+QTRAIN_TARGET_AVX2 inline __m256i fp4_codes(__m256 xn) {
+  const __m256 magnitude = abs8(xn);
+  __m256i rank = add_if_above(magnitude, _mm256_set1_ps(codebook::fp4_threshold(3)),
+                              _mm256_setzero_si256(), 4);
+  rank = add_if_above(magnitude, lookup(kTables.fp4_step2, _mm256_srli_epi32(rank, 2)), rank, 2);
+  rank = add_if_above(magnitude, lookup(kTables.fp4_step1, _mm256_srli_epi32(rank, 1)), rank, 1);
+  const __m256i code = _mm256_permutevar8x32_epi32(
+      _mm256_load_si256(reinterpret_cast<const __m256i*>(kTables.fp4_code_of_rank)), rank);
+  const __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(xn, _mm256_setzero_ps(), _CMP_LT_OQ));
+  return _mm256_or_si256(code, _mm256_and_si256(negative, _mm256_set1_epi32(0b1000)));
+}
+
+// Four registers of 8 dwords (elements 0-7, 8-15, 16-23, 24-31) -> 32 bytes in element order.
+// The packs interleave 128-bit lanes; vpermd undoes it. Signed saturation, so int8 and codes
+// (0..15) both come through unchanged.
+QTRAIN_TARGET_AVX2 inline __m256i narrow_to_bytes(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// 32 codes, one per byte in element order -> 16 packed bytes: code[2k] << 4 | code[2k+1].
+QTRAIN_TARGET_AVX2 inline __m128i pack_pairs(__m256i codes) {
+  const __m256i pairs =
+      _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, _mm256_set1_epi16(0x0F)), 4),
+                      _mm256_srli_epi16(codes, 8));
+  const __m256i packed = _mm256_packus_epi16(pairs, pairs);
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0b1000));
+}
+
+template <Code4bit kCode>
+QTRAIN_TARGET_AVX2 inline __m256i codes_of(__m256 xn) {
+  if constexpr (kCode == Code4bit::kNF4) {
+    return nf4_codes(xn);
+  } else {
+    return fp4_codes(xn);
+  }
+}
+
+template <Code4bit kCode, typename T>
+QTRAIN_TARGET_AVX2 void quantize_4bit_blocks(const Quantize4bitArgs<T>& a, int64_t block_begin,
+                                             int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* x = a.in + b * a.blocksize;
+    uint8_t* out = a.packed + b * a.blocksize / 2;
+    const float m = block_absmax(x, a.blocksize);
+    a.absmax[b] = m;
+    const __m256 inv = _mm256_set1_ps(1.0f / m);
+    for (int64_t i = 0; i < a.blocksize; i += 32) {
+      __m256i c[4];
+      for (int k = 0; k < 4; ++k) c[k] = codes_of<kCode>(_mm256_mul_ps(load8(x + i + 8 * k), inv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2),
+                       pack_pairs(narrow_to_bytes(c[0], c[1], c[2], c[3])));
+    }
+  }
+}
+
+// v = x * multiplier -> round half away from zero (trunc(v) and v - trunc(v) are exact), NaN -> 0,
+// clamped to [-127, 127], as dwords.
+QTRAIN_TARGET_AVX2 inline __m256i int8_values(__m256 v) {
+  const __m256 whole = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m256 fraction = abs8(_mm256_sub_ps(v, whole));
+  const __m256 sign = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+  const __m256 away = _mm256_or_ps(_mm256_set1_ps(1.0f), sign);
+  const __m256 up = _mm256_cmp_ps(fraction, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+  __m256 r = _mm256_add_ps(whole, _mm256_and_ps(up, away));
+  r = _mm256_and_ps(r, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+  r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+  return _mm256_cvttps_epi32(r);
+}
+
+template <typename T>
+QTRAIN_TARGET_AVX2 void quantize_int8_blocks(const QuantizeInt8Args<T>& a, int64_t block_begin,
+                                             int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* x = a.in + b * a.blocksize;
+    int8_t* out = a.q + b * a.blocksize;
+    const float m = block_absmax(x, a.blocksize);
+    a.absmax[b] = m;
+    const __m256 multiplier = _mm256_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
+    for (int64_t i = 0; i < a.blocksize; i += 32) {
+      __m256i q[4];
+      for (int k = 0; k < 4; ++k)
+        q[k] = int8_values(_mm256_mul_ps(load8(x + i + 8 * k), multiplier));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          narrow_to_bytes(q[0], q[1], q[2], q[3]));
+    }
+  }
+}
+
+template <typename T>
+void quantize_4bit(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  if (a.code == Code4bit::kNF4) {
+    quantize_4bit_blocks<Code4bit::kNF4>(a, block_begin, block_end);
+  } else {
+    quantize_4bit_blocks<Code4bit::kFP4>(a, block_begin, block_end);
+  }
+}
+
+}  // namespace
+
+void quantize_4bit_avx2(const Quantize4bitArgs<float>& a, int64_t b0, int64_t b1) {
+  quantize_4bit(a, b0, b1);
+}
+void quantize_4bit_avx2(const Quantize4bitArgs<c10::BFloat16>& a, int64_t b0, int64_t b1) {
+  quantize_4bit(a, b0, b1);
+}
+void quantize_4bit_avx2(const Quantize4bitArgs<c10::Half>& a, int64_t b0, int64_t b1) {
+  quantize_4bit(a, b0, b1);
+}
+void quantize_int8_avx2(const QuantizeInt8Args<float>& a, int64_t b0, int64_t b1) {
+  quantize_int8_blocks(a, b0, b1);
+}
+void quantize_int8_avx2(const QuantizeInt8Args<c10::BFloat16>& a, int64_t b0, int64_t b1) {
+  quantize_int8_blocks(a, b0, b1);
+}
+void quantize_int8_avx2(const QuantizeInt8Args<c10::Half>& a, int64_t b0, int64_t b1) {
+  quantize_int8_blocks(a, b0, b1);
+}
+
+}  // namespace qtrain::cpu::simd
+
+#else  // not x86-64: only the scalar reference runs
+
+namespace qtrain::cpu::simd {
+namespace {
+[[noreturn]] void unavailable() {
+  throw_error(ErrorKind::kInternal, "quantize: AVX2 is not built on this architecture");
+}
+}  // namespace
+
+void quantize_4bit_avx2(const Quantize4bitArgs<float>&, int64_t, int64_t) {
+  unavailable();
+}
+void quantize_4bit_avx2(const Quantize4bitArgs<c10::BFloat16>&, int64_t, int64_t) {
+  unavailable();
+}
+void quantize_4bit_avx2(const Quantize4bitArgs<c10::Half>&, int64_t, int64_t) {
+  unavailable();
+}
+void quantize_int8_avx2(const QuantizeInt8Args<float>&, int64_t, int64_t) {
+  unavailable();
+}
+void quantize_int8_avx2(const QuantizeInt8Args<c10::BFloat16>&, int64_t, int64_t) {
+  unavailable();
+}
+void quantize_int8_avx2(const QuantizeInt8Args<c10::Half>&, int64_t, int64_t) {
+  unavailable();
+}
+
+}  // namespace qtrain::cpu::simd
+
+#endif
