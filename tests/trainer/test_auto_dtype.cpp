@@ -64,5 +64,37 @@ data:
   EXPECT_TRUE(fp32.dtype_auto_reason.empty());
 }
 
+TEST(AutoDtype, IsTheDefaultOfARecipeFileAndAdaptersFollowIt) {
+  const std::string yaml = R"(model:
+  path: builtin:micro
+  device: cpu
+data:
+  path: data.jsonl
+)";
+  const Recipe r = parse_recipe(yaml, "plain.yaml");
+  const bool bf16 = !cpu_bf16_instructions().empty();
+  EXPECT_EQ(r.model.dtype, bf16 ? "bfloat16" : "float32");
+  EXPECT_EQ(r.adapter.dtype, r.model.dtype);
+  EXPECT_FALSE(r.dtype_auto_reason.empty());
+  // On CUDA auto is bfloat16 whatever the host CPU (a dry run of a GPU recipe estimates bf16).
+  const Recipe cuda = parse_recipe(yaml, "plain.yaml", {"model.device=cuda"});
+  EXPECT_EQ(cuda.model.dtype, "bfloat16");
+  EXPECT_EQ(cuda.adapter.dtype, "bfloat16");
+  EXPECT_EQ(cuda.dtype_auto_reason, "CUDA");
+  // Adapters follow a float32 model, keep bfloat16 for float16 and bfloat16 ones, and an explicit
+  // adapter dtype wins.
+  EXPECT_EQ(parse_recipe(yaml, "p.yaml", {"model.dtype=float32"}).adapter.dtype, "float32");
+  EXPECT_EQ(parse_recipe(yaml, "p.yaml", {"model.dtype=float16"}).adapter.dtype, "bfloat16");
+  EXPECT_EQ(
+      parse_recipe(yaml, "p.yaml", {"model.dtype=float32", "adapter.dtype=bfloat16"}).adapter.dtype,
+      "bfloat16");
+  EXPECT_EQ(
+      parse_recipe(yaml, "p.yaml", {"model.dtype=bfloat16", "adapter.dtype=auto"}).adapter.dtype,
+      "bfloat16");
+  // A Recipe built in code keeps the struct's fixed defaults.
+  EXPECT_EQ(Recipe{}.model.dtype, "bfloat16");
+  EXPECT_EQ(Recipe{}.adapter.dtype, "bfloat16");
+}
+
 }  // namespace
 }  // namespace qtrain

@@ -24,7 +24,8 @@ struct ModelSection {
   // the architecture --dry-run estimates when `path` has no config.json (known_model_config).
   std::string known_config;
   // compute dtype: bfloat16 | float16 | float32 | auto: bfloat16 on CUDA and on CPUs with bf16
-  // matrix instructions (AMX, AVX512-BF16), float32 on other CPUs; parsing resolves auto.
+  // matrix instructions (AMX, AVX512-BF16), float32 on other CPUs; parsing resolves auto. A parsed
+  // recipe that does not name it gets auto; a Recipe built in code keeps bfloat16.
   std::string dtype = "bfloat16";
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   // Benchmarks: weights drawn by training.seed on the device and quantized there
@@ -56,9 +57,11 @@ struct AdapterSection {
   // Module names or name suffixes, or the single entry "all-linear" (every linear but lm_head).
   // Resolved to [] when target_regex is set and target_modules was not given.
   std::vector<std::string> target_modules = {"all-linear"};
-  std::string target_regex;        // PEFT semantics: the full module name must match
-  std::string dtype = "bfloat16";  // bfloat16 | float32
-  std::string init_from;           // an existing PEFT adapter directory to start from
+  std::string target_regex;  // PEFT semantics: the full module name must match
+  // bfloat16 | float32 | auto: float32 with a float32 model, else bfloat16 (the default of a
+  // parsed recipe; a Recipe built in code keeps bfloat16).
+  std::string dtype = "bfloat16";
+  std::string init_from;  // an existing PEFT adapter directory to start from
 };
 
 struct DataSection {

@@ -398,18 +398,23 @@ void check_yaml_text_lines(const std::string& text, const std::string& source) {
 
 namespace {
 
-// model.dtype auto: bfloat16 where matmuls have it natively (CUDA, AMX or AVX512-BF16 CPUs),
-// float32 on other CPUs, where bfloat16 runs through conversions.
+// model.dtype auto (the default): bfloat16 where matmuls have it natively (CUDA, AMX or
+// AVX512-BF16 CPUs), float32 on other CPUs, where bfloat16 runs through conversions. adapter.dtype
+// auto (the default) follows it: float32 adapters for a float32 model, else bfloat16.
 void resolve_auto_dtype(Recipe& recipe) {
-  if (recipe.model.dtype != "auto") return;
-  const std::string& device = recipe.model.device;
-  const bool cuda =
-      device.rfind("cuda", 0) == 0 || (device == "auto" && at::hasCUDA() && at::getNumGPUs() > 0);
-  const std::string bf16 = cuda ? std::string() : cpu_bf16_instructions();
-  recipe.model.dtype = cuda || !bf16.empty() ? "bfloat16" : "float32";
-  recipe.dtype_auto_reason =
-      cuda ? "CUDA"
-           : (bf16.empty() ? "a CPU without bf16 matrix instructions" : "a CPU with " + bf16);
+  if (recipe.model.dtype == "auto") {
+    const std::string& device = recipe.model.device;
+    const bool cuda =
+        device.rfind("cuda", 0) == 0 || (device == "auto" && at::hasCUDA() && at::getNumGPUs() > 0);
+    const std::string bf16 = cuda ? std::string() : cpu_bf16_instructions();
+    recipe.model.dtype = cuda || !bf16.empty() ? "bfloat16" : "float32";
+    recipe.dtype_auto_reason =
+        cuda ? "CUDA"
+             : (bf16.empty() ? "a CPU without bf16 matrix instructions" : "a CPU with " + bf16);
+  }
+  if (recipe.adapter.dtype == "auto") {
+    recipe.adapter.dtype = recipe.model.dtype == "float32" ? "float32" : "bfloat16";
+  }
 }
 
 }  // namespace
@@ -419,6 +424,10 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
   RecipeOrigins origins(source);
   AliasBudget budget;
   Recipe recipe;
+  // A recipe file chooses its dtypes by the machine unless it names them; a Recipe built in code
+  // keeps the struct's fixed defaults.
+  recipe.model.dtype = "auto";
+  recipe.adapter.dtype = "auto";
   const std::string text_lf = normalize_line_breaks(yaml_text);
   check_yaml_text_lines(text_lf, source);
   read_file_settings(load_yaml(text_lf, source), recipe, origins, budget);

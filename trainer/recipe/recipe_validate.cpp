@@ -133,7 +133,7 @@ void check_adapter(const AdapterSection& a, const Checks& c) {
   c.at_most("adapter.r", a.r, kMaxAdapterRank);
   c.positive("adapter.alpha", a.alpha);
   c.in_range("adapter.dropout", a.dropout, 0.0, 1.0);
-  c.one_of("adapter.dtype", a.dtype, {"bfloat16", "float32"});
+  c.one_of("adapter.dtype", a.dtype, {"auto", "bfloat16", "float32"});
   if (!a.target_regex.empty()) {
     if (!a.target_modules.empty()) {
       c.fail("adapter.target_regex",
