@@ -1,8 +1,9 @@
-// AVX2 (+ F16C) blockwise quantize: 8 elements per register. The binary searches of the scalar
-// loop are kept, each step's thresholds looked up by vpermps from an 8-entry table of the only
-// thresholds that step can reach (NF4: t7; t3|t11; t1|t5|t9|t13; the even ones). 32 codes are
-// narrowed to bytes with packs, put back in element order by one vpermd, then paired into 16
-// packed bytes. INT8 narrows the same way with signed saturation.
+// AVX2 (+ F16C) blockwise quantize: 8 elements per register, taken 16 at a time split by parity
+// (even elements in one register, odd in another), so the two codes of a packed byte share a
+// lane. The binary searches of the scalar loop are kept, each step's thresholds looked up by
+// vpermps from an 8-entry table of the only thresholds that step can reach (NF4: t7; t3|t11;
+// t1|t5|t9|t13; the even ones). Bytes and INT8 pairs are narrowed with packs, whose 128-bit lane
+// order one permute undoes.
 #include "quant/quantize_simd.h"
 
 #include "core/error.h"
@@ -49,28 +50,57 @@ constexpr Tables make_tables() {
 }
 constexpr Tables kTables = make_tables();
 
-QTRAIN_TARGET_AVX2 inline __m256 load8(const float* p) {
-  return _mm256_loadu_ps(p);
+// 16 elements as float32 (exact for every input type), split by parity: lane k of `even` is
+// element 2k, of `odd` element 2k+1.
+struct Pairs {
+  __m256 even;
+  __m256 odd;
+};
+
+QTRAIN_TARGET_AVX2 inline Pairs load_pairs(const c10::BFloat16* p) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)),
+          _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int32_t(0xFFFF0000u))))};
 }
-QTRAIN_TARGET_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+QTRAIN_TARGET_AVX2 inline Pairs load_pairs(const c10::Half* p) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  // Per 128-bit lane [even halves, odd halves], then the lanes' quarters reordered: the low
+  // 128 bits hold the 8 even halves, the high 128 the 8 odd ones.
+  const __m256i split = _mm256_permute4x64_epi64(
+      _mm256_packus_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(x, 16)),
+      _MM_SHUFFLE(3, 1, 2, 0));
+  return {_mm256_cvtph_ps(_mm256_castsi256_si128(split)),
+          _mm256_cvtph_ps(_mm256_extracti128_si256(split, 1))};
 }
-QTRAIN_TARGET_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+// [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6].
+QTRAIN_TARGET_AVX2 inline __m256 in_order(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+QTRAIN_TARGET_AVX2 inline Pairs load_pairs(const float* p) {
+  const __m256 a = _mm256_loadu_ps(p);
+  const __m256 b = _mm256_loadu_ps(p + 8);
+  return {in_order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+          in_order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)))};
 }
 
 QTRAIN_TARGET_AVX2 inline __m256 abs8(__m256 v) {
   return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX)));
 }
 
-// count: a multiple of 32. vmaxps returns its second operand when either is NaN.
+// count: a multiple of 32. vmaxps returns its second operand (the running maximum) when either is
+// NaN, so NaN inputs are skipped as by the scalar comparison.
 template <typename T>
 QTRAIN_TARGET_AVX2 float block_absmax(const T* x, int64_t count) {
   __m256 m[4];
   for (auto& r : m) r = _mm256_set1_ps(-FLT_MAX);
   for (int64_t i = 0; i < count; i += 32) {
-    for (int k = 0; k < 4; ++k) m[k] = _mm256_max_ps(abs8(load8(x + i + 8 * k)), m[k]);
+    const Pairs first = load_pairs(x + i);
+    const Pairs second = load_pairs(x + i + 16);
+    m[0] = _mm256_max_ps(abs8(first.even), m[0]);
+    m[1] = _mm256_max_ps(abs8(first.odd), m[1]);
+    m[2] = _mm256_max_ps(abs8(second.even), m[2]);
+    m[3] = _mm256_max_ps(abs8(second.odd), m[3]);
   }
   const __m256 m8 = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
   __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
@@ -109,21 +139,13 @@ QTRAIN_TARGET_AVX2 inline __m256i fp4_codes(__m256 xn) {
   return _mm256_or_si256(code, _mm256_and_si256(negative, _mm256_set1_epi32(0b1000)));
 }
 
-// Four registers of 8 dwords (elements 0-7, 8-15, 16-23, 24-31) -> 32 bytes in element order.
-// The packs interleave 128-bit lanes; vpermd undoes it. Signed saturation, so int8 and codes
-// (0..15) both come through unchanged.
-QTRAIN_TARGET_AVX2 inline __m256i narrow_to_bytes(__m256i a, __m256i b, __m256i c, __m256i d) {
-  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
-  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
-// 32 codes, one per byte in element order -> 16 packed bytes: code[2k] << 4 | code[2k+1].
-QTRAIN_TARGET_AVX2 inline __m128i pack_pairs(__m256i codes) {
-  const __m256i pairs =
-      _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, _mm256_set1_epi16(0x0F)), 4),
-                      _mm256_srli_epi16(codes, 8));
-  const __m256i packed = _mm256_packus_epi16(pairs, pairs);
-  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0b1000));
+// Two registers of 8 dwords holding bytes (0-7 and 8-15) -> 16 bytes in order. The packs work
+// per 128-bit lane; vpermd puts the four 4-byte groups back in order.
+QTRAIN_TARGET_AVX2 inline __m128i narrow_16_bytes(__m256i first, __m256i second) {
+  const __m256i words = _mm256_packs_epi32(first, second);
+  const __m256i bytes = _mm256_packus_epi16(words, words);
+  return _mm256_castsi256_si128(
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)));
 }
 
 template <Code4bit kCode>
@@ -145,10 +167,16 @@ QTRAIN_TARGET_AVX2 void quantize_4bit_blocks(const Quantize4bitArgs<T>& a, int64
     a.absmax[b] = m;
     const __m256 inv = _mm256_set1_ps(1.0f / m);
     for (int64_t i = 0; i < a.blocksize; i += 32) {
-      __m256i c[4];
-      for (int k = 0; k < 4; ++k) c[k] = codes_of<kCode>(_mm256_mul_ps(load8(x + i + 8 * k), inv));
+      // Byte k = code of element 2k in the high nibble, of 2k+1 in the low one.
+      __m256i bytes[2];
+      for (int h = 0; h < 2; ++h) {
+        const Pairs v = load_pairs(x + i + 16 * h);
+        bytes[h] =
+            _mm256_or_si256(_mm256_slli_epi32(codes_of<kCode>(_mm256_mul_ps(v.even, inv)), 4),
+                            codes_of<kCode>(_mm256_mul_ps(v.odd, inv)));
+      }
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2),
-                       pack_pairs(narrow_to_bytes(c[0], c[1], c[2], c[3])));
+                       narrow_16_bytes(bytes[0], bytes[1]));
     }
   }
 }
@@ -177,11 +205,19 @@ QTRAIN_TARGET_AVX2 void quantize_int8_blocks(const QuantizeInt8Args<T>& a, int64
     a.absmax[b] = m;
     const __m256 multiplier = _mm256_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
     for (int64_t i = 0; i < a.blocksize; i += 32) {
-      __m256i q[4];
-      for (int k = 0; k < 4; ++k)
-        q[k] = int8_values(_mm256_mul_ps(load8(x + i + 8 * k), multiplier));
+      // Word k (in dword k) = element 2k in its low byte, 2k+1 in its high byte.
+      __m256i words[2];
+      for (int h = 0; h < 2; ++h) {
+        const Pairs v = load_pairs(x + i + 16 * h);
+        const __m256i even = int8_values(_mm256_mul_ps(v.even, multiplier));
+        const __m256i odd = int8_values(_mm256_mul_ps(v.odd, multiplier));
+        words[h] = _mm256_and_si256(_mm256_or_si256(_mm256_and_si256(even, _mm256_set1_epi32(0xFF)),
+                                                    _mm256_slli_epi32(odd, 8)),
+                                    _mm256_set1_epi32(0xFFFF));
+      }
+      const __m256i in_lanes = _mm256_packus_epi32(words[0], words[1]);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
-                          narrow_to_bytes(q[0], q[1], q[2], q[3]));
+                          _mm256_permute4x64_epi64(in_lanes, _MM_SHUFFLE(3, 1, 2, 0)));
     }
   }
 }
