@@ -29,14 +29,11 @@ cmake -S "$root" -B "$build" -G Ninja -DQTRAIN_PYTHON="$python" -DCMAKE_BUILD_TY
   exit 5
 }
 stamp "build"
-# Every test binary with CUDA cases (they skip on a machine without a GPU).
-cuda_tests=(tests/quant/test_quant_cuda tests/quant/test_int4_group tests/formats/test_safetensors
-  tests/models/test_rope tests/models/test_varlen_attention tests/models/test_activation_offload
-  tests/models/test_host_embeddings tests/models/test_quantized_slot_slicing
-  tests/peft/test_lora_math tests/trainer/test_chunked_loss tests/trainer/test_embeddings_on_host
-  tests/trainer/test_optim_cuda tests/trainer/test_train_cuda)
-targets=(qtrain qmem bench_quant_cuda bench_chunked_loss bench_optim)
-for t in "${cuda_tests[@]}"; do targets+=("$(basename "$t")"); done
+# shellcheck source=tools/gpu/cuda_targets.sh
+source "$root/tools/gpu/cuda_targets.sh"
+cuda_tests=("${qtrain_cuda_tests[@]}")
+targets=()
+for t in "${qtrain_gpu_tools[@]}" "${cuda_tests[@]}"; do targets+=("$(basename "$t")"); done
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1 || {
   grep -E "error|Error" -A3 "$out/build.log" | head -60
   exit 6
