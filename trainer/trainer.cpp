@@ -30,6 +30,7 @@
 #include "trainer/recipe/recipe.h"
 #include "trainer/run_directory.h"
 #include "trainer/run_lock.h"
+#include "trainer/step_profiler.h"
 #include "trainer/tensorboard_writer.h"
 #include "trainer/train_checkpoint.h"
 #include "trainer/training_data.h"
@@ -99,6 +100,8 @@ class TrainingRun {
   void save(int64_t step);
   // One optimizer step: train_step, apply_update, log_step. False when it was skipped.
   bool run_step(int64_t step);
+  // run_step under the Kineto profiler (QTRAIN_PROFILE_STEP), summary in the run directory.
+  void run_profiled_step(int64_t step);
 
   // The pieces of one optimizer step.
   struct StepBatches {
@@ -160,6 +163,7 @@ class TrainingRun {
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::optional<int64_t> cuda_index_;
   int64_t start_step_ = 0, total_steps_ = 0, pad_id_ = 0;
+  int64_t profile_step_ = 0;  // QTRAIN_PROFILE_STEP, 1-based; 0: none
   int64_t last_saved_step_ = -1;
   TrainResult result_;
 };
@@ -773,8 +777,19 @@ bool TrainingRun::run_step(int64_t step) {
   return true;
 }
 
+void TrainingRun::run_profiled_step(int64_t step) {
+  StepProfiler profiler(m_.device.is_cuda());
+  run_step(step);
+  const std::string name = "profile-step-" + std::to_string(step + 1);
+  const std::string path =
+      profiler.finish(run_dir_ + "/" + name, "qtrain step " + std::to_string(step + 1) + " on " +
+                                                 m_.device.str() + " in " + recipe_.model.dtype);
+  log::info("profile of step ", step + 1, " written to ", path, " and ", name, ".trace.json");
+}
+
 TrainResult TrainingRun::run() {
   InterruptGuard interrupt;
+  profile_step_ = requested_profile_step();
   dp_ = DataParallel::join(recipe_, launch_env(), options_.resume);
   // Rank 0 alone looks at and writes the run directory; the others follow its decisions.
   if (dp_.is_main()) result_.run_lock = RunLock::acquire(run_dir_);
@@ -793,6 +808,12 @@ TrainResult TrainingRun::run() {
   if (dp_.is_main()) check_run_directory(recipe_, start);
   dp_.barrier();
   setup();
+  if (profile_step_ > total_steps_) {
+    throw_error(ErrorKind::kConfig,
+                "QTRAIN_PROFILE_STEP=" + std::to_string(profile_step_) + " but the run has " +
+                    std::to_string(total_steps_) + " steps",
+                {.field = "QTRAIN_PROFILE_STEP"});
+  }
   // The checkpoint is loaded and checked before the run directory records a resume, so a resume
   // that fails leaves run_info.json and recipe.resumed.yaml as they were.
   if (checkpoint) resume_from(*checkpoint);
@@ -814,7 +835,11 @@ TrainResult TrainingRun::run() {
 
   const auto& t = recipe_.training;
   for (int64_t step = start_step_; step < total_steps_; ++step) {
-    run_step(step);
+    if (step + 1 == profile_step_ && dp_.is_main()) {
+      run_profiled_step(step);
+    } else {
+      run_step(step);
+    }
     const int64_t done = step + 1;
     result_.steps_done = done;
     if (t.eval_every > 0 && done % t.eval_every == 0 && done != total_steps_) run_eval(done);

@@ -9,7 +9,9 @@
 #   dequant  NF4 dequantize GB/s against a device copy (bench_quant_cuda)
 #   train    tools/gpu/bench_train.sh SIZE=8b: qtrain against transformers + bitsandbytes + peft
 #            QLoRA and against BF16 LoRA at the Llama-3.1-8B shape, then the 70B recipes' peaks
-# PARTS (default "tests dequant train") picks parts. DRY_RUN=1 runs the same script on a machine
+#   profile  one step of the benchmark's unpacked qtrain recipe under the Kineto profiler
+#            (QTRAIN_PROFILE_STEP): CUDA kernels and operators ranked by time
+# PARTS (default "tests dequant profile train") picks parts. DRY_RUN=1 runs the same script on a machine
 # without a GPU (here): the GPU checks of the preflight are reported instead of fatal, the CUDA
 # cases skip, and the training benchmark runs its tiny CPU shape. Everything lands in $OUT/results (default
 # out/results): summary.md, gpu.txt, MANIFEST, run.log and each part's logs; a session copies it
@@ -20,7 +22,7 @@ pack="${QTRAIN_PREBUILT:-$root/.gpu-prebuilt}"
 out="${OUT:-$root/out}"
 results="$out/results"
 deadline=$((SECONDS + ${DEADLINE_S:-470}))
-parts=" ${PARTS:-tests dequant train} "
+parts=" ${PARTS:-tests dequant profile train} "
 dry_run="${DRY_RUN:-0}"
 python="${QTRAIN_PYTHON:-$(command -v python3)}"
 mkdir -p "$results"
@@ -141,13 +143,36 @@ fi
 
 if [[ "$parts" == *" train "* ]]; then
   stamp "training benchmark"
-  seconds="$(budget 9999)"
+  reserve=0
+  [[ "$parts" == *" profile "* ]] && reserve=75  # the profiled step after it
+  seconds=$(($(left) - reserve - 5))
   if ((seconds > 30)); then
     size=8b
     [[ "$dry_run" == 1 ]] && size=tiny
+    # Six parts (qtrain unpacked and packed, the QLoRA and BF16 references, two 70B peaks) share
+    # what is left, so a slow one is cut and reported instead of the call being killed.
+    part_timeout="${PART_TIMEOUT:-$(((seconds - 15) / 6))}"
     QTRAIN="$pack/bin/qtrain" SIZE="$size" OUT="$results/train" QTRAIN_PYTHON="$python" \
+      PART_TIMEOUT="$part_timeout" \
       timeout "$seconds" bash "$root/tools/gpu/bench_train.sh" || status=1
     { echo; cat "$results/train/results-$size.md" 2>/dev/null || echo "training benchmark: no results table (see run.log)"; } >>"$results/summary.md"
+  fi
+fi
+if [[ "$parts" == *" profile "* ]]; then
+  stamp "kernel summary of one qtrain step"
+  size=8b
+  [[ "$dry_run" == 1 ]] && size=tiny
+  recipe="$results/train/bench-unpacked-$size.yaml"
+  seconds="$(budget 90)"
+  if [[ -f "$recipe" ]] && ((seconds > 20)); then
+    QTRAIN_PROFILE_STEP=3 timeout "$seconds" "$pack/bin/qtrain" "$recipe" training.max_steps=3 \
+      output.dir="$results/profile" output.overwrite=true >"$results/profile.log" 2>&1 || status=1
+    { echo; echo "## One qtrain step, profiled (top of profile-step-3.txt)"; echo; echo '```'
+      head -45 "$results/profile/profile-step-3.txt" 2>/dev/null || tail -5 "$results/profile.log"
+      echo '```'; } >>"$results/summary.md"
+    rm -f "$results/profile/profile-step-3.trace.json"  # tens of MB: too big to bring back
+  else
+    echo "profile: skipped (no $recipe yet or no time left)" | tee -a "$results/summary.md"
   fi
 fi
 stamp "done (status $status)"
