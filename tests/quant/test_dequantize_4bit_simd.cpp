@@ -8,6 +8,7 @@
 #include "quant/blockwise.h"
 #include "quant/blockwise_cpu.h"
 #include "quant/codebooks.h"
+#include "tests/quant/simd_paths.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
@@ -26,46 +27,17 @@ namespace qtrain {
 namespace {
 
 using cpu::SimdPath;
+using testing::floats;
+using testing::ForcedPath;
+using testing::from_bits;
+using testing::raw_bytes;
+using testing::vector_paths;
 
 const std::vector<at::ScalarType> kOutputTypes = {at::kFloat, at::kBFloat16, at::kHalf};
 
-// Forces a path for one scope.
-class ForcedPath {
- public:
-  explicit ForcedPath(SimdPath path) { cpu::set_simd_path(path); }
-  ~ForcedPath() { cpu::set_simd_path(SimdPath::kAuto); }
-  ForcedPath(const ForcedPath&) = delete;
-  ForcedPath& operator=(const ForcedPath&) = delete;
-};
-
-// The vectorized paths this CPU runs (none on a CPU without AVX2: then only kAuto = scalar).
-std::vector<SimdPath> vector_paths() {
-  std::vector<SimdPath> out;
-  for (SimdPath p : {SimdPath::kAvx2, SimdPath::kAvx512}) {
-    if (cpu::simd_path_supported(p)) out.push_back(p);
-  }
-  return out;
-}
-
-at::Tensor floats(const std::vector<float>& v) {
-  return at::tensor(at::ArrayRef<float>(v), at::kFloat);
-}
-
-float from_bits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-std::vector<uint8_t> raw_bytes(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  return {p, p + c.nbytes()};
-}
-
-at::Tensor dequantize_on(SimdPath path, const at::Tensor& packed,
-                         const at::Tensor& absmax, const at::Tensor& code, int64_t n,
-                         int64_t blocksize, at::ScalarType dtype) {
+at::Tensor dequantize_on(SimdPath path, const at::Tensor& packed, const at::Tensor& absmax,
+                         const at::Tensor& code, int64_t n, int64_t blocksize,
+                         at::ScalarType dtype) {
   ForcedPath forced(path);
   return dequantize_4bit(packed, absmax, code, n, blocksize, dtype);
 }
@@ -140,8 +112,7 @@ TEST(Dequantize4bitSimdTest, PathSelection) {
   // kAuto picks the widest path the CPU has.
   const std::vector<SimdPath> vec = vector_paths();
   EXPECT_EQ(cpu::simd_path(), vec.empty() ? SimdPath::kScalar : vec.back());
-  std::cout << "dequantize_4bit path: "
-            << cpu::simd_path_name(cpu::simd_path()) << "\n";
+  std::cout << "dequantize_4bit path: " << cpu::simd_path_name(cpu::simd_path()) << "\n";
 }
 
 TEST(Dequantize4bitSimdTest, EveryByteValueEveryBlocksize) {

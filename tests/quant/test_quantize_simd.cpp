@@ -9,6 +9,7 @@
 #include "quant/blockwise.h"
 #include "quant/blockwise_cpu.h"
 #include "quant/codebook_tables.h"
+#include "tests/quant/simd_paths.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
@@ -27,38 +28,11 @@ namespace qtrain {
 namespace {
 
 using cpu::SimdPath;
-
-class ForcedPath {
- public:
-  explicit ForcedPath(SimdPath path) { cpu::set_simd_path(path); }
-  ~ForcedPath() { cpu::set_simd_path(SimdPath::kAuto); }
-  ForcedPath(const ForcedPath&) = delete;
-  ForcedPath& operator=(const ForcedPath&) = delete;
-};
-
-std::vector<SimdPath> vector_paths() {
-  std::vector<SimdPath> out;
-  for (SimdPath p : {SimdPath::kAvx2, SimdPath::kAvx512}) {
-    if (cpu::simd_path_supported(p)) out.push_back(p);
-  }
-  return out;
-}
-
-std::vector<uint8_t> raw_bytes(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  return {p, p + c.nbytes()};
-}
-
-at::Tensor floats(const std::vector<float>& v) {
-  return at::tensor(at::ArrayRef<float>(v), at::kFloat);
-}
-
-float from_bits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
+using testing::floats;
+using testing::ForcedPath;
+using testing::from_bits;
+using testing::raw_bytes;
+using testing::vector_paths;
 
 struct Quantized {
   std::vector<uint8_t> values;
