@@ -15,7 +15,7 @@
 # without a GPU (here): the GPU checks of the preflight are reported instead of fatal, the CUDA
 # cases skip, and the training benchmark runs its tiny CPU shape. Everything lands in $OUT/results (default
 # out/results): summary.md, gpu.txt, MANIFEST, run.log and each part's logs; a session copies it
-# to tools/gpu/results/<date>-<gpu>/ and commits it.
+# to tools/gpu/results/<date>-<gpu>/ (tools/gpu/keep_results.sh) and commits it.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 pack="${QTRAIN_PREBUILT:-$root/.gpu-prebuilt}"
