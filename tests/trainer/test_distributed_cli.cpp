@@ -7,6 +7,7 @@
 //    within distributed.timeout_s; ranks with different recipes refuse to train together.
 #include "data/tiny_instruct.h"
 #include "peft/peft_files.h"
+#include "tests/support/metrics_jsonl.h"
 #include "tests/support/test_support.h"
 #include "trainer/train_checkpoint.h"
 
@@ -36,17 +37,6 @@ std::string qtrain_binary() {
 
 std::string cache_dir() {
   return testing::binary_dir() + "/test-cache";
-}
-
-std::vector<double> metric(const std::string& run_dir, const std::string& key) {
-  std::vector<double> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto m = nlohmann::json::parse(line, nullptr, false);
-    if (m.is_object() && m.contains(key)) out.push_back(m[key].get<double>());
-  }
-  return out;
 }
 
 struct Rank {
@@ -144,10 +134,11 @@ distributed:
   // Waits until the run in `run_dir` has logged `steps` training steps (at most 3 minutes).
   static void wait_for_steps(const std::string& run_dir, size_t steps) {
     const auto deadline = Clock::now() + std::chrono::minutes(3);
-    while (metric(run_dir, "loss").size() < steps && Clock::now() < deadline) {
+    while (testing::metric_values(run_dir, "loss").size() < steps && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    ASSERT_GE(metric(run_dir, "loss").size(), steps) << "training did not get under way";
+    ASSERT_GE(testing::metric_values(run_dir, "loss").size(), steps)
+        << "training did not get under way";
   }
 
   testing::ScratchDir dir_{"qtrain-dist-cli"};
@@ -164,15 +155,18 @@ TEST_F(DistributedCli, TwoRanksTrainTheSameAdapterAsOneRankWithTheSameGlobalBatc
   // Rank 0 writes the run directory and reports; rank 1 stays quiet at info level.
   EXPECT_EQ(out_two.find("[rank 1]"), std::string::npos) << out_two;
 
-  const auto losses_one = metric(one, "loss"), losses_two = metric(two, "loss");
+  const auto losses_one = testing::metric_values(one, "loss"),
+             losses_two = testing::metric_values(two, "loss");
   ASSERT_EQ(losses_one.size(), 6u);
   ASSERT_EQ(losses_two.size(), 6u);
   for (size_t i = 0; i < losses_one.size(); ++i) {
     EXPECT_NEAR(losses_two[i], losses_one[i], 1e-4) << "step " << i + 1;
   }
-  const auto tokens_one = metric(one, "tokens"), tokens_two = metric(two, "tokens");
+  const auto tokens_one = testing::metric_values(one, "tokens"),
+             tokens_two = testing::metric_values(two, "tokens");
   EXPECT_EQ(tokens_one, tokens_two);  // the same samples, globally, every step
-  const auto eval_one = metric(one, "eval_loss"), eval_two = metric(two, "eval_loss");
+  const auto eval_one = testing::metric_values(one, "eval_loss"),
+             eval_two = testing::metric_values(two, "eval_loss");
   ASSERT_EQ(eval_one.size(), 2u);
   ASSERT_EQ(eval_two.size(), 2u);
   EXPECT_NEAR(eval_two[0], eval_one[0], 1e-5);
@@ -211,7 +205,8 @@ TEST_F(DistributedCli, ATwoRankResumeContinuesTheSameLosses) {
   EXPECT_NE(out.find("written by a run of 2 ranks"), std::string::npos) << out;
 
   ASSERT_EQ(run("output.dir=" + split + dropout + " --nproc 2 --resume", &out), 0) << out;
-  const auto expected = metric(whole, "loss"), resumed = metric(split, "loss");
+  const auto expected = testing::metric_values(whole, "loss"),
+             resumed = testing::metric_values(split, "loss");
   ASSERT_EQ(expected.size(), 6u);
   ASSERT_EQ(resumed.size(), 6u);
   for (size_t i = 0; i < expected.size(); ++i) {

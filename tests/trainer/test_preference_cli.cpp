@@ -7,6 +7,7 @@
 //  - ORPO lowers its loss; conversational pairs (chat template, implicit prompts) train;
 //  - bad input is refused with the file, line or field: a pair without "rejected", DPO on
 //    non-preference data, packing, preference data under sft, conversations without a template.
+#include "tests/support/metrics_jsonl.h"
 #include "tests/support/test_support.h"
 
 #include <gtest/gtest.h>
@@ -18,23 +19,6 @@
 
 namespace qtrain {
 namespace {
-
-std::vector<nlohmann::json> rows_with(const std::string& run_dir, const std::string& key) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto row = nlohmann::json::parse(line, nullptr, false);
-    if (row.is_object() && row.contains(key)) out.push_back(row);
-  }
-  return out;
-}
-
-std::vector<double> values(const std::string& run_dir, const std::string& key) {
-  std::vector<double> out;
-  for (const auto& row : rows_with(run_dir, key)) out.push_back(row[key].get<double>());
-  return out;
-}
 
 // Pairs whose chosen answer follows one pattern and whose rejected answer is word salad.
 void write_pairs(const std::string& path, int n) {
@@ -106,14 +90,14 @@ TEST_F(PreferenceCli, DpoRaisesHeldOutRewardAccuracyAndLogsItsMetrics) {
   const std::string run_dir = dir_.file("dpo");
   std::string out;
   ASSERT_EQ(run("output.dir=" + run_dir, &out), 0) << out;
-  const auto evals = rows_with(run_dir, "eval_rewards/accuracies");
+  const auto evals = testing::metrics_rows_with(run_dir, "eval_rewards/accuracies");
   ASSERT_EQ(evals.size(), 3u) << out;                                 // steps 0, 4, 8
   EXPECT_EQ(evals[0]["eval_rewards/accuracies"].get<double>(), 0.0);  // policy = reference
   EXPECT_NEAR(evals[0]["eval_loss"].get<double>(), std::log(2.0), 1e-6);
   EXPECT_GE(evals[2]["eval_rewards/accuracies"].get<double>(), 0.9);
   EXPECT_GT(evals[2]["eval_rewards/margins"].get<double>(), 0.5);
   EXPECT_EQ(evals[2]["eval_pairs"].get<double>(), 12.0);
-  const auto steps = rows_with(run_dir, "rewards/accuracies");
+  const auto steps = testing::metrics_rows_with(run_dir, "rewards/accuracies");
   ASSERT_EQ(steps.size(), 8u);
   for (const auto& row : steps) {
     EXPECT_EQ(row["pairs"].get<int64_t>(), 4);
@@ -138,8 +122,9 @@ TEST_F(PreferenceCli, PrecomputedReferenceResumeAndTwoRanksAgree) {
   EXPECT_NE(out.find("computed once"), std::string::npos) << out;
   ASSERT_EQ(run("output.dir=" + split + quiet + " --stop-after 4", &out), 75) << out;
   ASSERT_EQ(run("output.dir=" + split + quiet + " --resume", &out), 0) << out;
-  const auto l_base = values(base, "loss"), l_pre = values(pre, "loss"),
-             l_split = values(split, "loss");
+  const auto l_base = testing::metric_values(base, "loss"),
+             l_pre = testing::metric_values(pre, "loss"),
+             l_split = testing::metric_values(split, "loss");
   ASSERT_EQ(l_base.size(), 8u);
   ASSERT_EQ(l_pre.size(), 8u);
   ASSERT_EQ(l_split.size(), 8u);
@@ -150,8 +135,10 @@ TEST_F(PreferenceCli, PrecomputedReferenceResumeAndTwoRanksAgree) {
   const std::string no_dropout = " training.eval_every=0 adapter.dropout=0.0";
   ASSERT_EQ(run("output.dir=" + one + no_dropout + " training.grad_accum_steps=2", &out), 0) << out;
   ASSERT_EQ(run("output.dir=" + two + no_dropout + " --nproc 2", &out), 0) << out;
-  const auto l_one = values(one, "loss"), l_two = values(two, "loss");
-  const auto a_one = values(one, "rewards/accuracies"), a_two = values(two, "rewards/accuracies");
+  const auto l_one = testing::metric_values(one, "loss"),
+             l_two = testing::metric_values(two, "loss");
+  const auto a_one = testing::metric_values(one, "rewards/accuracies"),
+             a_two = testing::metric_values(two, "rewards/accuracies");
   ASSERT_EQ(l_one.size(), l_two.size());
   for (size_t i = 0; i < l_one.size(); ++i) {
     EXPECT_NEAR(l_two[i], l_one[i], 1e-5) << "step " << i + 1;
@@ -165,10 +152,10 @@ TEST_F(PreferenceCli, OrpoAndConversationalPairsTrain) {
   ASSERT_EQ(run("output.dir=" + orpo + " training.objective=orpo training.orpo_lambda=0.2", &out),
             0)
       << out;
-  const auto losses = values(orpo, "loss");
+  const auto losses = testing::metric_values(orpo, "loss");
   ASSERT_EQ(losses.size(), 8u);
   EXPECT_LT(losses.back(), losses.front());
-  EXPECT_FALSE(rows_with(orpo, "log_odds_ratio").empty());
+  EXPECT_FALSE(testing::metrics_rows_with(orpo, "log_odds_ratio").empty());
 
   // Conversational pairs: an explicit prompt with string answers, and implicit prompts.
   std::string chat;
@@ -196,7 +183,7 @@ TEST_F(PreferenceCli, OrpoAndConversationalPairsTrain) {
                 &out),
             0)
       << out;
-  EXPECT_EQ(values(conv, "loss").size(), 2u);
+  EXPECT_EQ(testing::metric_values(conv, "loss").size(), 2u);
   // Without a chat template the conversations cannot be rendered.
   EXPECT_EQ(run("output.dir=" + dir_.file("conv2") + " data.path=" + dir_.file("chat.jsonl"), &out),
             3)

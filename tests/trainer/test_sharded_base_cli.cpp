@@ -11,6 +11,7 @@
 //  - shard over a base with nothing quantized, or an unknown strategy, is a recipe error.
 #include "data/tiny_instruct.h"
 #include "peft/peft_files.h"
+#include "tests/support/metrics_jsonl.h"
 #include "tests/support/test_support.h"
 
 #include <fcntl.h>
@@ -33,23 +34,6 @@ using Clock = std::chrono::steady_clock;
 
 std::string qtrain_binary() {
   return testing::binary_dir() + "/tools/qtrain";
-}
-
-std::vector<nlohmann::json> metric_rows(const std::string& run_dir, const std::string& key) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto m = nlohmann::json::parse(line, nullptr, false);
-    if (m.is_object() && m.contains(key)) out.push_back(m);
-  }
-  return out;
-}
-
-std::vector<double> metric(const std::string& run_dir, const std::string& key) {
-  std::vector<double> out;
-  for (const auto& row : metric_rows(run_dir, key)) out.push_back(row[key].get<double>());
-  return out;
 }
 
 double max_adapter_diff(const std::string& a_dir, const std::string& b_dir) {
@@ -149,8 +133,9 @@ TEST_F(ShardedBaseCli, ShardTrainsLikeOneProcessAndLikeDdpAndHoldsHalfTheBase) {
   ASSERT_EQ(run("output.dir=" + shard + " distributed.strategy=shard --nproc 2", &out_shard), 0)
       << out_shard;
 
-  const auto l_one = metric(one, "loss"), l_ddp = metric(ddp, "loss"),
-             l_shard = metric(shard, "loss");
+  const auto l_one = testing::metric_values(one, "loss"),
+             l_ddp = testing::metric_values(ddp, "loss"),
+             l_shard = testing::metric_values(shard, "loss");
   ASSERT_EQ(l_one.size(), 6u);
   ASSERT_EQ(l_ddp.size(), 6u);
   ASSERT_EQ(l_shard.size(), 6u);
@@ -182,7 +167,7 @@ TEST_F(ShardedBaseCli, ShardTrainsLikeOneProcessAndLikeDdpAndHoldsHalfTheBase) {
   EXPECT_GE(made, log.used - 15 * 6 * log.projections);
 
   // Residency, measured on each rank's live tensors.
-  const auto rows = metric_rows(shard, "resident_base_bytes_per_rank");
+  const auto rows = testing::metrics_rows_with(shard, "resident_base_bytes_per_rank");
   ASSERT_EQ(rows.size(), 6u);
   const std::vector<int64_t> per_rank = rows[0]["resident_base_bytes_per_rank"];
   ASSERT_EQ(per_rank.size(), 2u);
@@ -208,7 +193,8 @@ TEST_F(ShardedBaseCli, AShardedResumeContinuesTheSameLosses) {
   ASSERT_EQ(run("output.dir=" + whole + args, &out), 0) << out;
   ASSERT_EQ(run("output.dir=" + split + args + " --stop-after 3", &out), 75) << out;
   ASSERT_EQ(run("output.dir=" + split + args + " --resume", &out), 0) << out;
-  const auto expected = metric(whole, "loss"), resumed = metric(split, "loss");
+  const auto expected = testing::metric_values(whole, "loss"),
+             resumed = testing::metric_values(split, "loss");
   ASSERT_EQ(expected.size(), 6u);
   ASSERT_EQ(resumed.size(), 6u);
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -250,10 +236,11 @@ TEST_F(ShardedBaseCli, AKilledPeerMakesTheSurvivorExitWithCode9) {
   };
   const pid_t rank0 = start_rank(0), rank1 = start_rank(1);
   const auto deadline = Clock::now() + std::chrono::minutes(3);
-  while (metric(dir, "loss").size() < 2 && Clock::now() < deadline) {
+  while (testing::metric_values(dir, "loss").size() < 2 && Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  ASSERT_GE(metric(dir, "loss").size(), 2u) << testing::read_file(dir_.file("rank0.log"));
+  ASSERT_GE(testing::metric_values(dir, "loss").size(), 2u)
+      << testing::read_file(dir_.file("rank0.log"));
   kill(rank1, SIGKILL);
   int code = -1;
   const auto limit = Clock::now() + std::chrono::seconds(90);
