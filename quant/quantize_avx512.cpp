@@ -192,8 +192,10 @@ QTRAIN_TARGET_AVX512 void quantize_int8_blocks(const QuantizeInt8Args<T>& a, int
   }
 }
 
+}  // namespace
+
 template <typename T>
-void quantize_4bit(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t block_end) {
+void quantize_4bit_avx512(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t block_end) {
   if (a.code == Code4bit::kNF4) {
     quantize_4bit_blocks<Code4bit::kNF4>(a, block_begin, block_end);
   } else {
@@ -201,25 +203,9 @@ void quantize_4bit(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t bl
   }
 }
 
-}  // namespace
-
-void quantize_4bit_avx512(const Quantize4bitArgs<float>& a, int64_t b0, int64_t b1) {
-  quantize_4bit(a, b0, b1);
-}
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::BFloat16>& a, int64_t b0, int64_t b1) {
-  quantize_4bit(a, b0, b1);
-}
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::Half>& a, int64_t b0, int64_t b1) {
-  quantize_4bit(a, b0, b1);
-}
-void quantize_int8_avx512(const QuantizeInt8Args<float>& a, int64_t b0, int64_t b1) {
-  quantize_int8_blocks(a, b0, b1);
-}
-void quantize_int8_avx512(const QuantizeInt8Args<c10::BFloat16>& a, int64_t b0, int64_t b1) {
-  quantize_int8_blocks(a, b0, b1);
-}
-void quantize_int8_avx512(const QuantizeInt8Args<c10::Half>& a, int64_t b0, int64_t b1) {
-  quantize_int8_blocks(a, b0, b1);
+template <typename T>
+void quantize_int8_avx512(const QuantizeInt8Args<T>& a, int64_t block_begin, int64_t block_end) {
+  quantize_int8_blocks(a, block_begin, block_end);
 }
 
 }  // namespace qtrain::cpu::simd
@@ -227,31 +213,28 @@ void quantize_int8_avx512(const QuantizeInt8Args<c10::Half>& a, int64_t b0, int6
 #else  // not x86-64: only the scalar reference runs
 
 namespace qtrain::cpu::simd {
-namespace {
-[[noreturn]] void unavailable() {
+
+template <typename T>
+void quantize_4bit_avx512(const Quantize4bitArgs<T>&, int64_t, int64_t) {
   throw_error(ErrorKind::kInternal, "quantize: AVX-512 is not built on this architecture");
 }
-}  // namespace
 
-void quantize_4bit_avx512(const Quantize4bitArgs<float>&, int64_t, int64_t) {
-  unavailable();
-}
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::BFloat16>&, int64_t, int64_t) {
-  unavailable();
-}
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::Half>&, int64_t, int64_t) {
-  unavailable();
-}
-void quantize_int8_avx512(const QuantizeInt8Args<float>&, int64_t, int64_t) {
-  unavailable();
-}
-void quantize_int8_avx512(const QuantizeInt8Args<c10::BFloat16>&, int64_t, int64_t) {
-  unavailable();
-}
-void quantize_int8_avx512(const QuantizeInt8Args<c10::Half>&, int64_t, int64_t) {
-  unavailable();
+template <typename T>
+void quantize_int8_avx512(const QuantizeInt8Args<T>&, int64_t, int64_t) {
+  throw_error(ErrorKind::kInternal, "quantize: AVX-512 is not built on this architecture");
 }
 
 }  // namespace qtrain::cpu::simd
 
 #endif
+
+namespace qtrain::cpu::simd {
+
+template void quantize_4bit_avx512(const Quantize4bitArgs<float>&, int64_t, int64_t);
+template void quantize_4bit_avx512(const Quantize4bitArgs<c10::BFloat16>&, int64_t, int64_t);
+template void quantize_4bit_avx512(const Quantize4bitArgs<c10::Half>&, int64_t, int64_t);
+template void quantize_int8_avx512(const QuantizeInt8Args<float>&, int64_t, int64_t);
+template void quantize_int8_avx512(const QuantizeInt8Args<c10::BFloat16>&, int64_t, int64_t);
+template void quantize_int8_avx512(const QuantizeInt8Args<c10::Half>&, int64_t, int64_t);
+
+}  // namespace qtrain::cpu::simd

@@ -46,26 +46,14 @@ struct QuantizeInt8Args {
   float* absmax;
 };
 
-void quantize_4bit_avx512(const Quantize4bitArgs<float>& a, int64_t block_begin, int64_t block_end);
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::BFloat16>& a, int64_t block_begin,
-                          int64_t block_end);
-void quantize_4bit_avx512(const Quantize4bitArgs<c10::Half>& a, int64_t block_begin,
-                          int64_t block_end);
-void quantize_int8_avx512(const QuantizeInt8Args<float>& a, int64_t block_begin, int64_t block_end);
-void quantize_int8_avx512(const QuantizeInt8Args<c10::BFloat16>& a, int64_t block_begin,
-                          int64_t block_end);
-void quantize_int8_avx512(const QuantizeInt8Args<c10::Half>& a, int64_t block_begin,
-                          int64_t block_end);
-
-void quantize_4bit_avx2(const Quantize4bitArgs<float>& a, int64_t block_begin, int64_t block_end);
-void quantize_4bit_avx2(const Quantize4bitArgs<c10::BFloat16>& a, int64_t block_begin,
-                        int64_t block_end);
-void quantize_4bit_avx2(const Quantize4bitArgs<c10::Half>& a, int64_t block_begin,
-                        int64_t block_end);
-void quantize_int8_avx2(const QuantizeInt8Args<float>& a, int64_t block_begin, int64_t block_end);
-void quantize_int8_avx2(const QuantizeInt8Args<c10::BFloat16>& a, int64_t block_begin,
-                        int64_t block_end);
-void quantize_int8_avx2(const QuantizeInt8Args<c10::Half>& a, int64_t block_begin,
-                        int64_t block_end);
+// Each is defined for T = float, c10::BFloat16 and c10::Half.
+template <typename T>
+void quantize_4bit_avx512(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t block_end);
+template <typename T>
+void quantize_int8_avx512(const QuantizeInt8Args<T>& a, int64_t block_begin, int64_t block_end);
+template <typename T>
+void quantize_4bit_avx2(const Quantize4bitArgs<T>& a, int64_t block_begin, int64_t block_end);
+template <typename T>
+void quantize_int8_avx2(const QuantizeInt8Args<T>& a, int64_t block_begin, int64_t block_end);
 
 }  // namespace qtrain::cpu::simd
